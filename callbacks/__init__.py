@@ -1,0 +1,1 @@
+"""Lightning callbacks of agentr, installed as `agentr.callbacks`."""

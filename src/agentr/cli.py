@@ -1,0 +1,58 @@
+"""The `agentr` command.
+
+`agentr fit|validate --config X.yaml` is a LightningCLI over `AgentRModule` and any
+`AgentRDataModule` subclass (named by `class_path`). The other subcommands run one stage alone,
+each a typed function whose docstring is its `--help`:
+
+    agentr collect    Phase I only: MCTS revision data for a model, written as JSONL
+    agentr evaluate   success rate, reward and loop metric of a model or adapter on a split
+    agentr serve-env  serve an agentr environment over HTTP (AgentGym protocol)
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+#: Subcommands outside LightningCLI: name -> "module:function".
+STAGE_COMMANDS = {
+    "collect": "agentr.search.collect:collect_command",
+    "evaluate": "agentr.evaluation:evaluate_command",
+    "serve-env": "agentr.envs.server:serve_command",
+}
+
+
+def _stage_function(name: str):
+    module, function = STAGE_COMMANDS[name].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def main(args: list[str] | None = None) -> object:
+    """Entry point of the `agentr` console script; `args` defaults to `sys.argv[1:]`."""
+    args = list(sys.argv[1:] if args is None else args)
+    if args and args[0] in STAGE_COMMANDS:
+        from jsonargparse import CLI
+
+        return CLI(_stage_function(args[0]), args=args[1:], as_positional=False)
+    return _lightning_cli(args)
+
+
+def _lightning_cli(args: list[str]):
+    from lightning.pytorch.cli import LightningCLI
+
+    from agentr.data.datamodule import AgentRDataModule
+    from agentr.training.module import AgentRModule
+
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__.strip() + "\n", file=sys.stderr)
+    return LightningCLI(
+        AgentRModule,
+        AgentRDataModule,
+        subclass_mode_data=True,
+        args=args,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+if __name__ == "__main__":
+    main()

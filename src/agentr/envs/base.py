@@ -1,0 +1,109 @@
+"""The environment API that every part of agentr runs against.
+
+An environment is a text game: `reset(task_id)` returns the first observation, `step(action)`
+returns `(observation, reward, done)`. Search needs to branch an episode: `clone()` returns an
+independent copy at the current state. Environments that can copy their state cheaply override
+`clone()`; the others inherit the fallback here, which resets a fresh instance and replays the
+actions taken since the last reset.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+SPLITS = ("train", "test")
+
+
+class UnknownTaskError(KeyError):
+    """Raised by `reset` for a task id that the environment does not have."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class Environment(ABC):
+    """A text environment played in ReAct turns.
+
+    Subclasses implement `_reset`, `_step`, `instruction` and `task_ids`, and set `name`.
+    They override `clone` when they can copy their state without replaying (and set
+    `cheap_clone = True`), and `expert_actions` when they can produce a correct solution.
+    """
+
+    name: ClassVar[str] = "environment"
+    #: True when `clone()` copies state directly; False means reset + replay (O(steps)).
+    cheap_clone: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.task_id: str | None = None
+        self.actions: list[str] = []  # actions since the last reset, for replay
+        self.done = False
+
+    # ---- the API -------------------------------------------------------------------------
+    def reset(self, task_id: str) -> str:
+        """Start task `task_id`; return the first observation."""
+        observation = self._reset(str(task_id))
+        self.task_id = str(task_id)
+        self.actions = []
+        self.done = False
+        return observation
+
+    def step(self, action: str) -> tuple[str, float, bool]:
+        """Apply `action`; return `(observation, reward, done)`. Never raises on a bad action."""
+        if self.task_id is None:
+            raise RuntimeError(f"{type(self).__name__}.step() called before reset(task_id)")
+        observation, reward, done = self._step(action)
+        self.actions.append(action)
+        self.done = self.done or done
+        return observation, float(reward), bool(done)
+
+    def clone(self) -> Environment:
+        """An independent copy at the current state. Default: reset a new instance and replay."""
+        if self.task_id is None:
+            raise RuntimeError("clone() needs an episode in progress: call reset() first")
+        copy = self.spawn()
+        copy.reset(self.task_id)
+        for action in self.actions:
+            copy.step(action)
+        return copy
+
+    def spawn(self) -> Environment:
+        """A new, un-reset environment with the same configuration (used by the replay clone)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement spawn() or clone()")
+
+    def expert_actions(self, task_id: str) -> list[str] | None:
+        """A correct action sequence for `task_id`, or None where the environment has no expert."""
+        return None
+
+    def close(self) -> None:
+        """Release external resources (processes, connections)."""
+
+    # ---- what subclasses provide -----------------------------------------------------------
+    @property
+    @abstractmethod
+    def instruction(self) -> str:
+        """The task instruction shown before the first observation: command syntax and one
+        short worked example."""
+
+    @abstractmethod
+    def task_ids(self, split: str) -> list[str]:
+        """The task ids of `split` ("train" or "test"), in a fixed order."""
+
+    @abstractmethod
+    def _reset(self, task_id: str) -> str: ...
+
+    @abstractmethod
+    def _step(self, action: str) -> tuple[str, float, bool]: ...
+
+    # ---- helpers ---------------------------------------------------------------------------
+    @staticmethod
+    def check_split(split: str) -> str:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        return split
+
+    def __enter__(self) -> Environment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

