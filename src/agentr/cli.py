@@ -43,9 +43,24 @@ def _lightning_cli(args: list[str]):
     from agentr.data.datamodule import AgentRDataModule
     from agentr.training.module import AgentRModule
 
+    class AgentRCLI(LightningCLI):
+        """LightningCLI whose `fit` resumes from `<default_root_dir>/checkpoints/last.ckpt`."""
+
+        def add_arguments_to_parser(self, parser) -> None:
+            # Re-running the same command continues a killed run instead of starting over.
+            parser.set_defaults({"ckpt_path": "last"})
+
+        def before_fit(self) -> None:
+            from pathlib import Path
+
+            checkpoint = self.trainer.checkpoint_callback
+            if checkpoint is not None and checkpoint.dirpath is None:
+                checkpoint.dirpath = str(Path(self.trainer.default_root_dir) / "checkpoints")
+                checkpoint.save_last = True
+
     if not args or args[0] in ("-h", "--help"):
         print(__doc__.strip() + "\n", file=sys.stderr)
-    return LightningCLI(
+    return AgentRCLI(
         AgentRModule,
         AgentRDataModule,
         subclass_mode_data=True,

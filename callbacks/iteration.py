@@ -1,0 +1,215 @@
+"""The Agent-R iteration loop over Lightning epochs.
+
+An iteration regenerates the training data with the current policy (Phase I), then trains on
+it for its epochs (Phase II). An optional warm start (iteration 0) first trains on expert
+demonstrations. Each epoch's data is prepared inside the DataModule's `train_dataloader()`
+(Lightning reloads it every epoch), which runs *after* the previous epoch's checkpoint is
+saved and *after* a resumed run has restored `current_epoch`: a run killed during Phase I or
+training restarts at the right iteration, and Phase I itself resumes task by task.
+
+Run directory layout (`trainer.default_root_dir`):
+
+    base/eval.json                 the untrained model, evaluated before anything else
+    iteration_0/                   warm start: data.jsonl, adapter/, eval.json
+    iteration_1/phase1/            Phase I output: dataset, trees, stats (resumable)
+    iteration_1/adapter/           the LoRA adapter after this iteration (PEFT format)
+    iteration_1/eval.json
+    checkpoints/last.ckpt          Lightning checkpoint (trainable weights only)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
+
+from agentr.callbacks.evaluation import EvaluationCallback
+from agentr.callbacks.generation import GenerationCallback
+from agentr.trajectory import read_jsonl, write_jsonl_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WarmStart:
+    """Supervised fine-tuning on expert demonstrations before the first Agent-R iteration.
+
+    Small models cannot act zero-shot and give MCTS no successful paths to splice; keep the
+    warm start small enough that the model still fails often, since Agent-R learns from failures.
+
+    Attributes:
+        num_demos: expert demonstrations (one per train task, in split order).
+        epochs: training epochs on them.
+    """
+
+    num_demos: int = 100
+    epochs: int = 2
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What one training epoch belongs to."""
+
+    iteration: int  # 0: warm start; 1..: Agent-R iterations
+    epoch: int  # epoch within the iteration, from 0
+    epochs: int  # epochs of the iteration
+
+    @property
+    def is_last_epoch(self) -> bool:
+        return self.epoch == self.epochs - 1
+
+
+def per_iteration(values: list, iterations: int) -> list:
+    """`values` stretched to `iterations` entries by repeating the last one."""
+    if not values:
+        raise ValueError("expected at least one value per iteration")
+    return [values[min(i, len(values) - 1)] for i in range(iterations)]
+
+
+def epoch_plan(iterations: int, epochs: list[int], warm_start_epochs: int = 0) -> list[Stage]:
+    """The stage of every training epoch of the fit, in order."""
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    counts = ([warm_start_epochs] if warm_start_epochs else []) + per_iteration(epochs, iterations)
+    first = 0 if warm_start_epochs else 1
+    plan = []
+    for iteration, count in enumerate(counts, start=first):
+        if count < 1:
+            raise ValueError(f"iteration {iteration} needs at least one epoch, got {count}")
+        plan.extend(Stage(iteration, e, count) for e in range(count))
+    return plan
+
+
+class AgentRIterations(Callback):
+    """Runs Agent-R: per iteration, Phase I with the current policy, then its training epochs.
+
+    Args:
+        iterations: Agent-R iterations (the paper uses 3).
+        epochs: training epochs per iteration; the last value repeats (paper: 3, then 1).
+        alpha: the good-trajectory threshold per iteration; the last value repeats
+            (paper: 0.5, 0.7, 1.0).
+        warm_start: optional SFT on expert demonstrations before iteration 1.
+    """
+
+    def __init__(
+        self,
+        iterations: int = 3,
+        epochs: list[int] = [3, 1],  # noqa: B006 (jsonargparse shows list defaults in --help)
+        alpha: list[float] = [0.5, 0.7, 1.0],  # noqa: B006
+        warm_start: WarmStart | None = None,
+    ) -> None:
+        self.iterations = iterations
+        self.alpha = per_iteration(list(alpha), iterations)
+        self.warm_start = warm_start
+        self.plan = epoch_plan(iterations, list(epochs), warm_start.epochs if warm_start else 0)
+        self._loaded: int | None = None  # iteration whose data the DataModule holds
+        self.run_dir = Path(".")
+
+    # ---- Lightning hooks --------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if trainer.max_epochs != len(self.plan):
+            log.info("max_epochs set to %d: the epochs of the Agent-R plan", len(self.plan))
+            trainer.fit_loop.max_epochs = len(self.plan)
+        # Each epoch's data comes from train_dataloader(), so Lightning must call it every epoch.
+        trainer.reload_dataloaders_every_n_epochs = 1
+        self.run_dir = Path(trainer.default_root_dir)
+        self.generation = _find_callback(trainer, GenerationCallback)
+        self.evaluation = _find_callback(trainer, EvaluationCallback, required=False)
+        datamodule = trainer.datamodule
+        if not hasattr(datamodule, "set_epoch_hook"):
+            raise TypeError(
+                f"AgentRIterations needs an agentr.data.AgentRDataModule, got {type(datamodule).__name__}"
+            )
+        datamodule.set_epoch_hook(lambda: self.prepare_epoch(trainer))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        stage = self.plan[trainer.current_epoch]
+        if stage.is_last_epoch and trainer.is_global_zero:
+            pl_module.save_adapter(self.adapter_dir(stage.iteration))
+        trainer.strategy.barrier()
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._evaluate_finished(trainer, upto=self.plan[-1].iteration)
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def prepare_epoch(self, trainer: pl.Trainer) -> None:
+        """Make the DataModule hold the data of the epoch about to start (called by it)."""
+        stage = self.plan[trainer.current_epoch]
+        if stage.iteration == self._loaded:
+            return
+        self._evaluate_finished(trainer, upto=stage.iteration - 1)
+        datamodule = trainer.datamodule
+        if stage.iteration == 0:
+            datamodule.set_trajectories(self._expert_data(trainer))
+        else:
+            out_dir = self.iteration_dir(stage.iteration) / "phase1"
+            engine = self.generation.policy(self.adapter_dir(stage.iteration - 1))
+            try:
+                dataset = datamodule.regenerate(
+                    engine, stage.iteration, self.alpha[stage.iteration - 1], out_dir
+                )
+            finally:
+                self.generation.release()
+            self._log_phase1(trainer, stage.iteration, dataset)
+        self._loaded = stage.iteration
+
+    def _expert_data(self, trainer: pl.Trainer) -> list:
+        path = self.iteration_dir(0) / "data.jsonl"
+        if not path.exists():
+            if trainer.is_global_zero:
+                write_jsonl_atomic(path, trainer.datamodule.expert_trajectories(self.warm_start.num_demos))
+            trainer.strategy.barrier()
+        return list(read_jsonl(path))
+
+    def _evaluate_finished(self, trainer: pl.Trainer, upto: int) -> None:
+        """Evaluate every finished stage up to iteration `upto` that has no results yet."""
+        if self.evaluation is None:
+            return
+        first = 0 if self.warm_start else 1
+        names = ["base"] + [f"iteration_{k}" for k in range(first, upto + 1)]
+        for index, name in enumerate(names):
+            adapter = None if name == "base" else self.run_dir / name / "adapter"
+            self.evaluation.evaluate_stage(
+                trainer, name, index, lambda a=adapter: self.generation.policy(a), self.run_dir / name
+            )
+        self.generation.release()
+
+    def _log_phase1(self, trainer: pl.Trainer, iteration: int, dataset: Path) -> None:
+        import json
+
+        stats_path = Path(dataset).parent / "stats.json"
+        if stats_path.exists() and trainer.is_global_zero:
+            stats = json.loads(stats_path.read_text())
+            numbers = {f"phase1/{k}": v for k, v in stats.items() if isinstance(v, (int, float))}
+            for logger in trainer.loggers:
+                logger.log_metrics({**numbers, "iteration": iteration}, step=trainer.global_step)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+                rows = [
+                    [t.task_id, t.kind, "\n\n".join(f"[{m['role']}{'*' if m.get('train') else ''}] {m['content']}" for m in t.messages)]
+                    for _, t in zip(range(8), read_jsonl(dataset))
+                ]
+                logger.log_table(key=f"phase1/iteration_{iteration}_samples", columns=["task", "kind", "conversation"], data=rows)
+
+    # ---- paths ------------------------------------------------------------------------------
+    def iteration_dir(self, iteration: int) -> Path:
+        return self.run_dir / f"iteration_{iteration}"
+
+    def adapter_dir(self, iteration: int) -> Path | None:
+        """The adapter that iteration `iteration` ended with (None: the base model)."""
+        if iteration < 0 or (iteration == 0 and self.warm_start is None):
+            return None
+        return self.iteration_dir(iteration) / "adapter"
+
+
+def _find_callback(trainer: pl.Trainer, cls: type, required: bool = True):
+    found = [c for c in trainer.callbacks if isinstance(c, cls)]
+    if not found and required:
+        raise ValueError(f"AgentRIterations needs a {cls.__name__} in trainer.callbacks")
+    return found[0] if found else None

@@ -1,0 +1,26 @@
+import pytest
+
+from agentr.callbacks import Stage, epoch_plan
+from agentr.callbacks.iteration import per_iteration
+
+
+def test_paper_schedule_three_epochs_then_one():
+    plan = epoch_plan(iterations=3, epochs=[3, 1])
+    assert [s.iteration for s in plan] == [1, 1, 1, 2, 3]
+    assert [s.is_last_epoch for s in plan] == [False, False, True, True, True]
+
+
+def test_warm_start_is_iteration_zero_before_the_loop():
+    plan = epoch_plan(iterations=2, epochs=[1], warm_start_epochs=2)
+    assert plan == [Stage(0, 0, 2), Stage(0, 1, 2), Stage(1, 0, 1), Stage(2, 0, 1)]
+
+
+def test_per_iteration_repeats_the_last_value():
+    assert per_iteration([0.5, 0.7], 4) == [0.5, 0.7, 0.7, 0.7]
+    assert per_iteration([0.5, 0.7, 1.0], 2) == [0.5, 0.7]
+
+
+@pytest.mark.parametrize("iterations,epochs", [(0, [1]), (2, [0]), (1, [])])
+def test_bad_schedules_are_rejected(iterations, epochs):
+    with pytest.raises(ValueError):
+        epoch_plan(iterations, epochs)
