@@ -1,0 +1,61 @@
+"""Settings of Phase I: tree search, pairing, critique and what the dataset keeps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+MODES = ("agent_r", "direct_revision", "optimal")
+
+
+@dataclass
+class SearchConfig:
+    """How Phase I searches each task and which trajectories it keeps (DESIGN 1.1-1.4).
+
+    Attributes:
+        num_simulations: descents from the root per tree (the official code's ITERA). Each
+            descent expands every node it reaches until it stands on a node whose children are
+            all terminal; the search stops early when the root itself becomes terminal.
+        n_expand: candidate replies sampled per expansion, drawn in one request (n=n_expand).
+            Replies whose text duplicates a sibling's are dropped.
+        c_uct: exploration constant c of UCT, `W/N + c * sqrt(ln N_parent / N)`.
+        max_depth: a child at this depth (assistant turns from the root) is terminal.
+        temperature: sampling temperature of expansions (the verifier is always greedy).
+        max_tokens: new tokens per sampled reply.
+        beta: a (good, bad) pair needs `r(good) - r(bad) > beta`.
+        max_pairs_per_task: revision trajectories kept per task, after a seeded shuffle of all
+            qualifying pairs (0 keeps none).
+        include_good: also write every good path (`r >= alpha`) as a "good" trajectory with all
+            assistant turns trained. Mode "optimal" always writes them.
+        mode: "agent_r": the policy itself judges the bad path and the first Bad step is the
+            transition point t'; "direct_revision": t' = end of the bad path (the paper's
+            Direct-Revision baseline); "optimal": no revision trajectories, good paths only.
+        critique_max_tokens: new tokens per verifier answer (reasons first, then the judgment).
+        max_concurrent_trees: trees searched together; bounds the engine batch and so the KV
+            cache it needs. Each batched engine call carries at most this many conversations.
+    """
+
+    num_simulations: int = 8
+    n_expand: int = 4
+    c_uct: float = 0.25
+    max_depth: int = 20
+    temperature: float = 1.0
+    max_tokens: int = 128
+    beta: float = 0.2
+    max_pairs_per_task: int = 4
+    include_good: bool = True
+    mode: Literal["agent_r", "direct_revision", "optimal"] = "agent_r"
+    critique_max_tokens: int = 256
+    max_concurrent_trees: int = 32
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown search mode {self.mode!r}; expected one of {MODES}")
+        for name in ("num_simulations", "n_expand", "max_depth", "max_tokens",
+                     "critique_max_tokens", "max_concurrent_trees"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SearchConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_pairs_per_task < 0:
+            raise ValueError(f"SearchConfig.max_pairs_per_task must be >= 0, got {self.max_pairs_per_task}")
+        if self.c_uct < 0 or self.temperature < 0:
+            raise ValueError("SearchConfig.c_uct and temperature must be >= 0")

@@ -1,0 +1,168 @@
+"""Scripted engines and a tiny environment for the search tests (no model needed)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable, Sequence
+
+from agentr.agent.conversation import HEADER_LEN, parse_action
+from agentr.engines.base import Conversation, Engine, Generation, SamplingConfig
+from agentr.envs.base import Environment
+from agentr.search.critique import VERIFIER_PROMPT
+
+
+class Killed(RuntimeError):
+    """Raised by a `ScriptedEngine` to simulate a run killed mid-way."""
+
+
+def reply(action: str, thought: str = "step") -> str:
+    return f"Thought: {thought}\nAction: {action}"
+
+
+def is_verifier(conversation: Conversation) -> bool:
+    return len(conversation) == 1 and conversation[0]["content"].startswith(VERIFIER_PROMPT[:40])
+
+
+def actions_so_far(conversation: Conversation) -> list[str]:
+    """The actions of the assistant turns after the header."""
+    return [parse_action(m["content"]) or "" for m in conversation[HEADER_LEN:] if m["role"] == "assistant"]
+
+
+def latest_action(verifier_conversation: Conversation) -> str:
+    text = verifier_conversation[0]["content"]
+    return text.split("Latest action: ")[-1].split("\n")[0]
+
+
+def content_rng(conversation: Conversation) -> random.Random:
+    """A random source determined by the prompt alone (as a seeded engine would be)."""
+    digest = hashlib.sha256(json.dumps(conversation, sort_keys=True).encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+class ScriptedEngine(Engine):
+    """Replies by rule: `policy(conversation, n)` -> n texts, `judge(conversation)` -> text.
+
+    Records every call as (kind, number of conversations, sampling); with `fail_after=k` the
+    (k+1)-th call raises `Killed`.
+    """
+
+    def __init__(self, policy: Callable[[Conversation, int], list[str]],
+                 judge: Callable[[Conversation], str] | None = None,
+                 fail_after: int | None = None, max_model_len: int = 100_000):
+        super().__init__()
+        self.policy = policy
+        self.judge = judge or (lambda c: "Looks fine.\nJudgment: Good")
+        self.fail_after = fail_after
+        self._max_model_len = max_model_len
+        self.calls: list[tuple[str, int, SamplingConfig]] = []
+        self.prompts: list[Conversation] = []
+
+    @property
+    def tokenizer(self):
+        return None
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    def count_tokens(self, conversation: Conversation) -> int:
+        return sum(len(m["content"].split()) + 3 for m in conversation) + 1
+
+    def generate(self, conversations: Sequence[Conversation], sampling: SamplingConfig) -> list[list[Generation]]:
+        if self.fail_after is not None and len(self.calls) >= self.fail_after:
+            raise Killed(f"killed at call {len(self.calls) + 1}")
+        kinds = {"judge" if is_verifier(c) else "expand" for c in conversations}
+        assert len(kinds) == 1, "expansions and judgments never share a call"
+        self.calls.append((kinds.pop(), len(conversations), sampling))
+        out = []
+        for conversation in conversations:
+            self.prompts.append(conversation)
+            if is_verifier(conversation):
+                texts = [self.judge(conversation) for _ in range(sampling.n)]
+            else:
+                texts = self.policy(conversation, sampling.n)
+                assert len(texts) == sampling.n
+            out.append([Generation(t, len(t.split())) for t in texts])
+        return out
+
+    def load_adapter(self, path: str | None) -> None:
+        pass
+
+
+class ToyEnv(Environment):
+    """A tiny game. `good` moves one step forward; after `need` of them the task is won
+    (reward 1, done). `half` ends with reward 0.5, `lose` with 0, `boom` is a failure (reward -1);
+    anything else (`noop`) changes nothing. No cheap clone: the base class replays."""
+
+    name = "toy"
+
+    def __init__(self, need: int = 2, tasks: int = 5):
+        super().__init__()
+        self.need = need
+        self.num_tasks = tasks
+        self.progress = 0
+
+    @property
+    def instruction(self) -> str:
+        return "Commands: good, half, lose, boom, noop."
+
+    def task_ids(self, split: str) -> list[str]:
+        self.check_split(split)
+        return [f"t{i}" for i in range(self.num_tasks)] if split == "train" else ["x0"]
+
+    def spawn(self) -> ToyEnv:
+        return type(self)(self.need, self.num_tasks)
+
+    def _reset(self, task_id: str) -> str:
+        self.progress = 0
+        return f"Task {task_id}: say good {self.need} times."
+
+    def _step(self, action: str) -> tuple[str, float, bool]:
+        action = action.strip().lower()
+        if action == "good":
+            self.progress += 1
+            if self.progress >= self.need:
+                return "You win.", 1.0, True
+            return f"Progress {self.progress}/{self.need}.", 0.0, False
+        if action == "half":
+            return "Half done, game over.", 0.5, True
+        if action == "lose":
+            return "You lose.", 0.0, True
+        if action == "boom":
+            return "Boom! The game crashed.", -1.0, True
+        return f"Nothing happens ({action}).", 0.0, False
+
+
+class CloneToyEnv(ToyEnv):
+    """`ToyEnv` with a cheap clone."""
+
+    cheap_clone = True
+
+    def clone(self) -> CloneToyEnv:
+        copy = type(self)(self.need, self.num_tasks)
+        copy.task_id, copy.actions, copy.done, copy.progress = self.task_id, list(self.actions), self.done, self.progress
+        return copy
+
+
+def toy_policy(weights: dict[str, float] | None = None) -> Callable[[Conversation, int], list[str]]:
+    """Samples n actions of the toy game by `weights`, from a prompt-seeded random source."""
+    weights = weights or {"good": 3, "noop": 2, "lose": 1, "half": 1, "boom": 0.5}
+    names, w = list(weights), list(weights.values())
+
+    def policy(conversation: Conversation, n: int) -> list[str]:
+        rng = content_rng(conversation)
+        return [reply(a, thought="try " + a) for a in rng.choices(names, weights=w, k=n)]
+
+    return policy
+
+
+def judge_bad_on(*bad_actions: str) -> Callable[[Conversation], str]:
+    """A verifier answering Bad exactly for the given actions, Good otherwise."""
+
+    def judge(conversation: Conversation) -> str:
+        verdict = "Bad" if latest_action(conversation) in bad_actions else "Good"
+        return f"The action {latest_action(conversation)} matters.\nJudgment: {verdict}"
+
+    return judge
