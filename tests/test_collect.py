@@ -1,0 +1,256 @@
+"""Phase I end to end with scripted engines: batching, modes, files, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from search_fakes import (
+    CloneToyEnv,
+    Killed,
+    ScriptedEngine,
+    ToyEnv,
+    actions_so_far,
+    content_rng,
+    judge_bad_on,
+    reply,
+    toy_policy,
+)
+
+from agentr.search.collect import collect, task_seed
+from agentr.search.config import SearchConfig
+from agentr.trajectory import read_jsonl
+
+TASKS = [f"t{i}" for i in range(5)]
+CONFIG = dict(num_simulations=4, n_expand=4, max_depth=5)
+
+
+def _collect(tmp: Path, engine=None, env=CloneToyEnv, tasks=TASKS, alpha=0.5, seed=0, **config):
+    engine = engine or ScriptedEngine(toy_policy(), judge_bad_on("noop", "lose", "half", "boom"))
+    cfg = SearchConfig(**{**CONFIG, **config})
+    return engine, collect(engine, lambda: env(need=2), tasks, cfg, tmp, alpha=alpha, seed=seed, progress=False)
+
+
+def _bad_actions(trajectory) -> list[str]:
+    """Actions of the bad prefix (assistant turns before the revision turn)."""
+    actions = []
+    for m in trajectory.messages[4:]:
+        if m["role"] != "assistant":
+            continue
+        if m["content"].endswith("Action: wait"):
+            break
+        actions.append(m["content"].split("Action: ")[-1])
+    return actions
+
+
+def test_agent_r_dataset_files_and_stats(tmp_path):
+    engine, result = _collect(tmp_path)
+    trajectories = list(read_jsonl(result.dataset))
+    kinds = [t.kind for t in trajectories]
+    assert "revision" in kinds and "good" in kinds
+    stats = result.stats
+    assert stats["trees_searched"] == len(TASKS)
+    assert stats["revision_trajectories"] == kinds.count("revision")
+    assert stats["good_trajectories"] == kinds.count("good")
+    assert stats["env_steps"] > 0 and stats["tokens_generated"] > 0 and stats["wall_seconds"] > 0
+    assert sum(stats["verdicts"].values()) == sum(1 for c in engine.calls if c[0] == "judge" for _ in range(c[1]))
+    assert json.loads((tmp_path / "stats.json").read_text())["trees_searched"] == len(TASKS)
+    for task in TASKS:  # one compact tree per task, one done file per task
+        tree = json.loads((tmp_path / "trees" / f"{task}.json").read_text())
+        assert tree["task_id"] == task and tree["root"]["N"] >= 1
+        assert (tmp_path / "tasks" / f"{task}.jsonl").exists()
+    # task order in the dataset
+    order = [t.task_id for t in trajectories]
+    assert order == sorted(order, key=TASKS.index)
+    for t in trajectories:
+        assert t.env == "toy" and t.iteration == 1
+        if t.kind == "revision":
+            meta = t.meta
+            assert meta["good_reward"] - meta["bad_reward"] > 0.2 and meta["good_reward"] >= 0.5
+            assert meta["divergence_step"] < meta["transition_step"] <= meta["bad_turns"]
+            bad = _bad_actions(t)
+            assert len(bad) == meta["transition_step"]
+            # model-guided t': the judge says Bad for every non-`good` action, so t' is the first
+            # such action after the divergence, or the end of the bad path
+            after = bad[meta["divergence_step"]:]
+            assert all(a == "good" for a in after[:-1])
+            assert after[-1] != "good" or len(bad) == meta["bad_turns"]
+            assert meta["revision_signal"] in t.messages[4 + 2 * len(bad)]["content"]
+        else:
+            assert t.meta["good_reward"] >= 0.5
+            assert all(m["train"] == (m["role"] == "assistant") for m in t.messages[4:])
+
+
+def test_each_engine_call_batches_the_trees(tmp_path):
+    engine, result = _collect(tmp_path)
+    expand_calls = [c for c in engine.calls if c[0] == "expand"]
+    per_task = [json.loads((tmp_path / "tasks" / f"{t}.stats.json").read_text()) for t in TASKS]
+    # all five trees advance together: one call per round, not one per expansion
+    assert len(expand_calls) == max(s["expansions"] for s in per_task)
+    assert sum(c[1] for c in expand_calls) == sum(s["expansions"] for s in per_task)
+    assert expand_calls[0][1] == len(TASKS)
+    assert all(c[2].n == 4 and c[2].temperature == 1.0 for c in expand_calls)
+    judge_calls = [c for c in engine.calls if c[0] == "judge"]
+    assert judge_calls and all(c[2].temperature == 0.0 and c[2].n == 1 for c in judge_calls)
+    assert result.stats["engine_calls"] == {"expand": len(expand_calls), "judge": len(judge_calls)}
+
+
+def test_batch_composition_does_not_change_the_dataset(tmp_path):
+    _, wide = _collect(tmp_path / "wide")
+    engine, narrow = _collect(tmp_path / "narrow", max_concurrent_trees=2)
+    assert max(c[1] for c in engine.calls if c[0] == "expand") <= 2
+    assert wide.dataset.read_bytes() == narrow.dataset.read_bytes()
+
+
+def test_modes_differ_as_specified(tmp_path):
+    runs = {}
+    for mode in ("agent_r", "direct_revision", "optimal"):
+        engine, result = _collect(tmp_path / mode, mode=mode)
+        runs[mode] = (engine, list(read_jsonl(result.dataset)))
+    # optimal: good trajectories only, no critique
+    engine, data = runs["optimal"]
+    assert data and all(t.kind == "good" for t in data)
+    assert not any(c[0] == "judge" for c in engine.calls)
+    # direct revision: t' = end of the bad path, no critique
+    engine, data = runs["direct_revision"]
+    revisions = [t for t in data if t.kind == "revision"]
+    assert revisions and all(t.meta["transition_step"] == t.meta["bad_turns"] for t in revisions)
+    assert not any(c[0] == "judge" for c in engine.calls)
+    # agent_r: the same pairs, cut earlier where the verifier found a Bad step
+    engine, data = runs["agent_r"]
+    agent_r = [t for t in data if t.kind == "revision"]
+    assert any(c[0] == "judge" for c in engine.calls)
+    assert [(t.id, t.meta["divergence_step"]) for t in agent_r] == \
+        [(t.id, t.meta["divergence_step"]) for t in revisions]
+    assert all(a.meta["transition_step"] <= d.meta["transition_step"] for a, d in zip(agent_r, revisions))
+    assert any(a.meta["transition_step"] < d.meta["transition_step"] for a, d in zip(agent_r, revisions))
+    # the good trajectories are the same in every mode
+    goods = {mode: [t.to_json() for t in data if t.kind == "good"] for mode, (_, data) in runs.items()}
+    assert goods["agent_r"] == goods["direct_revision"] == goods["optimal"]
+
+
+def test_include_good_false_and_pair_cap(tmp_path):
+    _, result = _collect(tmp_path, include_good=False, max_pairs_per_task=1)
+    data = list(read_jsonl(result.dataset))
+    assert data and all(t.kind == "revision" for t in data)
+    per_task = {}
+    for t in data:
+        per_task[t.task_id] = per_task.get(t.task_id, 0) + 1
+    assert max(per_task.values()) == 1
+    assert result.stats["pairs_found"] > len(data)
+
+
+def test_unparsable_verdicts_count_as_uncertain(tmp_path):
+    engine = ScriptedEngine(toy_policy(), judge=lambda c: "I cannot tell.")
+    _, result = _collect(tmp_path, engine=engine)
+    stats = result.stats
+    assert stats["unparsed_verdicts"] > 0
+    assert stats["verdicts"]["Uncertain"] == stats["unparsed_verdicts"]
+    assert stats["verdicts"]["Bad"] == 0
+    # nothing judged Bad: every transition is the end of the bad path
+    for t in read_jsonl(result.dataset):
+        if t.kind == "revision":
+            assert t.meta["transition_step"] == t.meta["bad_turns"]
+
+
+def test_replay_environment_gives_the_same_dataset(tmp_path):
+    _, cloned = _collect(tmp_path / "clone", env=CloneToyEnv)
+    _, replayed = _collect(tmp_path / "replay", env=ToyEnv)
+    assert cloned.dataset.read_bytes() == replayed.dataset.read_bytes()
+    assert replayed.stats["replay_steps"] > 0 == cloned.stats["replay_steps"]
+
+
+def test_seed_is_per_task_and_stable_across_processes():
+    assert task_seed(0, "t1") != task_seed(1, "t1") and task_seed(0, "t1") != task_seed(0, "t2")
+    code = "from agentr.search.collect import task_seed; print(task_seed(0, 't1'))"
+    for hashseed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": hashseed},
+                             capture_output=True, text=True, check=True).stdout
+        assert int(out) == task_seed(0, "t1")
+
+
+@pytest.mark.parametrize("kill_after", [0, 1, 3, 6, 9, 14, 20])
+def test_resume_after_a_kill_gives_the_same_dataset(tmp_path, kill_after):
+    _, reference = _collect(tmp_path / "ref", max_concurrent_trees=2)
+    killed = ScriptedEngine(toy_policy(), judge_bad_on("noop", "lose", "half", "boom"), fail_after=kill_after)
+    with pytest.raises(Killed):
+        _collect(tmp_path / "run", engine=killed, max_concurrent_trees=2)
+    assert not (tmp_path / "run" / "dataset.jsonl").exists()
+    finished = sorted(p.name for p in (tmp_path / "run" / "tasks").glob("*.jsonl"))
+    assert not list((tmp_path / "run").rglob("*.tmp"))  # no half-written file left behind
+    engine, resumed = _collect(tmp_path / "run", max_concurrent_trees=2)
+    assert resumed.stats["tasks_resumed"] == len(finished)
+    assert resumed.dataset.read_bytes() == reference.dataset.read_bytes()
+    assert resumed.stats["trees_searched"] == len(TASKS)
+    for key in ("revision_trajectories", "good_trajectories", "env_steps", "verdicts", "tokens_generated"):
+        assert resumed.stats[key] == reference.stats[key]
+    # the resumed run searched only the unfinished tasks
+    assert resumed.stats["trees_this_run"] == len(TASKS) - len(finished)
+    unfinished = [t for t in TASKS if f"{t}.jsonl" not in finished]
+    expansions = [json.loads((tmp_path / "run" / "tasks" / f"{t}.stats.json").read_text())["expansions"]
+                  for t in unfinished]
+    assert sum(c[1] for c in engine.calls if c[0] == "expand") == sum(expansions)
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    _collect(tmp_path, tasks=TASKS[:2])
+    with pytest.raises(ValueError, match="other settings"):
+        _collect(tmp_path, tasks=TASKS[:2], beta=0.5)
+    _, result = _collect(tmp_path, tasks=TASKS)  # more tasks, same settings: fine
+    assert result.stats["tasks_resumed"] == 2
+
+
+# ---- TextCraft with a scripted policy ----------------------------------------------------------
+textcraft = pytest.importorskip("agentr.envs.textcraft")
+
+
+def _textcraft_policy(expert: list[str]):
+    """Follows the expert solution, but sometimes checks the inventory or gets a wrong item; once
+    off the expert's track it never recovers."""
+
+    def policy(conversation, n):
+        done = [a for a in actions_so_far(conversation) if a != "inventory"]
+        rng = content_rng(conversation)
+        if done == expert[: len(done)] and len(done) < len(expert):
+            options = [expert[len(done)], expert[len(done)], "inventory", "get 1 dirt"]
+        else:
+            options = ["inventory", "craft 1 stick using 2 dirt"]
+        return [reply(rng.choice(options), thought="next") for _ in range(n)]
+
+    return policy
+
+
+def test_textcraft_revision_data_with_a_scripted_policy(tmp_path):
+    env = textcraft.TextCraftEnv(min_depth=1, max_depth=1)
+    task_ids = env.task_ids("train")[:3]
+    expert = {t: env.expert_actions(t) for t in task_ids}
+    assert all(1 <= len(e) <= 4 for e in expert.values())
+
+    def policy(conversation, n):  # which task: the first observation names the goal
+        for t, actions in expert.items():
+            if conversation[3]["content"] == env.tasks.task(t).observation:
+                return _textcraft_policy(actions)(conversation, n)
+        raise AssertionError("unknown task")
+
+    engine = ScriptedEngine(policy, judge_bad_on("get 1 dirt", "craft 1 stick using 2 dirt"))
+    cfg = SearchConfig(num_simulations=6, n_expand=4, max_depth=6)
+    result = collect(engine, lambda: textcraft.TextCraftEnv(min_depth=1, max_depth=1), task_ids, cfg,
+                     tmp_path, alpha=1.0, progress=False)
+    data = list(read_jsonl(result.dataset))
+    revisions = [t for t in data if t.kind == "revision"]
+    goods = [t for t in data if t.kind == "good"]
+    assert revisions and goods
+    for t in goods:  # replaying a good trajectory in a fresh env crafts the goal
+        check = textcraft.TextCraftEnv(min_depth=1, max_depth=1)
+        check.reset(t.task_id)
+        rewards = [check.step(m["content"].split("Action: ")[-1])[1] for m in t.messages[4:] if m["role"] == "assistant"]
+        assert rewards[-1] == 1.0
+    for t in revisions:
+        bad = _bad_actions(t)
+        assert bad[-1] in ("get 1 dirt", "craft 1 stick using 2 dirt")  # t' is the first wrong step
+        assert not any(a in ("get 1 dirt", "craft 1 stick using 2 dirt") for a in bad[t.meta["divergence_step"]:-1])
+        assert t.messages[-2]["train"] and t.messages[-1]["content"].startswith("Crafted")

@@ -1,0 +1,88 @@
+"""Model-guided critique (DESIGN 1.3): verdict parsing, verifier prompts, the transition point."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentr.search.critique import CritiqueWalk, parse_judgment, step_conversation, verifier_conversation
+from agentr.search.mcts import Node
+from agentr.search.pairing import Pair
+
+
+@pytest.mark.parametrize("text, verdict", [
+    ("The craft fails.\nJudgment: Bad", "Bad"),
+    ("Reasons...\nJudgement: Good", "Good"),            # British spelling
+    ("judgment:uncertain", "Uncertain"),
+    ("It helps.\nJudgment: **Good**", "Good"),           # markdown emphasis
+    ("Judgment: Good? No wait.\nJudgment: Bad.", "Bad"),  # the last verdict counts
+    ("JUDGMENT : BAD", "Bad"),
+    ("This action is bad.", None),                       # no judgment line
+    ("Judgment: maybe", None),
+    ("", None),
+    ("Judgment: Badly phrased", None),
+])
+def test_parse_judgment(text, verdict):
+    assert parse_judgment(text) == verdict
+
+
+def _path(actions: list[str]) -> list[Node]:
+    root = Node(id=0, parent=None, depth=0, observation="Goal: craft stick.")
+    path = [root]
+    for i, a in enumerate(actions, 1):
+        node = Node(id=i, parent=path[-1], depth=i, response=f"Action: {a}", action=a, observation=f"after {a}")
+        path[-1].children.append(node)
+        path.append(node)
+    return path
+
+
+def test_verifier_prompt_has_task_history_and_step():
+    (message,) = step_conversation(_path(["get 1 log", "craft 4 planks", "inventory"]), 3)
+    text = message["content"]
+    assert message["role"] == "user"
+    assert "Goal: craft stick." in text
+    assert "Action: get 1 log\nObservation: after get 1 log\nAction: craft 4 planks" in text
+    assert text.endswith("Latest action: inventory\nObservation: after inventory")
+    assert "Judgment: Good" in text and "Judgment: Bad" in text and "Judgment: Uncertain" in text
+    assert "(none yet)" in verifier_conversation("task", [], "a", "o")[0]["content"]
+
+
+def test_verifier_prompt_drops_oldest_history_to_fit():
+    path = _path(["a1", "a2", "a3", "a4"])
+    short = step_conversation(path, 4, fits=lambda c: "a1" not in c[0]["content"])[0]["content"]
+    assert "Action: a1" not in short and "Action: a2\nObservation: after a2" in short
+    with pytest.raises(ValueError):
+        step_conversation(path, 4, fits=lambda c: False)
+
+
+def _pair(bad_actions: list[str], divergence: int) -> Pair:
+    bad = _path(bad_actions)
+    good = bad[: divergence + 1]
+    good_leaf = Node(id=100, parent=good[-1], depth=divergence + 1, action="win")
+    return Pair(good=good + [good_leaf], bad=bad, divergence=divergence)
+
+
+def _walk_with(verdict_of: dict[str, str], pair: Pair) -> tuple[int, list[str]]:
+    walk, asked, verdicts = CritiqueWalk(pair), [], {}
+    while (node := walk.advance(verdicts)) is not None:
+        asked.append(node.action)
+        verdicts[node.id] = verdict_of.get(node.action, "Good")
+    return walk.transition, asked
+
+
+def test_first_bad_step_after_divergence_is_the_transition():
+    pair = _pair(["s1", "s2", "b3", "b4", "b5"], divergence=2)
+    transition, asked = _walk_with({"s1": "Bad", "b3": "Uncertain", "b4": "Bad", "b5": "Bad"}, pair)
+    assert transition == 4  # s1 lies in the shared prefix: never judged; b3 uncertain; b4 is first Bad
+    assert asked == ["b3", "b4"]  # the walk stops at the first Bad step
+
+
+def test_no_bad_step_means_end_of_bad_path():
+    pair = _pair(["s1", "b2", "b3"], divergence=1)
+    transition, asked = _walk_with({}, pair)
+    assert (transition, asked) == (3, ["b2", "b3"])
+
+
+def test_cached_verdicts_are_not_asked_again():
+    pair = _pair(["s1", "b2", "b3"], divergence=1)
+    walk = CritiqueWalk(pair)
+    assert walk.advance({2: "Good", 3: "Bad"}) is None and walk.transition == 3
