@@ -68,6 +68,11 @@ def task_seed(seed: int, task_id: str) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
+def call_seed(seed: int, call: int) -> int:
+    """The sampling seed of the `call`-th batched expansion call of a run."""
+    return (seed * 1_000_003 + call * 7_919) % (2**31 - 1)
+
+
 def task_filename(task_id: str) -> str:
     """`task_id` made safe as a file name."""
     return quote(str(task_id), safe="") or "_"
@@ -318,7 +323,7 @@ def collect(
 
     bar = tqdm(total=len(task_ids), initial=resumed, unit="task", desc="collect", disable=not progress)
     expand_sampling = SamplingConfig(n=config.n_expand, temperature=config.temperature,
-                                     max_tokens=config.max_tokens, seed=seed)
+                                     max_tokens=config.max_tokens)
     judge_sampling = SamplingConfig(n=1, temperature=0.0, max_tokens=config.critique_max_tokens, seed=seed)
     expand_limit = engine.max_model_len - config.max_tokens
     judge_limit = engine.max_model_len - config.critique_max_tokens
@@ -346,8 +351,10 @@ def collect(
             if expansions:
                 prompts = [fit_conversation(engine, job.tree.conversation(node), expand_limit)
                            for job, node in expansions]
+                # a fresh seed per call, so that rounds do not replay the same random stream
+                sampling = dataclasses.replace(expand_sampling, seed=call_seed(seed, calls["expand"]))
                 calls["expand"] += 1
-                for (job, node), generations in zip(expansions, engine.generate(prompts, expand_sampling)):
+                for (job, node), generations in zip(expansions, engine.generate(prompts, sampling)):
                     job.tree.expand(node, generations)
             if judgments:
                 prompts = [step_conversation(node.path(), node.depth, judge_fits) for _, node in judgments]
@@ -418,16 +425,19 @@ def collect_command(
     iteration: int = 1,
     seed: int = 0,
     max_model_len: int = 4096,
+    env_options: dict | None = None,
+    engine_options: dict | None = None,
     progress: bool = True,
 ) -> None:
     """Phase I alone: search tasks with a model, critique, splice, and write the dataset as JSONL.
 
     Writes OUT_DIR/dataset.jsonl (trajectories, see agentr.trajectory), OUT_DIR/trees/ (one
-    search tree per task) and OUT_DIR/stats.json. Re-running with the same OUT_DIR resumes.
+    search tree per task), OUT_DIR/tasks/ (per-task results) and OUT_DIR/stats.json. Running
+    again with the same OUT_DIR resumes: finished tasks are skipped.
 
     Args:
         model: Hugging Face id, model directory or .gguf file of the policy.
-        env: environment name (textcraft, sciworld, or an AgentGym server URL).
+        env: environment name (textcraft, sciworld, http).
         out_dir: where the dataset, trees and stats go; an existing one is resumed.
         split: task split to search ("train" or "test").
         num_tasks: search only the first N tasks of the split.
@@ -438,17 +448,19 @@ def collect_command(
         iteration: Agent-R iteration recorded in the trajectories.
         seed: base seed of all random choices.
         max_model_len: context length (prompt + reply) of the engine.
+        env_options: keyword arguments of the environment, e.g. {"max_depth": 1} for TextCraft.
+        engine_options: keyword arguments of the engine, e.g. {"kv_cache_gb": 3}.
         progress: show a progress bar.
     """
     from agentr.engines import make_engine
     from agentr.envs import make_env
 
-    env_factory = lambda: make_env(env)  # noqa: E731
+    env_factory = lambda: make_env(env, **(env_options or {}))  # noqa: E731
     with env_factory() as probe:
         task_ids = probe.task_ids(split)
     if num_tasks is not None:
         task_ids = task_ids[:num_tasks]
-    policy = make_engine(model, engine=engine, max_model_len=max_model_len, seed=seed)
+    policy = make_engine(engine, model, max_model_len=max_model_len, seed=seed, **(engine_options or {}))
     try:
         if adapter:
             policy.load_adapter(adapter)
@@ -457,6 +469,6 @@ def collect_command(
     finally:
         policy.close()
     keys = ("trees_searched", "revision_trajectories", "good_trajectories", "mean_transition_step",
-            "verdicts", "env_steps", "tokens_generated", "wall_seconds")
-    summary = {k: result.stats[k] for k in keys}
-    print(json.dumps({"dataset": str(result.dataset), **summary}, indent=2))
+            "transition_step_histogram", "verdicts", "unparsed_verdicts", "env_steps",
+            "tokens_generated", "wall_seconds")
+    print(json.dumps({"dataset": str(result.dataset), **{k: result.stats[k] for k in keys}}, indent=2))
