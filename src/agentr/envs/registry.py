@@ -1,0 +1,41 @@
+"""Environments by name: `make_env("textcraft", max_depth=2)`.
+
+The registry maps a name to the import path of its class, so listing names never imports an
+optional dependency (ScienceWorld's Java bridge). Register your own with `register_env`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from agentr.envs.base import Environment
+
+#: name -> "module:Class". Options of `make_env` go to the class's constructor.
+ENVIRONMENTS: dict[str, str] = {
+    "textcraft": "agentr.envs.textcraft:TextCraftEnv",
+    "sciworld": "agentr.envs.sciworld:ScienceWorldEnv",
+    "http": "agentr.envs.http:HTTPEnvironment",
+}
+
+
+def register_env(name: str, target: str | type[Environment]) -> None:
+    """Make `make_env(name)` build `target` (a class, or "module:Class")."""
+    if not isinstance(target, str):
+        target = f"{target.__module__}:{target.__qualname__}"
+    ENVIRONMENTS[name] = target
+
+
+def env_class(name: str) -> type[Environment]:
+    """The class registered as `name`."""
+    if name not in ENVIRONMENTS:
+        raise KeyError(
+            f"unknown environment {name!r}; registered: {', '.join(sorted(ENVIRONMENTS))}"
+        )
+    module, _, attribute = ENVIRONMENTS[name].partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def make_env(name: str, **kwargs: Any) -> Environment:
+    """A new environment `name` built with `kwargs`, e.g. `make_env("textcraft", max_depth=2)`."""
+    return env_class(name)(**kwargs)

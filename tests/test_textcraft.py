@@ -1,0 +1,319 @@
+"""TextCraft: ADaPT's format and rules, determinism, splits, the expert, and a text-only oracle."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import subprocess
+import sys
+from functools import lru_cache
+
+import pytest
+
+from agentr.envs import Environment, TextCraftEnv, UnknownTaskError
+
+LINE = re.compile(r"^craft (\d+) (.+?) using (.+)$")
+
+
+@pytest.fixture(scope="module")
+def env() -> TextCraftEnv:
+    return TextCraftEnv(min_depth=1)  # every goal
+
+
+def task_of(env: TextCraftEnv, goal: str) -> str:
+    return str(env.tasks.goals.index("minecraft:" + goal.replace(" ", "_")))
+
+
+# ---- a planner that reads only the first observation ------------------------------------------
+def oracle_actions(observation: str) -> list[str]:
+    """Plan a solution from the text of the first observation alone (no recipe data)."""
+    head, goal_line = observation.rsplit("\n\nGoal: craft ", 1)
+    goal = goal_line.removesuffix(".")
+    recipes: dict[str, list[tuple[int, list[tuple[int, str]]]]] = {}
+    for line in head.split("\n")[1:]:
+        match = LINE.match(line)
+        ingredients = [
+            (int(c), n) for c, n in (p.strip().split(" ", 1) for p in match.group(3).split(","))
+        ]
+        recipes.setdefault(match.group(2), []).append((int(match.group(1)), ingredients))
+    outputs = sorted(recipes)
+
+    def resolve(name: str) -> str:
+        if name in recipes:
+            return name
+        # A generic ingredient ("planks"): several listed outputs are kinds of it ("oak planks"),
+        # none of them made from the ingredient itself ("8 terracotta" -> "green terracotta").
+        members = [
+            o
+            for o in outputs
+            if o.endswith(" " + name) and all(n != name for _, ings in recipes[o] for _, n in ings)
+        ]
+        return min(members, key=lambda m: (depth(m), m)) if len(members) > 1 else name
+
+    @lru_cache(maxsize=None)
+    def depth(item: str) -> int:
+        if item not in recipes:
+            return 0
+        return min(max(depth(resolve(n)) + 1 for _, n in ings) for _, ings in recipes[item])
+
+    choice = {
+        item: min(rs, key=lambda r: max(depth(resolve(n)) for _, n in r[1]))
+        for item, rs in recipes.items()
+    }
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(item: str) -> None:
+        if item not in seen:
+            seen.add(item)
+            for _, name in choice[item][1] if item in choice else ():
+                visit(resolve(name))
+            order.append(item)
+
+    visit(goal)
+    need = dict.fromkeys(order, 0)
+    need[goal] = 1
+    batches: dict[str, int] = {}
+    for item in reversed(order):
+        if item in choice and need[item]:
+            out, ingredients = choice[item]
+            batches[item] = math.ceil(need[item] / out)
+            for count, name in ingredients:
+                need[resolve(name)] += batches[item] * count
+    actions = [f"get {need[i]} {i}" for i in order if i not in choice and need[i]]
+    for item in order:
+        if batches.get(item):
+            out, ingredients = choice[item]
+            using = ", ".join(f"{c} {resolve(n)}" for c, n in ingredients)
+            actions += [f"craft {out} {item} using {using}"] * batches[item]
+    return actions
+
+
+def play(env: Environment, task_id: str, actions: list[str]) -> tuple[float, bool, list[str]]:
+    env.reset(task_id)
+    reward, done, observations = 0.0, False, []
+    for action in actions:
+        observation, reward, done = env.step(action)
+        observations.append(observation)
+        if done:
+            break
+    return reward, done, observations
+
+
+# ---- format ---------------------------------------------------------------------------------
+def test_first_observation_has_adapt_format(env):
+    for task_id in env.task_ids("test")[:20] + env.task_ids("train")[:20]:
+        observation = env.reset(task_id)
+        assert observation.startswith("Crafting commands:\n")
+        head, goal = observation.split("\n\nGoal: craft ")
+        assert goal == env.goal_of(task_id) + "."
+        lines = head.split("\n")[1:]
+        assert lines and all(LINE.match(line) for line in lines)
+        assert len(lines) == len(set(lines))
+
+
+def test_observations_match_adapt_strings():
+    env = TextCraftEnv(min_depth=1)
+    env.reset(task_of(env, "stick"))
+    assert env.step("inventory") == ("Inventory: You are not carrying anything.", 0.0, False)
+    assert env.step("get 1 oak logs") == ("Got 1 oak logs", 0.0, False)
+    assert env.step("get 2 oak logs")[0] == "Got 2 oak logs"
+    assert env.step("inventory")[0] == "Inventory: [oak logs] (3) "
+    assert env.step("craft 4 oak planks using 1 oak logs") == (
+        "Crafted 4 minecraft:oak_planks",
+        0.0,
+        False,
+    )
+    assert env.step("inventory")[0] == "Inventory: [oak logs] (2) [oak planks] (4) "
+    # a craftable item, a tag and an unknown item cannot be fetched
+    assert env.step("get 4 oak planks")[0] == "Could not find oak planks"
+    assert env.step("get 2 planks")[0] == "Could not find planks"
+    assert env.step("get 1 unobtainium")[0] == "Could not find unobtainium"
+    # a tag ingredient takes a member, not the tag's name
+    assert env.step("craft 4 stick using 2 planks")[0] == (
+        "Could not find enough items to craft minecraft:stick"
+    )
+    assert env.step("craft 4 stick using 3 oak planks")[0] == (
+        "Could not find a valid recipe for minecraft:stick"
+    )
+    assert env.step("craft 4 stick using 9 oak planks")[0] == (
+        "Could not find enough items to craft minecraft:stick"
+    )
+    assert env.step("craft 4 stick using two oak planks")[0] == "Wrong item format: two oak planks"
+    assert env.step("dance")[0] == "Could not execute dance"
+    assert env.step("craft 4 stick using 2 oak planks") == ("Crafted 4 minecraft:stick", 1.0, True)
+    assert env.step("inventory") == ("The goal is already crafted: the episode is over.", 1.0, True)
+
+
+def test_output_count_is_not_checked_by_default_and_can_be():
+    lenient, strict = TextCraftEnv(min_depth=1), TextCraftEnv(min_depth=1, check_output_count=True)
+    for env in (lenient, strict):
+        env.reset(task_of(env, "stick"))
+        env.step("get 1 oak logs")
+    assert (
+        lenient.step("craft 3 oak planks using 1 oak logs")[0] == "Crafted 4 minecraft:oak_planks"
+    )
+    assert strict.step("craft 3 oak planks using 1 oak logs")[0] == (
+        "Could not find a valid recipe for minecraft:oak_planks"
+    )
+    assert strict.step("craft 4 oak planks using 1 oak logs")[0] == "Crafted 4 minecraft:oak_planks"
+
+
+def test_actions_are_normalised_and_never_raise(env):
+    env.reset(task_of(env, "stick"))
+    assert env.step("  Get 2   Bamboo. ")[0] == "Got 2 bamboo"
+    junk = [
+        "",
+        " ",
+        "get",
+        "get x y",
+        "get -1 bamboo",
+        "get 0 bamboo",
+        "craft",
+        "craft using",
+        "craft 1 stick using",
+        "craft 1 stick using ,",
+        "craft stick using 2 bamboo, , 1",
+        "craft 1 stick using 2 bamboo, 2 bamboo",
+        "\x00",
+        "get 99999999999999999999 bamboo x",
+        "craft 1 stick using 2 bamboo using 2 bamboo",
+        "inventory please",
+        "Action: get 1 bamboo",
+    ]
+    for action in junk:
+        observation, reward, done = env.step(action)
+        assert isinstance(observation, str) and observation
+        assert reward == 0.0 and not done
+    assert env.step("craft stick using 2 bamboo") == ("Crafted 1 minecraft:stick", 1.0, True)
+
+
+def test_instruction_is_short_and_names_the_commands(env):
+    assert len(env.instruction) < 700
+    for word in ("get N item", "craft N item using", "inventory"):
+        assert word in env.instruction
+
+
+# ---- determinism ----------------------------------------------------------------------------
+_DIGEST = (
+    "import hashlib\n"
+    "from agentr.envs import TextCraftEnv\n"
+    "env = TextCraftEnv(min_depth=1)\n"
+    "h = hashlib.sha256()\n"
+    "for t in sorted(env.task_ids('train') + env.task_ids('test'), key=int):\n"
+    "    h.update(env.reset(t).encode()); h.update(repr(env.expert_actions(t)).encode())\n"
+    "print(h.hexdigest())\n"
+)
+
+
+def test_byte_identical_across_processes_and_hash_seeds(env):
+    digests = set()
+    for seed in ("0", "1", "4242"):
+        result = subprocess.run(
+            [sys.executable, "-c", _DIGEST],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        digests.add(result.stdout.strip())
+    assert len(digests) == 1
+    here = hashlib.sha256()
+    for task_id in sorted(env.task_ids("train") + env.task_ids("test"), key=int):
+        here.update(env.reset(task_id).encode())
+        here.update(repr(env.expert_actions(task_id)).encode())
+    assert digests == {here.hexdigest()}
+
+
+def test_reset_is_repeatable_and_does_not_drift(env):
+    first = env.reset("7")
+    for task_id in env.task_ids("train")[:50]:
+        env.reset(task_id)
+        for action in env.expert_actions(task_id):
+            env.step(action)
+    assert env.reset("7") == first
+
+
+# ---- task ids and splits --------------------------------------------------------------------
+def test_default_splits_are_adapts_goals_with_100_test_tasks():
+    env = TextCraftEnv()
+    train, test = env.task_ids("train"), env.task_ids("test")
+    assert len(test) == 100 and len(train) == 319
+    assert not set(train) & set(test)
+    assert sorted(map(int, train + test)) == list(range(419))  # ADaPT's goals: depth >= 2
+    for split in (train, test):
+        assert {env.depth_of(t) for t in split} == {2, 3, 4}
+    assert env.depth_of("0") == 4  # deepest first, as ADaPT
+
+
+@pytest.mark.parametrize(
+    ("options", "train", "test", "depths"),
+    [
+        ({}, 319, 100, {2, 3, 4}),
+        ({"max_depth": 1}, 95, 30, {1}),
+        ({"max_depth": 2}, 317, 99, {1, 2}),
+        ({"min_depth": 2, "max_depth": 2}, 222, 69, {2}),
+        ({"min_depth": 1}, 414, 130, {1, 2, 3, 4}),
+    ],
+)
+def test_difficulty_options_select_goals_by_depth(options, train, test, depths):
+    env = TextCraftEnv(**options)
+    assert (len(env.task_ids("train")), len(env.task_ids("test"))) == (train, test)
+    for split in ("train", "test"):
+        assert {env.depth_of(t) for t in env.task_ids(split)} == depths
+    everything = TextCraftEnv(min_depth=1)
+    assert set(env.task_ids("test")) <= set(everything.task_ids("test"))  # a goal keeps its split
+
+
+def test_bad_options_and_unknown_task_ids():
+    with pytest.raises(ValueError, match="min_depth"):
+        TextCraftEnv(min_depth=3, max_depth=2)
+    with pytest.raises(ValueError, match="split"):
+        TextCraftEnv().task_ids("dev")
+    env = TextCraftEnv()
+    for bad in ("544", "-1", "abc", "", "1.5"):
+        with pytest.raises(UnknownTaskError, match="'0' to '543'"):
+            env.reset(bad)
+    with pytest.raises(RuntimeError, match="reset"):
+        TextCraftEnv().step("inventory")
+    assert env.reset(3) == env.reset("3")
+
+
+# ---- clone ----------------------------------------------------------------------------------
+def test_clone_copies_state_without_replay(env, monkeypatch):
+    task_id = task_of(env, "chest")
+    env.reset(task_id)
+    actions = env.expert_actions(task_id)
+    for action in actions[:2]:
+        env.step(action)
+    calls = []
+    monkeypatch.setattr(TextCraftEnv, "_reset", lambda self, t: calls.append(t))
+    copy = env.clone()
+    assert not calls and TextCraftEnv.cheap_clone
+    assert copy.inventory == env.inventory and copy.actions == env.actions
+    inventory = env.step("inventory")
+    for action in actions[2:]:
+        observation, reward, done = copy.step(action)
+    assert (reward, done) == (1.0, True)
+    assert env.step("inventory") == inventory  # the original is untouched
+    assert not env.done
+
+
+# ---- solutions ------------------------------------------------------------------------------
+def test_expert_solves_every_task_of_both_splits(env):
+    for split in ("train", "test"):
+        for task_id in env.task_ids(split):
+            actions = env.expert_actions(task_id)
+            reward, done, observations = play(env, task_id, actions)
+            assert (reward, done) == (1.0, True), (task_id, actions, observations)
+            assert len(observations) == len(actions)  # no wasted or invalid command
+
+
+@pytest.mark.parametrize("options", [{}, {"min_depth": 1}])
+def test_oracle_reading_only_the_first_observation_solves_99_percent(options):
+    env = TextCraftEnv(**options)
+    test = env.task_ids("test")
+    solved = sum(play(env, t, oracle_actions(env.reset(t)))[0] == 1.0 for t in test)
+    assert solved >= 0.99 * len(test), f"{solved}/{len(test)}"
