@@ -200,7 +200,7 @@ def test_resume_refuses_other_settings(tmp_path):
     _collect(tmp_path, tasks=TASKS[:2])
     with pytest.raises(ValueError, match="other settings"):
         _collect(tmp_path, tasks=TASKS[:2], beta=0.5)
-    _, result = _collect(tmp_path, tasks=TASKS)  # more tasks, same settings: fine
+    _, result = _collect(tmp_path, tasks=TASKS, max_concurrent_trees=3)  # more tasks, same data settings
     assert result.stats["tasks_resumed"] == 2
 
 

@@ -135,6 +135,7 @@ def test_wait_is_answered_by_the_agent_and_unparsable_reply_goes_to_the_env():
     tree = _tree()
     wait, junk = tree.expand(tree.pending(), _gens(reply("wait"), "I do not know"))
     assert wait.observation == "OK." and wait.env.actions == []  # not sent to the environment
+    assert wait.reward == tree.root.reward and not wait.terminal
     assert junk.action == "I do not know" and junk.observation == "Nothing happens (i do not know)."
     assert tree.counters.env_steps == 1
     assert env_action("Thought: x\nAction: get 1 stick") == "get 1 stick"

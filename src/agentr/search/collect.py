@@ -308,9 +308,9 @@ def collect(
     tasks_dir, trees_dir = out_dir / "tasks", out_dir / "trees"
     tasks_dir.mkdir(parents=True, exist_ok=True)
     trees_dir.mkdir(parents=True, exist_ok=True)
-    _check_run_settings(out_dir, {
-        "config": dataclasses.asdict(config), "alpha": alpha, "seed": seed, "iteration": iteration,
-    })
+    # everything that shapes the data (the concurrency bound does not)
+    shaping = {k: v for k, v in dataclasses.asdict(config).items() if k != "max_concurrent_trees"}
+    _check_run_settings(out_dir, {"config": shaping, "alpha": alpha, "seed": seed, "iteration": iteration})
 
     done_file = lambda t: tasks_dir / f"{task_filename(t)}.jsonl"  # noqa: E731
     todo = deque(t for t in task_ids if not done_file(t).exists())
@@ -318,6 +318,7 @@ def collect(
     started = time.perf_counter()
     calls = Counter()
     finished_now: list[dict] = []
+    written: Counter[str] = Counter()  # trajectories written by this run
 
     from tqdm.auto import tqdm
 
@@ -365,6 +366,8 @@ def collect(
             for job in active:
                 if job.stage == "done":
                     finished_now.append(_write_task(job, tasks_dir, trees_dir))
+                    written.update(revision=finished_now[-1]["revision"], good=finished_now[-1]["good"])
+                    bar.set_postfix(revision=written["revision"], good=written["good"], refresh=False)
                     bar.update(1)
             active = [job for job in active if job.stage != "done"]
     finally:

@@ -252,8 +252,9 @@ class SearchTree:
     def _step(self, parent: Node, reply: str, env: Environment) -> Node:
         action = env_action(reply)
         if is_wait(action):
-            # As in the agent loop: `wait` is answered by the agent itself, not the environment.
-            observation, reward, done = WAIT_REPLY, 0.0, False
+            # As in the agent loop: `wait` is answered by the agent itself, not the environment,
+            # and the reward stays what it was.
+            observation, reward, done = WAIT_REPLY, parent.reward, False
         else:
             observation, reward, done = env.step(action)
             self.counters.env_steps += 1
