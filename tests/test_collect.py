@@ -21,6 +21,7 @@ from search_fakes import (
     toy_policy,
 )
 
+from agentr.envs import textcraft
 from agentr.search.collect import collect, task_seed
 from agentr.search.config import SearchConfig
 from agentr.trajectory import read_jsonl
@@ -205,7 +206,6 @@ def test_resume_refuses_other_settings(tmp_path):
 
 
 # ---- TextCraft with a scripted policy ----------------------------------------------------------
-textcraft = pytest.importorskip("agentr.envs.textcraft")
 
 
 def _textcraft_policy(expert: list[str]):
