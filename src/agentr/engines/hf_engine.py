@@ -1,0 +1,175 @@
+"""The Hugging Face engine: `transformers` generate, for machines without vLLM.
+
+Same contract as the vLLM engine: conversations are rendered with the model's chat template
+(generation prompt appended), batched with left padding, `n` samples per conversation; greedy
+decoding when temperature is 0; stop strings cut the text after generation (and end it early).
+LoRA adapters load through PEFT; switching adapters unloads the previous one (never merges).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from agentr.engines.base import Conversation, Engine, Generation, SamplingConfig
+from agentr.engines.common import check_adapter, check_prompt_length, cut_at_stop, render_prompt_ids
+from agentr.engines.models import resolve_model
+
+log = logging.getLogger(__name__)
+
+
+def _default_threads() -> int:
+    """`OMP_NUM_THREADS` where set (e.g. by a test harness), else every core we may use."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return int(os.environ["OMP_NUM_THREADS"])
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class HFEngine(Engine):
+    """Generation with `transformers` `generate` (CPU or one GPU).
+
+    Args:
+        model: a Hugging Face id, a local model directory or a `.gguf` file.
+        max_model_len: longest prompt + reply, in tokens (capped at the model's own limit).
+        dtype: weights' dtype ("auto": the model config's, "bfloat16", "float16", "float32").
+        seed: seed for sampling when `SamplingConfig.seed` is not given.
+        batch_size: conversations per `generate` call (the rest wait for the next call).
+        num_threads: torch CPU threads, set with `torch.set_num_threads` (process-wide). None:
+            `OMP_NUM_THREADS` if set, else all cores this process may use.
+        device: "cuda", "cpu" or None (CUDA where available).
+        trust_remote_code: run code shipped with the model (only for models that need it).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        max_model_len: int = 4096,
+        dtype: str = "auto",
+        seed: int = 0,
+        batch_size: int = 16,
+        num_threads: int | None = None,
+        device: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_path = resolve_model(model)
+        self.num_threads = num_threads or _default_threads()
+        torch.set_num_threads(self.num_threads)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self._tokenizer = AutoTokenizer.from_pretrained(
+            self.model_path, trust_remote_code=trust_remote_code)
+        self._tokenizer.padding_side = "left"
+        if self._tokenizer.pad_token_id is None:
+            self._tokenizer.pad_token = self._tokenizer.eos_token
+        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            self.model_path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        ).to(self.device).eval()
+        limit = getattr(self.model.config, "max_position_embeddings", None) or max_model_len
+        self._max_model_len = int(min(max_model_len, limit))
+        self.seed = seed
+        self.batch_size = batch_size
+        self.adapter_path: str | None = None
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    def generate(
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig
+    ) -> list[list[Generation]]:
+        start = time.perf_counter()
+        prompts = [render_prompt_ids(self._tokenizer, c) for c in conversations]
+        for ids in prompts:
+            check_prompt_length(len(ids), self._max_model_len)
+        results: list[list[Generation]] = []
+        for b in range(0, len(prompts), self.batch_size):
+            seed = self.seed if sampling.seed is None else sampling.seed
+            results.extend(self._generate_batch(prompts[b:b + self.batch_size], sampling, seed + b))
+        self.stats.requests += len(prompts)
+        self.stats.prompt_tokens += sum(map(len, prompts))
+        self.stats.generated_tokens += sum(g.num_tokens for gs in results for g in gs)
+        self.stats.seconds += time.perf_counter() - start
+        return results
+
+    def _generate_batch(self, prompts: list[list[int]], sampling: SamplingConfig,
+                        seed: int) -> list[list[Generation]]:
+        import torch
+
+        pad = self._tokenizer.pad_token_id
+        width = max(map(len, prompts))
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        greedy = sampling.temperature == 0
+        # Samples per prompt drawn by generate(); greedy samples are identical, so draw one.
+        draws = 1 if greedy else sampling.n
+        kwargs = dict(
+            max_new_tokens=max(1, min(sampling.max_tokens, self._max_model_len - width)),
+            do_sample=not greedy,
+            num_return_sequences=draws,
+            pad_token_id=pad,
+            eos_token_id=self._tokenizer.eos_token_id,
+            top_p=1.0,
+            top_k=None,
+        )
+        if not greedy:
+            kwargs["temperature"] = sampling.temperature
+        else:
+            kwargs.update(temperature=None)
+        if sampling.stop:
+            kwargs.update(stop_strings=list(sampling.stop), tokenizer=self._tokenizer)
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+            torch.manual_seed(seed)
+            output = self.model.generate(
+                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
+                **kwargs)
+        new_tokens = output[:, width:].tolist()
+        results = []
+        for i in range(len(prompts)):
+            samples = []
+            for tokens in new_tokens[i * draws:(i + 1) * draws]:
+                tokens = self._until_eos(tokens)
+                text = self._tokenizer.decode(tokens, skip_special_tokens=True)
+                samples.append(Generation(cut_at_stop(text, sampling.stop), len(tokens)))
+            results.append(samples * sampling.n if greedy else samples)
+        return results
+
+    def _until_eos(self, tokens: list[int]) -> list[int]:
+        """The generated tokens up to and including the first end-of-sequence token."""
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos, self._tokenizer.eos_token_id])
+        for j, t in enumerate(tokens):
+            if t in eos:
+                return tokens[:j + 1]
+        return tokens
+
+    def load_adapter(self, path: str | None) -> None:
+        """Generate with the PEFT LoRA adapter in `path` from now on (None: the base model).
+
+        The previous adapter is unloaded first (`PeftModel.unload`, no merging), so the base
+        weights stay untouched and adapters never stack.
+        """
+        from peft import PeftModel
+
+        if path is not None:
+            path = str(Path(path).expanduser().resolve())
+            check_adapter(path, self.model_path)
+        if isinstance(self.model, PeftModel):
+            self.model = self.model.unload()
+        if path is not None:
+            self.model = PeftModel.from_pretrained(self.model, path).to(self.device).eval()
+            log.info("HF engine: generating with LoRA adapter %s", path)
+        self.adapter_path = path
+
+    def close(self) -> None:
+        self.model = None

