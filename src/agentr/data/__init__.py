@@ -1,1 +1,18 @@
-"""data"""
+"""Phase II data: tokenisation with the loss mask, padding-free packing, chat mixing, DataModules."""
+
+from agentr.data.datamodule import AgentRDataModule, HTTPDataModule, ScienceWorldDataModule, TextCraftDataModule
+from agentr.data.packing import BatchDataset, pack_bins
+from agentr.data.tokenize import IGNORE_INDEX, TokenizedExample, tokenize_all, tokenize_messages
+
+__all__ = [
+    "IGNORE_INDEX",
+    "AgentRDataModule",
+    "BatchDataset",
+    "HTTPDataModule",
+    "ScienceWorldDataModule",
+    "TextCraftDataModule",
+    "TokenizedExample",
+    "pack_bins",
+    "tokenize_all",
+    "tokenize_messages",
+]

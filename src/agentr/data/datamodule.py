@@ -1,0 +1,444 @@
+"""The DataModules: Agent-R training data generated on the fly, tokenised, packed and served.
+
+Bring a new environment by subclassing `AgentRDataModule` and overriding **one** method,
+`make_env()`, which returns a fresh `agentr.envs.Environment`; optionally override
+`task_ids(split)` to choose the tasks, and `expert_thought(...)` to write better thoughts into
+warm-start demonstrations. Then point a config's `data.class_path` at the subclass:
+
+    class MazeDataModule(AgentRDataModule):
+        def __init__(self, size: int = 5, **kwargs):
+            super().__init__(**kwargs)
+            self.size = size
+
+        def make_env(self) -> Environment:
+            return MazeEnv(self.size)
+
+How the data flows (the iteration callback drives it; without it, pass `data_files`):
+
+1. `regenerate(engine, iteration, alpha, out_dir)` runs Phase I (`agentr.search.collect`) on the
+   train tasks with the current policy and hands the dataset to `set_trajectories`.
+   `expert_trajectories(num)` builds warm-start demonstrations from the environment's expert.
+2. `set_trajectories(trajectories)` tokenises them with the model's chat template and loss mask,
+   drops over-long ones (logged with a count, never cut), holds out the trajectories of a
+   `val_fraction` of their tasks for validation, mixes in chat data at `chat_ratio`, and keeps
+   the result for the next `train_dataloader()` / `val_dataloader()`.
+3. With `Trainer(reload_dataloaders_every_n_epochs=1)` Lightning asks for the dataloaders every
+   epoch, so an epoch trains on what was set before it started.
+
+Multi-GPU: `regenerate` shards the task ids over the ranks (rank k searches `ids[k::world]` into
+`out_dir/rank<k>`), waits at a barrier, and then every rank reads every shard, so all ranks hold
+the same merged data set (rank 0 also writes it to `out_dir/dataset.jsonl`). `out_dir` must
+therefore be on a filesystem all ranks share (any single machine). The batches of an epoch are
+then split over the ranks by Lightning's distributed sampler (`use_distributed_sampler=True`,
+the default).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from agentr.agent.conversation import build_header, format_reply
+from agentr.data.chat_mix import chat_count, load_chat, sample_chat
+from agentr.data.packing import BatchDataset, EpochShuffleSampler
+from agentr.data.tokenize import TokenizedExample, TokenizeStats, tokenize_all, tokenize_trajectory
+from agentr.engines.models import SMOLLM2_ID
+from agentr.search.config import SearchConfig
+from agentr.trajectory import Trajectory, read_jsonl, write_jsonl_atomic
+
+if TYPE_CHECKING:
+    from agentr.engines.base import Engine
+    from agentr.envs.base import Environment
+
+log = logging.getLogger(__name__)
+
+
+def _stable_fraction(seed: int, key: str) -> float:
+    """A number in [0, 1) fixed by (seed, key): the same in every process and Python version."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+class AgentRDataModule(pl.LightningDataModule):
+    """Agent-R's training data for one environment: generated, tokenised, packed, served.
+
+    Subclasses implement `make_env()` (see the module docstring).
+
+    Args:
+        model: the model whose tokenizer and chat template render the data (the trained model).
+        search: Phase I settings (MCTS, pairing, critique) used by `regenerate`.
+        max_length: longest conversation in tokens; longer ones are dropped (and counted).
+        tokens_per_batch: the token budget of one packed batch (at least `max_length`).
+        packing: pack conversations into one padding-free row per batch; False: right-padded
+            batches of `batch_size` conversations (the baseline; it computes on padding).
+        batch_size: conversations per batch when `packing` is False.
+        num_tasks: use this many train tasks (a seeded sample, in the environment's order);
+            None: all of them.
+        val_fraction: fraction of the tasks in a data set whose trajectories are held out for
+            validation (at least one task when the data has two or more; 0 disables validation).
+        data_files: JSONL trajectory files to train on when no iteration callback regenerates
+            data (e.g. a saved Phase I dataset or expert demonstrations).
+        chat_data: optional JSONL of general chat conversations to mix in (see
+            `agentr.data.chat_mix` for the formats).
+        chat_ratio: fraction of training conversations drawn from `chat_data` (a sampling ratio;
+            the paper's eta is a loss weight instead, see `agentr.data.chat_mix`).
+        num_workers: DataLoader worker processes.
+        seed: seed of task sampling, the validation split, chat sampling and Phase I.
+    """
+
+    def __init__(
+        self,
+        model: str = SMOLLM2_ID,
+        search: SearchConfig | None = None,
+        max_length: int = 2048,
+        tokens_per_batch: int = 8192,
+        packing: bool = True,
+        batch_size: int = 4,
+        num_tasks: int | None = None,
+        val_fraction: float = 0.1,
+        data_files: list[str] | None = None,
+        chat_data: str | None = None,
+        chat_ratio: float = 0.0,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if tokens_per_batch < max_length:
+            raise ValueError(f"tokens_per_batch ({tokens_per_batch}) must be >= max_length ({max_length})")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        chat_count(0, chat_ratio)  # validates the ratio
+        self.model = model
+        self.search = search if search is not None else SearchConfig()
+        self.max_length = max_length
+        self.tokens_per_batch = tokens_per_batch
+        self.packing = packing
+        self.batch_size = batch_size
+        self.num_tasks = num_tasks
+        self.val_fraction = val_fraction
+        self.data_files = list(data_files or [])
+        self.chat_data = chat_data
+        self.chat_ratio = chat_ratio
+        self.num_workers = num_workers
+        self.seed = seed
+        self._tokenizer = None
+        self._chat_pool: list[Trajectory] | None = None
+        self.train_examples: list[TokenizedExample] | None = None
+        self.val_examples: list[TokenizedExample] = []
+        #: Counters of the last `set_trajectories` call (what was kept, dropped, mixed).
+        self.data_stats: dict = {}
+        #: Bumped by every `set_trajectories`; callbacks can tell whether the data changed.
+        self.data_version = 0
+
+    # ---- what a subclass provides --------------------------------------------------------------
+    def make_env(self) -> Environment:
+        """A fresh environment instance (called once per task in flight, and for task ids)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement make_env(); "
+            "use TextCraftDataModule, ScienceWorldDataModule or HTTPDataModule, or subclass"
+        )
+
+    def task_ids(self, split: str) -> list[str]:
+        """The tasks of `split` to use: the environment's, a seeded sample of `num_tasks` for train."""
+        env = self.make_env()
+        try:
+            ids = [str(t) for t in env.task_ids(split)]
+        finally:
+            env.close()
+        if split == "train" and self.num_tasks is not None and self.num_tasks < len(ids):
+            keep = set(random.Random(self.seed).sample(range(len(ids)), self.num_tasks))
+            ids = [t for i, t in enumerate(ids) if i in keep]
+        return ids
+
+    def expert_thought(self, env: Environment, task_id: str, actions: Sequence[str], step: int) -> str:
+        """The thought written before expert action `actions[step]` (env is in the state before it).
+
+        Override for thoughts that track the environment's state; the default names the plan's
+        progress.
+        """
+        left = len(actions) - step - 1
+        if left == 0:
+            return f"This is the last step of my plan: {actions[step]}."
+        return f"Next step of my plan ({left} more after it): {actions[step]}."
+
+    # ---- the tokenizer -----------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            from agentr.engines.models import resolve_model
+
+            self._tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.model))
+        return self._tokenizer
+
+    # ---- data generation ---------------------------------------------------------------------
+    def _dist(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def _barrier(self, name: str) -> None:
+        if self.trainer is not None:
+            self.trainer.strategy.barrier(name)
+
+    def regenerate(self, engine: Engine, iteration: int, alpha: float, out_dir: str | Path) -> Path:
+        """Run Phase I with `engine` on the train tasks, set the result as the data; return the dataset path."""
+        from agentr.search.collect import collect
+
+        out_dir = Path(out_dir)
+        rank, world = self._dist()
+        ids = self.task_ids("train")
+        shard_dir = out_dir if world == 1 else out_dir / f"rank{rank}"
+        result = collect(engine, self.make_env, ids[rank::world], self.search, shard_dir,
+                         iteration=iteration, alpha=alpha, seed=self.seed + iteration,
+                         progress=rank == 0)
+        if world == 1:
+            self.set_trajectories(list(read_jsonl(result.dataset)))
+            return result.dataset
+        self._barrier("agentr_collect")
+        trajectories = [t for k in range(world) for t in read_jsonl(out_dir / f"rank{k}" / "dataset.jsonl")]
+        dataset = out_dir / "dataset.jsonl"
+        if rank == 0:
+            write_jsonl_atomic(dataset, trajectories)
+        self._barrier("agentr_merge")
+        self.set_trajectories(trajectories)
+        return dataset
+
+    def expert_trajectories(self, num: int) -> list[Trajectory]:
+        """Up to `num` warm-start demonstrations from the environment's expert, on train tasks.
+
+        Each is the agent's conversation (header, then `Thought: ...\\nAction: ...` replies and
+        observations) with every assistant turn after the header trained, kind "expert",
+        iteration 0. Tasks are a seeded sample of `task_ids("train")`; tasks without an expert
+        solution, or whose solution does not reach reward 1, are skipped.
+        """
+        ids = self.task_ids("train")
+        order = random.Random(self.seed).sample(ids, len(ids))
+        env = self.make_env()
+        out: list[Trajectory] = []
+        try:
+            for task_id in order:
+                if len(out) >= num:
+                    break
+                trajectory = self._expert_trajectory(env, task_id)
+                if trajectory is not None:
+                    out.append(trajectory)
+        finally:
+            env.close()
+        if len(out) < num:
+            log.warning("only %d expert demonstrations from %d train tasks (asked for %d)", len(out), len(ids), num)
+        return out
+
+    def _expert_trajectory(self, env: Environment, task_id: str) -> Trajectory | None:
+        actions = env.expert_actions(task_id)
+        if not actions:
+            return None
+        observation = env.reset(task_id)
+        messages = [{**m, "train": False} for m in build_header(env.instruction, observation)]
+        reward, done = 0.0, False
+        for step, action in enumerate(actions):
+            thought = self.expert_thought(env, task_id, actions, step)
+            observation, reward, done = env.step(action)
+            messages.append({"role": "assistant", "content": format_reply(thought, action), "train": True})
+            messages.append({"role": "user", "content": observation, "train": False})
+            if done:
+                break
+        if reward < 1.0:
+            log.warning("%s task %s: the expert's actions end with reward %s; skipped", env.name, task_id, reward)
+            return None
+        return Trajectory(id=f"{env.name}/{task_id}/expert/0", env=env.name, task_id=str(task_id), iteration=0,
+                          kind="expert", messages=messages, meta={"turns": step + 1})
+
+    # ---- data the loaders serve --------------------------------------------------------------
+    def set_trajectories(self, trajectories: Iterable[Trajectory]) -> None:
+        """Tokenise `trajectories`, split validation, mix chat data; the next dataloaders serve them."""
+        trajectories = list(trajectories)
+        val_tasks = self._val_tasks(trajectories)
+        train_set = [t for t in trajectories if (t.env, t.task_id) not in val_tasks]
+        val_set = [t for t in trajectories if (t.env, t.task_id) in val_tasks]
+        train, train_stats = tokenize_all(self.tokenizer, train_set, self.max_length)
+        val, val_stats = tokenize_all(self.tokenizer, val_set, self.max_length)
+        chat = self._chat_examples(len(train))
+        rng = random.Random(self._data_seed())
+        self.train_examples = train + chat
+        rng.shuffle(self.train_examples)
+        self.val_examples = val
+        self.data_version += 1
+        kinds: dict[str, int] = {}
+        for e in self.train_examples:
+            kinds[e.kind] = kinds.get(e.kind, 0) + 1
+        self.data_stats = {
+            "trajectories": len(trajectories),
+            "train": asdict(train_stats),
+            "val": asdict(val_stats),
+            "val_tasks": len(val_tasks),
+            "chat": len(chat),
+            "train_kinds": kinds,
+            "train_batches": str(self._dataset(self.train_examples).stats()) if self.train_examples else "",
+        }
+        log.info("data v%d: %d train conversations (%s), %d val (%d tasks held out); dropped %d over %d tokens",
+                 self.data_version, len(self.train_examples), kinds, len(val), len(val_tasks),
+                 train_stats.too_long + val_stats.too_long, self.max_length)
+
+    def _data_seed(self) -> int:
+        return self.seed * 100003 + self.data_version
+
+    def _val_tasks(self, trajectories: Sequence[Trajectory]) -> set[tuple[str, str]]:
+        tasks = sorted({(t.env, t.task_id) for t in trajectories if t.kind != "chat"})
+        if self.val_fraction == 0 or len(tasks) < 2:
+            return set()
+        count = max(1, math.floor(self.val_fraction * len(tasks)))
+        ranked = sorted(tasks, key=lambda k: _stable_fraction(self.seed, f"{k[0]}/{k[1]}"))
+        return set(ranked[:count])
+
+    def _chat_examples(self, num_agent: int) -> list[TokenizedExample]:
+        if not self.chat_data or self.chat_ratio == 0:
+            return []
+        if self._chat_pool is None:
+            self._chat_pool = load_chat(self.chat_data)
+        count = chat_count(num_agent, self.chat_ratio)
+        chat = sample_chat(self._chat_pool, count, lambda t: tokenize_trajectory(self.tokenizer, t),
+                           self.max_length, random.Random(self._data_seed()))
+        if len(chat) < count:
+            log.warning("chat data: %d usable conversations of the %d asked for", len(chat), count)
+        return chat
+
+    def setup(self, stage: str) -> None:
+        if self.train_examples is None and self.data_files:
+            self.set_trajectories(t for path in self.data_files for t in read_jsonl(path))
+
+    def _dataset(self, examples: list[TokenizedExample]) -> BatchDataset:
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id or 0
+        return BatchDataset(examples, packing=self.packing, tokens_per_batch=self.tokens_per_batch,
+                            batch_size=self.batch_size, pad_token_id=pad, seed=self._data_seed())
+
+    def _loader(self, examples: list[TokenizedExample], shuffle: bool) -> DataLoader:
+        dataset = self._dataset(examples)
+        sampler = None
+        if shuffle:  # a loader made mid-run starts at the current epoch (Lightning then calls set_epoch)
+            epoch = self.trainer.current_epoch if self.trainer is not None else 0
+            sampler = EpochShuffleSampler(len(dataset), self._data_seed(), epoch)
+        return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.train_examples:
+            raise RuntimeError(
+                "no training data: run with agentr's iteration callback (it calls regenerate), "
+                "call set_trajectories(...), or pass data_files"
+            )
+        return self._loader(self.train_examples, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.val_examples:
+            return []
+        return self._loader(self.val_examples, shuffle=False)
+
+
+class TextCraftDataModule(AgentRDataModule):
+    """TextCraft (Minecraft crafting) data; see `agentr.envs.TextCraftEnv`.
+
+    Args:
+        min_depth: shallowest crafting depth of the goals (TextCraftEnv's option; None: its
+            default, 2, or 1 when max_depth is set).
+        max_depth: deepest crafting depth of the goals (None: no limit). Small models start on
+            easy goals: `max_depth=2`.
+        check_output_count: reject crafts that name a wrong output count.
+        **kwargs: `AgentRDataModule`'s options.
+    """
+
+    def __init__(self, min_depth: int | None = None, max_depth: int | None = None,
+                 check_output_count: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.min_depth, self.max_depth, self.check_output_count = min_depth, max_depth, check_output_count
+
+    def make_env(self) -> Environment:
+        from agentr.envs.textcraft import TextCraftEnv
+
+        return TextCraftEnv(self.min_depth, self.max_depth, self.check_output_count)
+
+    def expert_thought(self, env: Environment, task_id: str, actions: Sequence[str], step: int) -> str:
+        """Thoughts that track the goal, what each command is for and the inventory."""
+        from agentr.envs.textcraft import display
+
+        goal = env.goal_of(task_id)
+        action = actions[step]
+        have = ", ".join(f"{n} {display(k)}" for k, n in env.inventory.items()) or "nothing"
+        if action.startswith("get "):
+            count, item = action[4:].split(" ", 1)
+            return f"To craft {goal} I need {count} {item}, a base item I can get. I have {have}."
+        if action.startswith("craft "):
+            made, using = action[6:].split(" using ", 1)
+            item = made.split(" ", 1)[1] if made[:1].isdigit() else made
+            if item == goal:
+                return f"I have {have}: enough to craft the goal, {goal}, from {using}."
+            return f"I have {have}. I craft {item} from {using}; the goal {goal} needs it."
+        return f"I am crafting {goal}; I have {have}."
+
+
+class ScienceWorldDataModule(AgentRDataModule):
+    """ScienceWorld data (needs `pip install agentr[sciworld]` and Java 17); see `agentr.envs.sciworld`.
+
+    Args:
+        tasks: ScienceWorld task names to use (None: all 30).
+        train_per_task: train variations per task (None: all).
+        test_per_task: test variations per task.
+        simplifications: ScienceWorld's simplification string, e.g. "easy".
+        step_limit: end an episode after this many moves (None: no limit).
+        max_heap: the JVM heap cap.
+        **kwargs: `AgentRDataModule`'s options.
+    """
+
+    def __init__(self, tasks: list[str] | None = None, train_per_task: int | None = None,
+                 test_per_task: int | None = 5, simplifications: str = "", step_limit: int | None = None,
+                 max_heap: str = "1g", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.env_options = {"tasks": tasks, "train_per_task": train_per_task, "test_per_task": test_per_task,
+                            "simplifications": simplifications, "step_limit": step_limit, "max_heap": max_heap}
+
+    def make_env(self) -> Environment:
+        from agentr.envs.sciworld import ScienceWorldEnv
+
+        return ScienceWorldEnv(**self.env_options)
+
+
+class HTTPDataModule(AgentRDataModule):
+    """Data from an environment served over HTTP (AgentGym protocol); see `agentr.envs.HTTPEnvironment`.
+
+    Args:
+        url: the server's base URL, e.g. "http://127.0.0.1:8000".
+        env_name: a protocol preset of `agentr.envs.http.PROTOCOLS` (e.g. "agentgym"), the
+            environment's name on an AgentGym server.
+        train_ids: train task ids (None: asked from an agentr server).
+        test_ids: test task ids (None: asked from an agentr server).
+        instruction: the task instruction shown before the first observation (None: an agentr
+            server's; other servers need it set).
+        timeout: seconds to wait for any one answer.
+        **kwargs: `AgentRDataModule`'s options.
+    """
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", env_name: str = "agentgym",
+                 train_ids: list[str] | None = None, test_ids: list[str] | None = None,
+                 instruction: str | None = None, timeout: float = 60.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.url, self.env_name, self.instruction, self.timeout = url, env_name, instruction, timeout
+        self.split_ids = None if train_ids is None and test_ids is None else \
+            {"train": list(train_ids or []), "test": list(test_ids or [])}
+
+    def make_env(self) -> Environment:
+        from agentr.envs.http import HTTPEnvironment
+
+        return HTTPEnvironment(self.url, protocol=self.env_name, task_ids=self.split_ids,
+                               instruction=self.instruction, timeout=self.timeout)

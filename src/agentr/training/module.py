@@ -1,0 +1,413 @@
+"""`AgentRModule`: supervised fine-tuning of a causal LM on the trained turns of agent trajectories.
+
+The model is a Hugging Face causal LM (resolved like the engines resolve it) wrapped with a PEFT
+LoRA adapter, or fully fine-tuned with `full_finetune=True`. The loss is the cross-entropy on
+exactly the tokens whose label is not -100 (see `agentr.data.tokenize`), averaged over those
+tokens in the batch. Logits are computed only at the positions that predict a trained token:
+the hidden states are sliced before the LM head (`logits_to_keep`), which on an agent
+trajectory skips most of the vocabulary projection and its memory.
+
+Batches come from `agentr.data.packing`: one packed row with `position_ids` restarting per
+conversation and `doc_lens` (attention stays within each conversation), or right-padded rows.
+
+Checkpoints: Lightning checkpoints hold the trainable weights only (the LoRA adapter, not the
+frozen base model, which is reloaded from `model` on resume); `save_adapter(path)` writes a PEFT
+adapter directory that `peft` and vLLM load.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric, Metric
+
+from agentr.data.tokenize import IGNORE_INDEX
+from agentr.training.optim import param_groups, warmup_cosine
+
+log = logging.getLogger(__name__)
+
+#: Prefixes that FSDP and activation checkpointing add to parameter names.
+_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def clean_name(name: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+class Perplexity(Metric):
+    """exp(mean negative log-likelihood per token), from summed NLL and token counts."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("nll", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("tokens", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, nll_sum: torch.Tensor, tokens: torch.Tensor | int) -> None:
+        self.nll += nll_sum.detach().to(torch.float64)
+        self.tokens += int(tokens)
+
+    def compute(self) -> torch.Tensor:
+        return torch.exp(self.nll / self.tokens.clamp(min=1))
+
+
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    """The distinct names (last path component) of the linear layers of `model`, LM head excluded.
+
+    This is what PEFT's "all-linear" means; agentr writes the names out so that adapter configs
+    list plain module names ("q_proj", ...), which vLLM's LoRA loader matches.
+    """
+    head = model.get_output_embeddings()
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and module is not head}
+    return sorted(names)
+
+
+def _bf16_supported() -> bool:
+    """bf16 matmuls in hardware: a CUDA GPU that has them, or a CPU with AVX512-BF16 or AMX."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def default_precision() -> str:
+    """The Trainer precision agentr recommends here: "bf16-mixed" where bf16 is fast, else "32-true"."""
+    return "bf16-mixed" if _bf16_supported() else "32-true"
+
+
+class AgentRModule(pl.LightningModule):
+    """LoRA (or full) supervised fine-tuning on the trained assistant turns of trajectories.
+
+    Args:
+        model: the base model: a Hugging Face id, a local directory or a `.gguf` file
+            (resolved by `agentr.engines.models.resolve_model`, like the engines).
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling numerator (the update is scaled by lora_alpha / lora_r).
+        lora_dropout: dropout on the LoRA input.
+        lora_target_modules: modules that get adapters: "all-linear" (every linear layer but
+            the LM head), or a list of module names such as ["q_proj", "v_proj"].
+        full_finetune: train every weight instead of a LoRA adapter.
+        learning_rate: peak AdamW learning rate (LoRA typically 1e-4..3e-4; full fine-tuning ~2e-5).
+        weight_decay: AdamW weight decay on matrices (not on biases and norms).
+        warmup_ratio: fraction of the schedule spent warming up linearly.
+        min_lr_ratio: the cosine ends at learning_rate * min_lr_ratio.
+        gradient_checkpointing: recompute activations in the backward pass (less memory, ~30% slower).
+        trust_remote_code: allow model code from the Hub.
+        dtype: dtype of the loaded weights: "auto" is bfloat16 for a frozen LoRA base where
+            bf16 is fast (adapters stay float32; train with precision "bf16-mixed"), float32 for
+            full fine-tuning and under FSDP (which needs one dtype per sharded group); or
+            "bfloat16", "float16", "float32".
+        attn_implementation: "auto" is agentr's per-conversation SDPA for packed rows
+            (`agentr.training.attention`); or any transformers name ("sdpa", "eager",
+            "flash_attention_2").
+    """
+
+    def __init__(
+        self,
+        model: str = "HuggingFaceTB/SmolLM2-135M-Instruct",
+        lora_r: int = 16,
+        lora_alpha: int = 32,
+        lora_dropout: float = 0.05,
+        lora_target_modules: str | list[str] = "all-linear",
+        full_finetune: bool = False,
+        learning_rate: float = 2e-4,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.03,
+        min_lr_ratio: float = 0.0,
+        gradient_checkpointing: bool = False,
+        trust_remote_code: bool = False,
+        dtype: str = "auto",
+        attn_implementation: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model: torch.nn.Module | None = None  # built in configure_model
+        # Checkpoints hold the trainable weights only; on_load_checkpoint checks them instead.
+        self.strict_loading = False
+        # The learning-rate schedule: `total` optimizer steps from scheduler step `start`;
+        # `restarted` once restart_schedule() set it, otherwise it is re-estimated at every fit.
+        self.schedule = {"start": 0, "total": None, "restarted": False}
+        self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
+        self.train_acc, self.val_acc = MeanMetric(), MeanMetric()
+        self.train_ppl, self.val_ppl = Perplexity(), Perplexity()
+
+    # ---- the model -------------------------------------------------------------------------
+    def _under_fsdp(self) -> bool:
+        trainer = self._trainer
+        if trainer is None:
+            return False
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        return isinstance(trainer.strategy, FSDPStrategy)
+
+    def _load_dtype(self) -> torch.dtype:
+        name = self.hparams.dtype
+        if name == "auto":
+            if self.hparams.full_finetune or self._under_fsdp() or not _bf16_supported():
+                return torch.float32
+            return torch.bfloat16
+        return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+    def configure_model(self) -> None:
+        """Load the base model and wrap it with LoRA (idempotent; Lightning calls it in fit/validate)."""
+        if self.model is not None:
+            return
+        from transformers import AutoModelForCausalLM
+
+        from agentr.engines.models import resolve_model
+        from agentr.training.attention import register
+
+        path = resolve_model(self.hparams.model)
+        attn = self.hparams.attn_implementation
+        if attn == "auto":
+            attn = register()
+        kwargs = {"dtype": self._load_dtype(), "trust_remote_code": self.hparams.trust_remote_code}
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn, **kwargs)
+        except ValueError as e:  # an architecture without the attention-backend interface
+            if self.hparams.attn_implementation != "auto":
+                raise
+            log.warning("%s: agentr's packed attention unavailable (%s); using sdpa", path, e)
+            model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", **kwargs)
+        model.config.use_cache = False
+        if self.hparams.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if not self.hparams.full_finetune:
+            from peft import LoraConfig, get_peft_model
+
+            targets = self.hparams.lora_target_modules
+            if targets == "all-linear":
+                targets = linear_module_names(model)
+            config = LoraConfig(
+                r=self.hparams.lora_r,
+                lora_alpha=self.hparams.lora_alpha,
+                lora_dropout=self.hparams.lora_dropout,
+                target_modules=targets,
+                task_type="CAUSAL_LM",
+            )
+            model = get_peft_model(model, config)
+            # Adapters name their base by what the user asked for (a Hub id stays a Hub id).
+            model.peft_config["default"].base_model_name_or_path = _base_name(self.hparams.model, path)
+        self.model = model
+
+    @property
+    def causal_lm(self) -> torch.nn.Module:
+        """The transformers model (with LoRA layers injected when training an adapter)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def trainable_parameter_count(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return trainable, sum(p.numel() for p in self.parameters())
+
+    # ---- the loss --------------------------------------------------------------------------
+    def forward_trained(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`(logits, targets, nll_sum)` at the trained positions of `batch` only."""
+        input_ids, labels = batch["input_ids"], batch["labels"]
+        targets = labels[:, 1:]
+        trained = targets != IGNORE_INDEX  # (B, T-1): position t predicts token t+1
+        # Positions needed by any row; a packed batch has one row, so this is exact there.
+        keep = trained.any(dim=0).nonzero().squeeze(-1)
+        kwargs = {}
+        if batch.get("doc_lens") is not None and self.hparams.attn_implementation == "auto":
+            kwargs["doc_lens"] = list(batch["doc_lens"])
+        out = self.model(
+            input_ids=input_ids,
+            position_ids=batch.get("position_ids"),
+            use_cache=False,  # with a cache, transformers ignores packed position_ids
+            logits_to_keep=keep,
+            **kwargs,
+        )
+        logits = out.logits[trained[:, keep]].float()  # (N, V)
+        target_ids = targets[:, keep][trained[:, keep]]
+        nll_sum = F.cross_entropy(logits, target_ids, reduction="sum")
+        return logits, target_ids, nll_sum
+
+    def _step(self, batch: dict, loss_metric: Metric, acc_metric: Metric, ppl_metric: Metric, stage: str):
+        logits, targets, nll_sum = self.forward_trained(batch)
+        count = targets.numel()
+        if count == 0:
+            raise ValueError("a batch without trained tokens reached the model")
+        loss = nll_sum / count
+        with torch.no_grad():
+            correct = (logits.argmax(-1) == targets).float().mean()
+        loss_metric.update(loss.detach(), weight=count)
+        acc_metric.update(correct, weight=count)
+        ppl_metric.update(nll_sum, count)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=count)
+        self.log(f"{stage}/acc", acc_metric, on_step=False, on_epoch=True, batch_size=count)
+        self.log(f"{stage}/ppl", ppl_metric, on_step=False, on_epoch=True, batch_size=count)
+        if on_step:
+            self.log("train/step_loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=count)
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        # Fresh metric states in the grad mode of the loop that updates them: a `validate()` (run
+        # under inference mode) before `fit()` otherwise leaves inference tensors behind, which
+        # fit's loops (no_grad) cannot update in place.
+        for metric in (self.train_loss, self.train_acc, self.train_ppl):
+            metric.reset()
+
+    def on_validation_epoch_start(self) -> None:
+        for metric in (self.val_loss, self.val_acc, self.val_ppl):
+            metric.reset()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, self.train_loss, self.train_acc, self.train_ppl, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, self.val_loss, self.val_acc, self.val_ppl, "val")
+
+    # ---- optimisation ----------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(
+            param_groups(self.named_parameters(), self.hparams.weight_decay), lr=self.hparams.learning_rate
+        )
+        if not self.schedule["restarted"]:  # a resumed run with a longer max_epochs stretches it
+            self.schedule = {"start": 0, "total": self._estimated_steps(), "restarted": False}
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _estimated_steps(self) -> int:
+        steps = self.trainer.estimated_stepping_batches if self._trainer is not None else float("inf")
+        if not math.isfinite(steps):
+            log.warning("the number of training steps is unknown; the cosine decay starts when "
+                        "restart_schedule(num_steps) is called")
+            return 10**9
+        return int(steps)
+
+    def _lr_factor(self, step: int) -> float:
+        return warmup_cosine(step - self.schedule["start"], self.schedule["total"],
+                             self.hparams.warmup_ratio, self.hparams.min_lr_ratio)
+
+    def restart_schedule(self, num_steps: int) -> None:
+        """Start a fresh warmup + cosine of `num_steps` optimizer steps from the next step.
+
+        Until this is called, the schedule spans `trainer.estimated_stepping_batches` (max_epochs
+        times the first epoch's batches, or max_steps), estimated again when a run resumes. Agent-R regenerates its data every iteration, so the number of batches
+        changes; the iteration callback calls this when an iteration's data is set, with that
+        iteration's steps (its epochs times batches per epoch / accumulation). Each iteration
+        then warms up and decays like a separate fine-tuning run, as in the paper. Without a
+        restart, steps past the estimate run at `learning_rate * min_lr_ratio`.
+        """
+        scheduler = self.lr_schedulers() if self._trainer is not None else None
+        start = scheduler.last_epoch if scheduler is not None else 0
+        self.schedule = {"start": int(start), "total": max(1, int(num_steps)), "restarted": True}
+        self._apply_schedule()
+
+    def _apply_schedule(self) -> None:
+        """Set the optimizer's learning rate for the next step from the current schedule."""
+        scheduler = self.lr_schedulers() if self._trainer is not None else None
+        if scheduler is not None:
+            for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base_lr * self._lr_factor(scheduler.last_epoch)
+
+    def on_train_start(self) -> None:
+        # A restored optimizer carries the learning rate of the run that saved it; a resumed run
+        # whose schedule was estimated again (longer max_epochs) needs the new one from step one.
+        self._apply_schedule()
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def _trainable_names(self) -> set[str]:
+        return {clean_name(n) for n, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep only trainable weights: the frozen base is reloaded from `model` on resume."""
+        if not self.hparams.full_finetune:
+            keep = self._trainable_names()
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if clean_name(k) in keep}
+        checkpoint["agentr_schedule"] = dict(self.schedule)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Check that the checkpoint holds exactly the trainable weights (loading is non-strict)."""
+        saved_schedule = checkpoint.get("agentr_schedule", {})
+        if saved_schedule.get("restarted"):  # an estimated schedule is estimated again (configure_optimizers)
+            self.schedule = dict(saved_schedule)
+        if "state_dict" not in checkpoint:  # FSDP loads the weights itself and drops them from the dict
+            return
+        self.configure_model()
+        saved = {clean_name(k) for k in checkpoint["state_dict"]}
+        missing = self._trainable_names() - saved
+        unknown = saved - {clean_name(k) for k in self.state_dict()}
+        if missing or unknown:
+            raise RuntimeError(
+                f"checkpoint does not match this model: {len(missing)} trainable weights missing "
+                f"(e.g. {sorted(missing)[:3]}), {len(unknown)} unknown (e.g. {sorted(unknown)[:3]}); "
+                "was it written with other LoRA settings or another base model?"
+            )
+
+    def _write_adapter(self, path: Path, state_dict: dict) -> None:
+        """The trainable (adapter) entries of a full state dict, written as PEFT would write them.
+
+        Done here rather than by `PeftModel.save_pretrained`, which finds adapter weights by
+        module name and so finds none in an FSDP-wrapped model.
+        """
+        from safetensors.torch import save_file
+
+        trainable = self._trainable_names()
+        adapter = {_adapter_key(k): v.detach().contiguous().cpu() for k, v in state_dict.items()
+                   if clean_name(k) in trainable}
+        if not adapter:
+            raise RuntimeError("no adapter weights in the model's state dict")
+        save_file(adapter, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
+        self.model.peft_config["default"].save_pretrained(str(path))
+
+    def save_adapter(self, path: str | os.PathLike) -> Path:
+        """Write the weights in Hugging Face format to directory `path` and return it.
+
+        LoRA: a PEFT adapter (`adapter_config.json` + `adapter_model.safetensors`) that
+        `PeftModel.from_pretrained` and vLLM's LoRA loader read; its `base_model_name_or_path`
+        is the `model` given (a Hub id stays an id). Full fine-tuning: the whole model and its
+        tokenizer. Under a distributed strategy every rank must call this (the weights are
+        gathered); rank 0 writes.
+        """
+        path = Path(path)
+        trainer = self._trainer
+        if trainer is not None:
+            state_dict = trainer.strategy.lightning_module_state_dict()
+            is_writer = trainer.is_global_zero
+        else:
+            state_dict, is_writer = self.state_dict(), True
+        if is_writer:
+            path.mkdir(parents=True, exist_ok=True)
+            if self.hparams.full_finetune:
+                from transformers import AutoTokenizer
+
+                from agentr.engines.models import resolve_model
+
+                inner = {k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")}
+                self.model.save_pretrained(path, state_dict=inner, safe_serialization=True)
+                AutoTokenizer.from_pretrained(resolve_model(self.hparams.model)).save_pretrained(path)
+            else:
+                self._write_adapter(path, state_dict)
+        if trainer is not None:
+            trainer.strategy.barrier("agentr_save_adapter")
+        return path
+
+
+def _adapter_key(name: str, adapter_name: str = "default") -> str:
+    """`model.base_model.model.<module>.lora_A.default.weight` -> PEFT's file key (no adapter name)."""
+    name = clean_name(name).removeprefix("model.")
+    return name.replace(f".{adapter_name}.", ".")
+
+
+def _base_name(requested: str, resolved: str) -> str:
+    """What adapters record as their base: the Hub id the user gave, else the resolved directory."""
+    requested = str(requested)
+    is_hub_id = requested.count("/") == 1 and not Path(requested).expanduser().exists() and not requested.endswith(".gguf")
+    return requested if is_hub_id else str(Path(resolved).resolve())

@@ -1,0 +1,185 @@
+"""AgentRDataModule: expert demos, regeneration (one rank and two), splits, chat mixing, CLI types."""
+
+from __future__ import annotations
+
+import json
+import threading
+from types import SimpleNamespace
+
+import pytest
+from search_fakes import CloneToyEnv, ScriptedEngine, judge_bad_on, toy_policy
+
+from agentr.agent.conversation import HEADER_LEN, SYSTEM_PROMPT, parse_action
+from agentr.data.datamodule import AgentRDataModule, HTTPDataModule, TextCraftDataModule
+from agentr.data.tokenize import IGNORE_INDEX
+from agentr.envs.textcraft import TextCraftEnv
+from agentr.search.config import SearchConfig
+from agentr.trajectory import Trajectory, read_jsonl
+
+
+class ToyDataModule(AgentRDataModule):
+    """What a user writes for a new environment: one method."""
+
+    def make_env(self):
+        return CloneToyEnv(need=2, tasks=6)
+
+
+def toy_engine():
+    return ScriptedEngine(toy_policy(), judge_bad_on("noop", "lose", "half", "boom"))
+
+
+SEARCH = SearchConfig(num_simulations=4, n_expand=4, max_depth=5)
+
+
+def test_textcraft_expert_trajectories_replay_to_success(tiny_model_dir):
+    dm = TextCraftDataModule(model=tiny_model_dir, max_depth=2, seed=3)
+    demos = dm.expert_trajectories(8)
+    assert len(demos) == 8 and len({d.task_id for d in demos}) == 8
+    train_ids = set(TextCraftEnv(max_depth=2).task_ids("train"))
+    for demo in demos:
+        assert demo.kind == "expert" and demo.iteration == 0 and demo.task_id in train_ids
+        header, turns = demo.messages[:HEADER_LEN], demo.messages[HEADER_LEN:]
+        assert header[0]["content"] == SYSTEM_PROMPT and not any(m["train"] for m in header)
+        assert all(m["train"] == (m["role"] == "assistant") for m in turns)
+        env = TextCraftEnv(max_depth=2)
+        assert env.reset(demo.task_id) == header[3]["content"]
+        goal = env.goal_of(demo.task_id)
+        reward = 0.0
+        for m in turns:
+            if m["role"] == "assistant":
+                assert m["content"].startswith("Thought: ") and goal in m["content"]
+                _, reward, _ = env.step(parse_action(m["content"]))
+        assert reward == 1.0
+    # Thoughts track the inventory.
+    assert "I have nothing" in demos[0].messages[HEADER_LEN]["content"]
+    assert demos == TextCraftDataModule(model=tiny_model_dir, max_depth=2, seed=3).expert_trajectories(8)
+
+
+def test_set_trajectories_splits_by_task_drops_long_and_mixes_chat(tiny_model_dir, tmp_path, caplog):
+    demos = TextCraftDataModule(model=tiny_model_dir, max_depth=2).expert_trajectories(20)
+    long_one = Trajectory(id="long", env="textcraft", task_id="9999", iteration=0, kind="expert",
+                          messages=demos[0].messages + [{"role": "user", "content": "x " * 3000},
+                                                        {"role": "assistant", "content": "Action: y", "train": True}])
+    chat_file = tmp_path / "chat.jsonl"
+    with open(chat_file, "w") as f:
+        for i in range(50):
+            f.write(json.dumps({"messages": [{"role": "user", "content": f"question {i}"},
+                                             {"role": "assistant", "content": f"answer {i}"}]}) + "\n")
+        f.write(json.dumps({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}) + "\n")
+    dm = TextCraftDataModule(model=tiny_model_dir, max_depth=2, max_length=1500, tokens_per_batch=3000,
+                             val_fraction=0.2, chat_data=str(chat_file), chat_ratio=0.2)
+    with caplog.at_level("WARNING"):
+        dm.set_trajectories(demos + [long_one])
+    assert "dropped 1 of" in caplog.text and "longer than max_length=1500" in caplog.text
+    stats = dm.data_stats
+    assert stats["train"]["too_long"] + stats["val"]["too_long"] == 1
+    val_tasks = {e.task_id for e in dm.val_examples}
+    train_tasks = {e.task_id for e in dm.train_examples if e.kind != "chat"}
+    assert len(val_tasks) == 4 and not val_tasks & train_tasks  # 20% of 21 tasks, held out whole
+    kinds = stats["train_kinds"]
+    assert kinds["chat"] == round(kinds["expert"] * 0.2 / 0.8)  # chat is 20% of training conversations
+    assert all(e.kind != "chat" for e in dm.val_examples)
+    chat = next(e for e in dm.train_examples if e.kind == "chat")
+    trained = dm.tokenizer.decode([t for t in chat.labels if t != IGNORE_INDEX])
+    assert trained.startswith("answer ") and trained.endswith("<|im_end|>")
+    # The loaders serve exactly these conversations, packed without padding.
+    batches = list(dm.train_dataloader())
+    assert sum(len(b["doc_lens"]) for b in batches) == len(dm.train_examples)
+    assert all(b["input_ids"].shape[1] <= 3000 for b in batches)
+    assert sum(b["input_ids"].shape[1] for b in dm.val_dataloader()) == sum(len(e) for e in dm.val_examples)
+    assert "padding 0.0%" in stats["train_batches"]
+
+
+def test_unpacked_mode_reports_padding(tiny_model_dir):
+    dm = TextCraftDataModule(model=tiny_model_dir, max_depth=2, packing=False, batch_size=4, val_fraction=0)
+    dm.set_trajectories(dm.expert_trajectories(8))
+    batches = list(dm.train_dataloader())
+    assert [b["input_ids"].shape[0] for b in batches] == [4, 4]
+    assert dm.val_dataloader() == []
+    padding = float(dm.data_stats["train_batches"].split("padding ")[1].rstrip("%"))
+    assert padding > 0
+
+
+def test_regenerate_runs_phase_one_and_serves_its_data(tiny_model_dir, tmp_path):
+    dm = ToyDataModule(model=tiny_model_dir, search=SEARCH, val_fraction=0.2)
+    path = dm.regenerate(toy_engine(), iteration=1, alpha=0.5, out_dir=tmp_path)
+    trajectories = list(read_jsonl(path))
+    assert {t.kind for t in trajectories} >= {"revision", "good"}
+    assert {t.task_id for t in trajectories} <= {f"t{i}" for i in range(6)}
+    served = len(dm.train_examples) + len(dm.val_examples)
+    assert served == len(trajectories) and dm.data_version == 1
+    assert dm.val_examples  # one of the six tasks held out
+    assert next(iter(dm.train_dataloader()))["input_ids"].shape[0] == 1
+
+
+def test_regenerate_on_two_ranks_shards_tasks_and_merges(tiny_model_dir, tmp_path):
+    barrier = threading.Barrier(2, timeout=60)
+    results, errors = {}, []
+
+    def rank(k):
+        try:
+            dm = ToyDataModule(model=tiny_model_dir, search=SEARCH, val_fraction=0.2)
+            dm.trainer = SimpleNamespace(global_rank=k, world_size=2,
+                                         strategy=SimpleNamespace(barrier=lambda name=None: barrier.wait()))
+            results[k] = (dm, dm.regenerate(toy_engine(), iteration=1, alpha=0.5, out_dir=tmp_path))
+        except Exception as e:  # surfaced below
+            errors.append(e)
+            barrier.abort()
+
+    threads = [threading.Thread(target=rank, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    shard_tasks = [{t.task_id for t in read_jsonl(tmp_path / f"rank{k}" / "dataset.jsonl")} for k in range(2)]
+    assert shard_tasks[0] and shard_tasks[1] and not shard_tasks[0] & shard_tasks[1]
+    merged = list(read_jsonl(results[0][1]))
+    assert {t.task_id for t in merged} == shard_tasks[0] | shard_tasks[1]
+    ids = [[e.id for e in results[k][0].train_examples] for k in range(2)]
+    assert ids[0] == ids[1] and len(ids[0]) + len(results[0][0].val_examples) == len(merged)
+
+
+def test_missing_data_is_a_clear_error(tiny_model_dir):
+    with pytest.raises(RuntimeError, match="no training data"):
+        ToyDataModule(model=tiny_model_dir).train_dataloader()
+    with pytest.raises(NotImplementedError, match="make_env"):
+        AgentRDataModule(model=tiny_model_dir).task_ids("train")
+    with pytest.raises(ValueError, match="tokens_per_batch"):
+        ToyDataModule(model=tiny_model_dir, max_length=4096, tokens_per_batch=2048)
+
+
+def test_data_files_are_loaded_in_setup(tiny_model_dir, tmp_path):
+    from agentr.trajectory import write_jsonl_atomic
+
+    demos = TextCraftDataModule(model=tiny_model_dir, max_depth=2).expert_trajectories(5)
+    path = write_jsonl_atomic(tmp_path / "demos.jsonl", demos)
+    dm = TextCraftDataModule(model=tiny_model_dir, data_files=[str(path)], val_fraction=0)
+    dm.setup("fit")
+    assert [e.id for e in sorted(dm.train_examples, key=lambda e: e.id)] == sorted(d.id for d in demos)
+
+
+def test_lightning_cli_parses_module_and_datamodules(tiny_model_dir, tmp_path):
+    """Typed constructors become `--model.X` / `--data.X` flags, subclasses by class_path."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from agentr.training.module import AgentRModule
+
+    cli = LightningCLI(
+        AgentRModule, AgentRDataModule, subclass_mode_data=True, run=False,
+        args=["--model.model", tiny_model_dir, "--model.lora_r", "8", "--model.lora_target_modules", "[q_proj,v_proj]",
+              "--data.class_path", "agentr.data.datamodule.TextCraftDataModule", "--data.init_args.max_depth", "2",
+              "--data.init_args.model", tiny_model_dir, "--data.init_args.search.num_simulations", "3",
+              "--data.init_args.chat_ratio", "0.1", "--trainer.logger", "false",
+              "--trainer.default_root_dir", str(tmp_path)],
+    )
+    assert cli.model.hparams.lora_r == 8 and cli.model.hparams.lora_target_modules == ["q_proj", "v_proj"]
+    assert isinstance(cli.datamodule, TextCraftDataModule) and cli.datamodule.max_depth == 2
+    assert cli.datamodule.search.num_simulations == 3 and cli.datamodule.chat_ratio == 0.1
+
+
+def test_http_datamodule_builds_the_remote_environment():
+    dm = HTTPDataModule(url="localhost:9", env_name="textcraft", train_ids=["1", "2"], test_ids=["3"],
+                        instruction="Craft.")
+    env = dm.make_env()
+    assert env.url == "http://localhost:9" and env.task_ids("train") == ["1", "2"] and env.instruction == "Craft."

@@ -1,0 +1,84 @@
+"""The sharded path: LoRA under Lightning FSDP with two CPU processes (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+SCRIPT = textwrap.dedent('''
+    import json, os, sys
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from agentr.data.datamodule import TextCraftDataModule
+    from agentr.training.fsdp import AgentRFSDPStrategy
+    from agentr.training.module import AgentRModule
+
+    model_dir, out, max_steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    resume = sys.argv[4] if len(sys.argv) > 4 else None
+    pl.seed_everything(0)
+    dm = TextCraftDataModule(model=model_dir, max_depth=2, val_fraction=0.25, tokens_per_batch=2048)
+    dm.set_trajectories(dm.expert_trajectories(12))
+    module = AgentRModule(model_dir, lora_dropout=0.0, learning_rate=1e-2)
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=AgentRFSDPStrategy(), max_steps=max_steps,
+                         precision="32-true", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, limit_val_batches=1, val_check_interval=1, check_val_every_n_epoch=None,
+                         callbacks=[ModelCheckpoint(dirpath=out, save_last=True)], default_root_dir=out)
+    trainer.fit(module, dm, ckpt_path=resume)
+    module.save_adapter(os.path.join(out, "adapter"))
+    if trainer.is_global_zero:
+        shards = [type(m).__name__ for m in trainer.strategy.model.modules()
+                  if type(m).__name__ == "FullyShardedDataParallel"]
+        report = {"global_step": trainer.global_step, "fsdp_units": len(shards),
+                  "world_size": trainer.world_size,
+                  "loaded_dtype": str(next(module.causal_lm.parameters()).dtype),
+                  "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
+        with open(os.path.join(out, "report.json"), "w") as f:
+            json.dump(report, f)
+''')
+
+
+def run_script(tmp_path, *args):
+    script = tmp_path / "fsdp_fit.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
+    proc = subprocess.run([sys.executable, str(script), *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return json.loads((tmp_path / args[1] / "report.json").read_text())
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_lora_fsdp_on_two_cpu_processes_trains_checkpoints_and_resumes(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    report = run_script(tmp_path, tiny_model_dir, "run", 2)
+    assert report["world_size"] == 2 and report["global_step"] == 2
+    assert report["fsdp_units"] == 1 + 2  # the root and one unit per decoder layer
+    assert report["loaded_dtype"] == "torch.float32"  # one dtype per flat parameter under FSDP
+    assert {"train/loss", "val/loss", "val/acc", "val/ppl"} <= set(report["metrics"])
+
+    ckpt = torch.load(tmp_path / "run" / "last.ckpt", weights_only=False)
+    keys = list(ckpt["state_dict"])
+    assert len(keys) == 28 and all("lora_" in k for k in keys)  # gathered adapters only, no base weights
+
+    adapter = load_file(tmp_path / "run" / "adapter" / "adapter_model.safetensors")
+    assert len(adapter) == 28
+    for key, value in adapter.items():  # the adapter file holds the checkpoint's (gathered) weights
+        source = "model." + key.replace(".weight", ".default.weight")
+        torch.testing.assert_close(value, ckpt["state_dict"][source])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    PeftModel.from_pretrained(base, tmp_path / "run" / "adapter")
+
+    resumed = run_script(tmp_path, tiny_model_dir, "resumed", 4, tmp_path / "run" / "last.ckpt")
+    assert resumed["global_step"] == 4
+    after = load_file(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors")
+    assert any(not torch.equal(after[k], adapter[k]) for k in adapter)
