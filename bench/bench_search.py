@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import tempfile
@@ -57,6 +58,24 @@ class ReplayTree(SearchTree):
         # the official code re-creates the state for every sample, the last one included
         node.env = self._clone(node.env)
         return super().expand(node, generations)
+
+
+def cpu_seconds() -> float | None:
+    """CPU time (user + system) of this process and its children (vLLM's engine processes), or
+    None without psutil. Unlike wall time it barely moves when other jobs share the machine."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    me = psutil.Process()
+    total = 0.0
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def official_search(engine, make_env, task_ids, config: SearchConfig, seed: int) -> dict:
@@ -117,19 +136,21 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds()
         result = collect(engine, make_env, task_ids, config, tmp, seed=args.seed, progress=False)
         wall = time.perf_counter() - start
+        cpu = cpu_seconds() - cpu if cpu is not None else float("nan")
         s = result.stats
         rows["agentr (batched)"] = dict(
-            wall=wall, trees=s["trees_searched"], expansions=s["expansions"], requests=sum(s["engine_calls"].values()),
+            wall=wall, cpu=cpu, trees=s["trees_searched"], expansions=s["expansions"], requests=sum(s["engine_calls"].values()),
             samples=s["expansions"] * config.n_expand, tokens=s["search_tokens"], env_steps=s["env_steps"],
             replay_steps=s["replay_steps"])
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     o = official_search(engine, make_env, task_ids, config, args.seed)
     wall = time.perf_counter() - start
+    cpu = cpu_seconds() - cpu if cpu is not None else float("nan")
     rows["official schedule"] = dict(
-        wall=wall, trees=o["trees"], expansions=o["expansions"], requests=o["requests"], samples=o["samples"],
+        wall=wall, cpu=cpu, trees=o["trees"], expansions=o["expansions"], requests=o["requests"], samples=o["samples"],
         tokens=o["tokens"], env_steps=o["env_steps"], replay_steps=o["replay_steps"])
     engine.close()
 
@@ -138,18 +159,21 @@ def main(argv: list[str] | None = None) -> int:
         r["env_steps_per_s"] = r["env_steps"] / r["wall"]
         r["samples_per_s"] = r["samples"] / r["wall"]
         r["tokens_per_s"] = r["tokens"] / r["wall"]
+        r["trees_per_cpu_min"] = 60 * r["trees"] / r["cpu"]
     a, b = rows["agentr (batched)"], rows["official schedule"]
     header = ("| schedule | wall s | trees | trees/min | env steps/s | expansions | engine calls | samples/s "
-              "| gen tokens/s | env steps (+replayed) |")
-    lines = [header, "|" + "---|" * 10]
+              "| gen tokens/s | env steps (+replayed) | CPU s | trees/CPU-min |")
+    lines = [header, "|" + "---|" * 12]
     for name, r in rows.items():
         lines.append(f"| {name} | {r['wall']:.1f} | {r['trees']} | {r['trees_per_min']:.2f} | "
                      f"{r['env_steps_per_s']:.2f} | {r['expansions']} | {r['requests']} | "
-                     f"{r['samples_per_s']:.2f} | {r['tokens_per_s']:.1f} | {r['env_steps']} (+{r['replay_steps']}) |")
+                     f"{r['samples_per_s']:.2f} | {r['tokens_per_s']:.1f} | {r['env_steps']} (+{r['replay_steps']}) | "
+                     f"{r['cpu']:.0f} | {r['trees_per_cpu_min']:.2f} |")
     ratios = {k: a[k] / b[k] if b[k] else float("nan")
-              for k in ("trees_per_min", "env_steps_per_s", "samples_per_s", "tokens_per_s")}
+              for k in ("trees_per_min", "env_steps_per_s", "samples_per_s", "tokens_per_s", "trees_per_cpu_min")}
     lines.append(f"| **ratio** | | | **{ratios['trees_per_min']:.1f}x** | **{ratios['env_steps_per_s']:.1f}x** "
-                 f"| | | {ratios['samples_per_s']:.1f}x | {ratios['tokens_per_s']:.1f}x | |")
+                 f"| | | {ratios['samples_per_s']:.1f}x | {ratios['tokens_per_s']:.1f}x | | | "
+                 f"{ratios['trees_per_cpu_min']:.1f}x |")
     settings = (f"engine {engine_name} ({args.engine}), model {args.model}"
                 f"{' + adapter ' + args.adapter if args.adapter else ''}, {len(task_ids)} TextCraft train tasks "
                 f"(depth-1 goals), num_simulations={config.num_simulations}, n_expand={config.n_expand}, "
@@ -159,10 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     print(settings)
     print(table)
     print(json.dumps({"ratios": ratios}))
+    try:
+        load = "load average (1/5/15 min) at the end: " + " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        load = ""
+    print(load)
     if args.out:
         with open(args.out, "w") as f:
             f.write(f"Settings: {settings}.\n\nCommand: `python bench/bench_search.py {' '.join(argv or sys.argv[1:])}`\n\n"
-                    f"{table}\n")
+                    f"{table}\n\n{load}\n")
     return 0
 
 
