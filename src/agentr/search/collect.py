@@ -167,39 +167,30 @@ class _Job:
     # ---- results -----------------------------------------------------------------------------
     def trajectories(self) -> list[Trajectory]:
         env, header = self.tree.env_name, self.tree.header
+
+        def record(kind: str, index: int, messages: list[dict], meta: dict) -> Trajectory:
+            return Trajectory(id=f"{env}/{self.task_id}/{kind}/{index}", env=env, task_id=self.task_id,
+                              iteration=self.iteration, kind=kind, messages=messages, meta=meta)
+
         out = []
         for i, walk in enumerate(self.walks):
             pair = walk.pair
             signal = draw_signal(self.rng)
-            out.append(Trajectory(
-                id=f"{env}/{self.task_id}/revision/{i}",
-                env=env,
-                task_id=self.task_id,
-                iteration=self.iteration,
-                kind="revision",
-                messages=splice(header, pair.bad, pair.good, pair.divergence, walk.transition, signal),
-                meta={
-                    "good_reward": pair.good_reward,
-                    "bad_reward": pair.bad_reward,
-                    "divergence_step": pair.divergence,
-                    "transition_step": walk.transition,
-                    "revision_signal": signal,
-                    "mode": self.config.mode,
-                    "bad_turns": len(pair.bad) - 1,
-                    "good_turns": len(pair.good) - 1,
-                },
-            ))
+            out.append(record("revision", i, splice(header, pair.bad, pair.good, pair.divergence,
+                                                    walk.transition, signal), {
+                "good_reward": pair.good_reward,
+                "bad_reward": pair.bad_reward,
+                "divergence_step": pair.divergence,
+                "transition_step": walk.transition,
+                "revision_signal": signal,
+                "mode": self.config.mode,
+                "bad_turns": len(pair.bad) - 1,
+                "good_turns": len(pair.good) - 1,
+            }))
         if self.config.include_good or self.config.mode == "optimal":
             for i, path in enumerate(self.good):
-                out.append(Trajectory(
-                    id=f"{env}/{self.task_id}/good/{i}",
-                    env=env,
-                    task_id=self.task_id,
-                    iteration=self.iteration,
-                    kind="good",
-                    messages=good_conversation(header, path),
-                    meta={"good_reward": path[-1].reward, "good_turns": len(path) - 1},
-                ))
+                out.append(record("good", i, good_conversation(header, path),
+                                  {"good_reward": path[-1].reward, "good_turns": len(path) - 1}))
         return out
 
     def stats(self, trajectories: list[Trajectory]) -> dict:
