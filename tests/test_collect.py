@@ -254,3 +254,29 @@ def test_textcraft_revision_data_with_a_scripted_policy(tmp_path):
         assert bad[-1] in ("get 1 dirt", "craft 1 stick using 2 dirt")  # t' is the first wrong step
         assert not any(a in ("get 1 dirt", "craft 1 stick using 2 dirt") for a in bad[t.meta["divergence_step"]:-1])
         assert t.messages[-2]["train"] and t.messages[-1]["content"].startswith("Crafted")
+
+
+def test_collect_subcommand_runs_phase_one(tmp_path, monkeypatch, capsys):
+    """`agentr collect ...` parses the nested search settings and writes the dataset."""
+    import agentr.engines
+
+    engines = []
+
+    def fake_make_engine(kind, model, **kwargs):
+        assert (kind, model, kwargs["max_model_len"]) == ("hf", "some/model", 4096)
+        engines.append(ScriptedEngine(lambda conv, n: [reply("inventory")] * n))
+        return engines[-1]
+
+    monkeypatch.setattr(agentr.engines, "make_engine", fake_make_engine)
+    from agentr.cli import main
+
+    main(["collect", "--model", "some/model", "--engine", "hf", "--out_dir", str(tmp_path),
+          "--num_tasks", "2", "--env_options", '{"min_depth": 1, "max_depth": 1}',
+          "--search.num_simulations", "1", "--search.max_depth", "2", "--search.mode", "optimal",
+          "--progress", "false"])
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["trees_searched"] == 2 and summary["env_steps"] > 0
+    assert (tmp_path / "dataset.jsonl").exists()
+    settings = json.loads((tmp_path / "collect.json").read_text())
+    assert settings["config"]["num_simulations"] == 1 and settings["config"]["mode"] == "optimal"
+    assert len(engines) == 1 and all(c[2].n == 4 for c in engines[0].calls)
