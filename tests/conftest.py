@@ -18,14 +18,13 @@ def smollm2_dir() -> str:
     return resolve_model(SMOLLM2_ID)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(smollm2_dir, tmp_path_factory) -> str:
-    """A 2-layer random Llama with SmolLM2's tokenizer and chat template (fast, real tokens)."""
+def _save_tiny_llama(smollm2_dir: str, path, **overrides) -> str:
+    """Save a 2-layer random Llama with SmolLM2's tokenizer and chat template to `path`."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-    config = LlamaConfig(
+    settings = dict(
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
@@ -38,39 +37,25 @@ def tiny_model_dir(smollm2_dir, tmp_path_factory) -> str:
         tie_word_embeddings=True,
     )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
-    path = tmp_path_factory.mktemp("tiny-llama")
+    model = LlamaForCausalLM(LlamaConfig(**{**settings, **overrides})).to(torch.bfloat16)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(smollm2_dir, tmp_path_factory) -> str:
+    """A 2-layer random Llama with SmolLM2's tokenizer and chat template (fast, real tokens)."""
+    return _save_tiny_llama(smollm2_dir, tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
 def tiny_engine_model_dir(smollm2_dir, tmp_path_factory) -> str:
     """Like `tiny_model_dir`, but with a head size (32) that vLLM's CPU attention supports
     (it has kernels for 32, 64, 80, ... only), so both engines can load it."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
-    path = tmp_path_factory.mktemp("tiny-llama-hd32")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    return _save_tiny_llama(smollm2_dir, tmp_path_factory.mktemp("tiny-llama-hd32"),
+                            num_attention_heads=2, num_key_value_heads=1,
+                            max_position_embeddings=2048)
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ from agentr.agent.conversation import HEADER_LEN
 from agentr.agent.rollout import EnvFactory, Episode, EpisodeStart, run_episodes
 from agentr.engines.base import Engine, SamplingConfig
 from agentr.envs.base import Environment
-from agentr.metrics import RevisionReward, SuccessRate, episode_metrics, loop_count
+from agentr.metrics import RevisionReward, episode_metrics, loop_count
 
 log = logging.getLogger(__name__)
 
@@ -67,24 +67,38 @@ def read_episodes(path: str | os.PathLike) -> list[Episode]:
     return episodes
 
 
-def _run_and_record(engine, env, starts, out_dir, jsonl_name, **kwargs) -> tuple[list[Episode], dict]:
+def _run_and_record(engine, env, starts, sampling: SamplingConfig, out_dir, jsonl_name: str,
+                    settings: dict, **run_kwargs) -> tuple[list[Episode], dict]:
+    """Run the episodes, appending each to `out_dir/jsonl_name` as it ends; return them with
+    the results dict (metrics, counts, timing, settings, per-episode summaries)."""
     writer = _EpisodeWriter(Path(out_dir) / jsonl_name if out_dir is not None else None)
     stats0 = (engine.stats.generated_tokens, engine.stats.prompt_tokens)
     start = time.perf_counter()
     try:
-        episodes = run_episodes(engine, env, starts, on_episode_end=writer, **kwargs)
+        episodes = run_episodes(engine, env, starts, sampling=sampling, on_episode_end=writer,
+                                **run_kwargs)
     finally:
         writer.close()
     seconds = time.perf_counter() - start
     generated = engine.stats.generated_tokens - stats0[0]
-    timing = {
-        "seconds": seconds,
-        "episodes_per_minute": 60 * len(episodes) / seconds if seconds else 0.0,
-        "generated_tokens": generated,
-        "prompt_tokens": engine.stats.prompt_tokens - stats0[1],
-        "generated_tokens_per_s": generated / seconds if seconds else 0.0,
+    results = {
+        "metrics": episode_metrics(episodes),
+        "num_episodes": len(episodes),
+        "num_errors": sum(e.error is not None for e in episodes),
+        "timing": {
+            "seconds": seconds,
+            "episodes_per_minute": 60 * len(episodes) / seconds if seconds else 0.0,
+            "generated_tokens": generated,
+            "prompt_tokens": engine.stats.prompt_tokens - stats0[1],
+            "generated_tokens_per_s": generated / seconds if seconds else 0.0,
+        },
+        "settings": {**settings, "temperature": sampling.temperature,
+                     "max_tokens": sampling.max_tokens, "stop": list(sampling.stop),
+                     "seed": sampling.seed, "adapter": getattr(engine, "adapter_path", None),
+                     "engine": type(engine).__name__},
+        "episodes": [{**_summary(e), **e.meta} for e in episodes],
     }
-    return episodes, timing
+    return episodes, results
 
 
 def _summary(episode: Episode) -> dict:
@@ -140,21 +154,10 @@ def evaluate(
     """
     sampling = SamplingConfig(temperature=temperature, max_tokens=max_tokens, stop=tuple(stop),
                               seed=seed)
-    episodes, timing = _run_and_record(
-        engine, env, list(task_ids), out_dir, "trajectories.jsonl", max_turns=max_turns,
-        sampling=sampling, max_concurrent=max_concurrent, success_threshold=success_threshold,
-        progress=progress)
-    results = {
-        "metrics": episode_metrics(episodes),
-        "num_episodes": len(episodes),
-        "num_errors": sum(e.error is not None for e in episodes),
-        "timing": timing,
-        "settings": {"max_turns": max_turns, "temperature": temperature, "max_tokens": max_tokens,
-                     "stop": list(stop), "seed": seed, "success_threshold": success_threshold,
-                     "adapter": getattr(engine, "adapter_path", None),
-                     "engine": type(engine).__name__},
-        "episodes": [_summary(e) for e in episodes],
-    }
+    _, results = _run_and_record(
+        engine, env, list(task_ids), sampling, out_dir, "trajectories.jsonl",
+        {"max_turns": max_turns, "success_threshold": success_threshold}, max_turns=max_turns,
+        max_concurrent=max_concurrent, success_threshold=success_threshold, progress=progress)
     if out_dir is not None:
         _write_json(Path(out_dir) / "eval.json", results)
     return results
@@ -202,32 +205,20 @@ def revision_test(
         num_tasks: use only the first N failed trajectories.
 
     Returns:
-        {"metrics": {revision_reward, revision_success_rate, loop_count, ...}, ...}; written to
+        {"metrics": {revision_reward, success_rate, loop_count, ...}, ...}; written to
         `out_dir/revision.json`, the episodes to `out_dir/revision_trajectories.jsonl`.
     """
     if isinstance(reference, (str, os.PathLike)):
         reference = read_episodes(reference)
     starts = revision_starts(reference, seed=seed, num_tasks=num_tasks)
-    sampling = SamplingConfig(temperature=0.0, max_tokens=max_tokens)
-    episodes, timing = _run_and_record(
-        engine, env, starts, out_dir, "revision_trajectories.jsonl", max_turns=max_turns,
-        sampling=sampling, max_concurrent=max_concurrent, success_threshold=success_threshold,
+    episodes, results = _run_and_record(
+        engine, env, starts, SamplingConfig(temperature=0.0, max_tokens=max_tokens), out_dir,
+        "revision_trajectories.jsonl", {"max_turns": max_turns, "cut_seed": seed},
+        max_turns=max_turns, max_concurrent=max_concurrent, success_threshold=success_threshold,
         progress=progress)
-    reward, success = RevisionReward(), SuccessRate()
+    reward = RevisionReward()
     reward.update([e.reward for e in episodes])
-    success.update([e.success for e in episodes])
-    metrics = episode_metrics(episodes)
-    metrics.update(revision_reward=float(reward.compute()) if episodes else 0.0,
-                   revision_success_rate=float(success.compute()) if episodes else 0.0)
-    results = {
-        "metrics": metrics,
-        "num_episodes": len(episodes),
-        "num_errors": sum(e.error is not None for e in episodes),
-        "timing": timing,
-        "settings": {"max_turns": max_turns, "seed": seed, "max_tokens": max_tokens,
-                     "adapter": getattr(engine, "adapter_path", None)},
-        "episodes": [{**_summary(e), **e.meta} for e in episodes],
-    }
+    results["metrics"]["revision_reward"] = float(reward.compute()) if episodes else 0.0
     if out_dir is not None:
         _write_json(Path(out_dir) / "revision.json", results)
     return results

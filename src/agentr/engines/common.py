@@ -41,6 +41,16 @@ def check_prompt_length(num_prompt_tokens: int, max_model_len: int) -> None:
         )
 
 
+def fit_model_len(config, requested: int) -> int:
+    """`requested`, capped (with a warning) at the model config's `max_position_embeddings`."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and requested > limit:
+        log.warning("max_model_len=%d exceeds the model's %d positions; using %d",
+                    requested, limit, limit)
+        return int(limit)
+    return int(requested)
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """`text` up to (not including) the earliest of the `stop` strings."""
     cut = len(text)

@@ -15,7 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agentr.engines.base import Conversation, Engine, Generation, SamplingConfig
-from agentr.engines.common import check_adapter, check_prompt_length, cut_at_stop, render_prompt_ids
+from agentr.engines.common import (
+    check_adapter,
+    check_prompt_length,
+    cut_at_stop,
+    fit_model_len,
+    render_prompt_ids,
+)
 from agentr.engines.models import resolve_model
 
 log = logging.getLogger(__name__)
@@ -71,8 +77,7 @@ class HFEngine(Engine):
         self.model = AutoModelForCausalLM.from_pretrained(
             self.model_path, dtype=torch_dtype, trust_remote_code=trust_remote_code
         ).to(self.device).eval()
-        limit = getattr(self.model.config, "max_position_embeddings", None) or max_model_len
-        self._max_model_len = int(min(max_model_len, limit))
+        self._max_model_len = fit_model_len(self.model.config, max_model_len)
         self.seed = seed
         self.batch_size = batch_size
         self.adapter_path: str | None = None

@@ -33,6 +33,7 @@ from agentr.engines.common import (
     EngineError,
     check_adapter,
     check_prompt_length,
+    fit_model_len,
     render_prompt_ids,
     request_seed,
 )
@@ -114,12 +115,7 @@ class VLLMEngine(Engine):
         self._tokenizer = AutoTokenizer.from_pretrained(
             self.model_path, trust_remote_code=trust_remote_code)
         config = AutoConfig.from_pretrained(self.model_path, trust_remote_code=trust_remote_code)
-        limit = getattr(config, "max_position_embeddings", None)
-        if limit is not None and max_model_len > limit:
-            log.warning("max_model_len=%d exceeds the model's %d positions; using %d",
-                        max_model_len, limit, limit)
-            max_model_len = int(limit)
-        self._max_model_len = int(max_model_len)
+        self._max_model_len = fit_model_len(config, max_model_len)
         self.on_gpu = _cuda_available()
         self.sleep_enabled = self.on_gpu if enable_sleep_mode is None else bool(enable_sleep_mode)
         if self.sleep_enabled and not self.on_gpu:
@@ -275,6 +271,11 @@ class VLLMEngine(Engine):
         if self._asleep:
             self._llm.wake_up()
             self._asleep = False
+
+    def reset_prefix_cache(self) -> None:
+        """Forget the cached prompt prefixes (e.g. to time two runs from the same cold start)."""
+        self._check_alive()
+        self._llm.reset_prefix_cache()
 
     def close(self) -> None:
         """Shut vLLM's engine processes down; the engine cannot generate afterwards."""
