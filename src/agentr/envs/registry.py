@@ -16,6 +16,8 @@ ENVIRONMENTS: dict[str, str] = {
     "textcraft": "agentr.envs.textcraft:TextCraftEnv",
     "sciworld": "agentr.envs.sciworld:ScienceWorldEnv",
     "http": "agentr.envs.http:HTTPEnvironment",
+    # make_env("multitask", envs={"textcraft": {"max_depth": 2}, "sciworld": {}})
+    "multitask": "agentr.envs.multitask:MultiTaskEnv",
 }
 
 
