@@ -15,6 +15,19 @@ Output directory:
     dataset.jsonl           all tasks' trajectories in task order (`agentr.trajectory` schema)
     stats.json              totals over all tasks, plus this run's wall time and rates
 
+Each line of `dataset.jsonl` is an `agentr.trajectory.Trajectory` (schema in that module):
+
+- kind "revision": header + bad turns 1..t' (train false) + `Thought: <signal>\nAction: wait`
+  (train **true**: the model learns to produce the revision signal, as the paper and its code
+  do) + `OK.` + good turns t+1..end (train true); observations never trained. `meta`:
+  good_reward, bad_reward, divergence_step (t, turns shared), transition_step (t', bad turns
+  kept), revision_signal, mode, bad_turns, good_turns (lengths of the two paths).
+- kind "good": header + a good path, every assistant turn trained; `meta`: good_reward,
+  good_turns. Written when `include_good` is set, and always in mode "optimal".
+
+Revision trajectories of a task come first (in the seeded pair order), then its good ones (in
+tree order); tasks follow the order of `task_ids`.
+
 A re-run skips the tasks whose `tasks/<task>.jsonl` exists and rebuilds `dataset.jsonl` from the
 per-task files. Every random choice of a task (UCT ties, the pair shuffle, revision signals) draws
 from `random.Random` seeded by a stable hash of (seed, task id), so the dataset does not depend

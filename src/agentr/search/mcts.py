@@ -215,6 +215,8 @@ class SearchTree:
         terminal ones. Returns the new children."""
         if node is not self._cursor or node.expanded:
             raise RuntimeError("expand() must be given the node that pending() returned")
+        if not generations:
+            raise ValueError("expand() needs at least one generated reply")
         self.counters.expansions += 1
         self.counters.samples += len(generations)
         self.counters.tokens += sum(g.num_tokens for g in generations)
