@@ -42,47 +42,52 @@ class GenerationCallback(Callback):
         seed: int = 0,
     ) -> None:
         self.kind = engine
-        self.engine_kwargs = dict(
-            max_model_len=max_model_len,
+        self.common_kwargs = dict(max_model_len=max_model_len, dtype=dtype, seed=seed)
+        self.vllm_kwargs = dict(
             kv_cache_gb=kv_cache_gb,
             gpu_memory_utilization=gpu_memory_utilization,
             max_num_seqs=max_num_seqs,
-            dtype=dtype,
-            seed=seed,
         )
         self._engine: Engine | None = None
-        self._model: str | None = None
-        self._max_lora_rank = 16
-        self._trust_remote_code = False
+        self._module_kwargs: dict = {}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._model = pl_module.model_name
-        self._max_lora_rank = max(16, int(getattr(pl_module, "lora_rank", 16)))
-        self._trust_remote_code = bool(getattr(pl_module, "trust_remote_code", False))
+        # The engine serves the module's base model, with room for the module's LoRA rank.
+        hparams = pl_module.hparams
+        self._module_kwargs = dict(model=hparams.model, trust_remote_code=hparams.trust_remote_code)
+        self._lora_rank = int(hparams.lora_r)
 
     @property
     def engine(self) -> Engine:
         """The engine, built on first use."""
         if self._engine is None:
-            if self._model is None:
+            if not self._module_kwargs:
                 raise RuntimeError("GenerationCallback used before Trainer.fit set it up")
-            from agentr.engines import make_engine
+            from agentr.engines import make_engine, vllm_available
 
-            log.info("starting the %s generation engine for %s", self.kind, self._model)
-            self._engine = make_engine(
-                self.kind,
-                self._model,
-                max_lora_rank=self._max_lora_rank,
-                trust_remote_code=self._trust_remote_code,
-                **self.engine_kwargs,
-            )
+            kind = self.kind if self.kind != "auto" else ("vllm" if vllm_available() else "hf")
+            kwargs = {**self.common_kwargs, **self._module_kwargs}
+            if kind == "vllm":  # vLLM's LoRA slots are sized up front: the smallest >= our rank
+                rank = next(r for r in (8, 16, 32, 64, 128, 256, 512) if r >= self._lora_rank)
+                kwargs.update(self.vllm_kwargs, max_lora_rank=rank)
+            log.info("starting the %s generation engine for %s", kind, kwargs["model"])
+            self._engine = make_engine(kind, **kwargs)
         return self._engine
 
-    def policy(self, adapter: str | Path | None) -> Engine:
-        """The engine, awake and generating with `adapter` (None: the base model)."""
+    def policy(self, weights: str | Path | None) -> Engine:
+        """The engine, awake and generating with `weights` (None: the base model).
+
+        `weights` is a LoRA adapter directory, or a whole model directory (full fine-tuning),
+        for which the engine is rebuilt on those weights.
+        """
+        if weights is not None and (Path(weights) / "config.json").is_file():
+            if self._module_kwargs.get("model") != str(weights):
+                self.close()
+                self._module_kwargs["model"] = str(weights)
+            weights = None
         engine = self.engine
         engine.wake_up()
-        engine.load_adapter(str(adapter) if adapter is not None else None)
+        engine.load_adapter(str(weights) if weights is not None else None)
         return engine
 
     def release(self) -> None:
@@ -90,7 +95,11 @@ class GenerationCallback(Callback):
         if self._engine is not None:
             self._engine.sleep()
 
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def close(self) -> None:
+        """Shut the engine down (a later use starts a new one)."""
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.close()

@@ -128,13 +128,8 @@ class AgentRIterations(Callback):
             )
         datamodule.set_epoch_hook(lambda: self.prepare_epoch(trainer))
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        stage = self.plan[trainer.current_epoch]
-        if stage.is_last_epoch and trainer.is_global_zero:
-            pl_module.save_adapter(self.adapter_dir(stage.iteration))
-        trainer.strategy.barrier()
-
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save_adapter(trainer, self.plan[-1].iteration)
         self._evaluate_finished(trainer, upto=self.plan[-1].iteration)
 
     # ---- the loop ---------------------------------------------------------------------------
@@ -143,6 +138,8 @@ class AgentRIterations(Callback):
         stage = self.plan[trainer.current_epoch]
         if stage.iteration == self._loaded:
             return
+        # The weights now are those the previous iteration ended with (fresh or restored).
+        self._save_adapter(trainer, stage.iteration - 1)
         self._evaluate_finished(trainer, upto=stage.iteration - 1)
         datamodule = trainer.datamodule
         if stage.iteration == 0:
@@ -157,7 +154,29 @@ class AgentRIterations(Callback):
             finally:
                 self.generation.release()
             self._log_phase1(trainer, stage.iteration, dataset)
+            if not datamodule.train_examples:
+                # Lightning would end the fit silently on an empty epoch; say why instead.
+                raise RuntimeError(
+                    f"Phase I of iteration {stage.iteration} kept no training trajectory "
+                    f"(no path reached reward >= alpha={self.alpha[stage.iteration - 1]}; see "
+                    f"{Path(dataset).parent / 'stats.json'}). Agent-R learns from the policy's own "
+                    "successes: warm-start the model (warm_start), use easier tasks, or search more "
+                    "(search.num_simulations, search.n_expand)."
+                )
         self._loaded = stage.iteration
+
+    def _save_adapter(self, trainer: pl.Trainer, iteration: int) -> None:
+        """Save the current weights as iteration `iteration`'s adapter, unless already saved."""
+        path = self.adapter_dir(iteration)
+        if path is None or path.exists():
+            return
+        # Every rank takes part (sharded weights are gathered); written aside, then renamed, so
+        # a crash never leaves a half-written adapter that a resumed run would trust.
+        partial = path.with_name(path.name + ".partial")
+        trainer.lightning_module.save_adapter(partial)
+        if trainer.is_global_zero:
+            partial.rename(path)
+        trainer.strategy.barrier()
 
     def _expert_data(self, trainer: pl.Trainer) -> list:
         path = self.iteration_dir(0) / "data.jsonl"

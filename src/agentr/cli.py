@@ -29,15 +29,18 @@ def _stage_function(name: str):
 
 def main(args: list[str] | None = None) -> object:
     """Entry point of the `agentr` console script; `args` defaults to `sys.argv[1:]`."""
-    args = list(sys.argv[1:] if args is None else args)
-    if args and args[0] in STAGE_COMMANDS:
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in STAGE_COMMANDS:
         from jsonargparse import CLI
 
-        return CLI(_stage_function(args[0]), args=args[1:], as_positional=False)
+        return CLI(_stage_function(argv[0]), args=argv[1:], as_positional=False)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip() + "\n", file=sys.stderr)
     return _lightning_cli(args)
 
 
-def _lightning_cli(args: list[str]):
+def _lightning_cli(args: list[str] | None):
+    """LightningCLI over the module and any DataModule subclass; `args` None reads `sys.argv`."""
     from lightning.pytorch.cli import LightningCLI
 
     from agentr.data.datamodule import AgentRDataModule
@@ -47,8 +50,8 @@ def _lightning_cli(args: list[str]):
         """LightningCLI whose `fit` resumes from `<default_root_dir>/checkpoints/last.ckpt`."""
 
         def add_arguments_to_parser(self, parser) -> None:
-            # Re-running the same command continues a killed run instead of starting over.
-            parser.set_defaults({"ckpt_path": "last"})
+            # The data is rendered with the trained model's tokenizer: one setting, not two.
+            parser.link_arguments("model.model", "data.init_args.model")
 
         def before_fit(self) -> None:
             from pathlib import Path
@@ -58,14 +61,17 @@ def _lightning_cli(args: list[str]):
                 checkpoint.dirpath = str(Path(self.trainer.default_root_dir) / "checkpoints")
                 checkpoint.save_last = True
 
-    if not args or args[0] in ("-h", "--help"):
-        print(__doc__.strip() + "\n", file=sys.stderr)
+        def fit(self, model, datamodule=None, ckpt_path=None, **kwargs) -> None:
+            # Re-running the same command continues a killed run instead of starting over.
+            self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path or "last", **kwargs)
+
     return AgentRCLI(
         AgentRModule,
         AgentRDataModule,
         subclass_mode_data=True,
         args=args,
         save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,  # the module owns its optimizer and schedule
     )
 
 

@@ -39,7 +39,7 @@ import hashlib
 import logging
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -138,6 +138,7 @@ class AgentRDataModule(pl.LightningDataModule):
         self.data_stats: dict = {}
         #: Bumped by every `set_trajectories`; callbacks can tell whether the data changed.
         self.data_version = 0
+        self._epoch_hook: Callable[[], None] | None = None
 
     # ---- what a subclass provides --------------------------------------------------------------
     def make_env(self) -> Environment:
@@ -333,12 +334,26 @@ class AgentRDataModule(pl.LightningDataModule):
             sampler = EpochShuffleSampler(len(dataset), self._data_seed(), epoch)
         return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=self.num_workers)
 
+    def set_epoch_hook(self, hook: Callable[[], None] | None) -> None:
+        """Have `train_dataloader()` call `hook` first.
+
+        The iteration callback prepares each epoch's data there: Lightning builds the train
+        loader after the previous epoch's checkpoint is saved and after a resumed run restored
+        `current_epoch`, so Phase I runs at the one moment that loses no work on a crash.
+        """
+        self._epoch_hook = hook
+
     def train_dataloader(self) -> DataLoader:
-        if not self.train_examples:
+        if self._epoch_hook is not None:
+            self._epoch_hook()
+        if self.train_examples is None:
             raise RuntimeError(
                 "no training data: run with agentr's iteration callback (it calls regenerate), "
                 "call set_trajectories(...), or pass data_files"
             )
+        if not self.train_examples:
+            log.warning("no training data for epoch %s (Phase I kept no trajectory): it trains nothing",
+                        self.trainer.current_epoch if self.trainer is not None else "?")
         return self._loader(self.train_examples, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
