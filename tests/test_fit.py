@@ -1,0 +1,170 @@
+"""`agentr fit` end to end on an environment defined only here (bring your own environment).
+
+`LuckyEnv` is a two-step game whose reward depends on the reply's text, so that even a tiny
+random model finds both good and bad paths: Phase I has something to pair, critique and splice,
+and the whole loop (evaluation, Phase I, Phase II, adapters, resume) runs in seconds on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agentr.cli import main
+from agentr.data import AgentRDataModule
+from agentr.envs import Environment
+from agentr.trajectory import read_jsonl
+
+
+class SimulatedCrash(Exception):
+    """Stands for the process dying (Lightning turns KeyboardInterrupt into an exit)."""
+
+
+class LuckyEnv(Environment):
+    """Two moves; the second move's text decides the reward (a stable hash, half the time 1)."""
+
+    name = "lucky"
+    cheap_clone = False
+    #: Test hook: a step raises once this directory holds a finished task (simulates a crash).
+    crash_once_exists: Path | None = None
+
+    @property
+    def instruction(self) -> str:
+        return "Say anything twice. Example:\nThought: I try.\nAction: hello"
+
+    def task_ids(self, split: str) -> list[str]:
+        return [f"{split}-{i}" for i in range(4)]
+
+    def spawn(self) -> LuckyEnv:
+        return LuckyEnv()
+
+    def _reset(self, task_id: str) -> str:
+        self.moves = 0
+        return f"Task {task_id}: make two moves."
+
+    def _step(self, action: str) -> tuple[str, float, bool]:
+        crash_dir = LuckyEnv.crash_once_exists
+        if crash_dir is not None and crash_dir.is_dir() and any(crash_dir.glob("*.jsonl")):
+            raise SimulatedCrash("simulated crash")
+        self.moves += 1
+        if self.moves < 2:
+            return "One more move.", 0.0, False
+        return "Done.", float(zlib.crc32(action.encode()) % 2), True
+
+
+class LuckyDataModule(AgentRDataModule):
+    """The whole of what a user writes to bring an environment."""
+
+    def make_env(self) -> Environment:
+        return LuckyEnv()
+
+
+def write_config(tmp_path: Path, model_dir: str, max_concurrent_trees: int = 32) -> Path:
+    run = tmp_path / "run"
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "default_root_dir": str(run),
+            "num_sanity_val_steps": 0,
+            "enable_progress_bar": False,
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                       "init_args": {"save_dir": str(run), "name": "logs"}},
+            "callbacks": [
+                {"class_path": "agentr.callbacks.GenerationCallback",
+                 "init_args": {"engine": "hf", "max_model_len": 1024}},
+                {"class_path": "agentr.callbacks.AgentRIterations",
+                 "init_args": {"iterations": 2, "epochs": [2, 1], "alpha": [0.5, 1.0]}},
+                {"class_path": "agentr.callbacks.EvaluationCallback",
+                 "init_args": {"num_tasks": 2, "max_turns": 3, "max_tokens": 8}},
+            ],
+        },
+        "model": {"model": model_dir, "lora_r": 4, "lora_alpha": 8},
+        "data": {
+            "class_path": "test_fit.LuckyDataModule",
+            "init_args": {
+                "max_length": 1024,
+                "tokens_per_batch": 2048,
+                "val_fraction": 0.0,
+                "search": {"num_simulations": 3, "n_expand": 3, "max_depth": 4, "max_tokens": 8,
+                           "critique_max_tokens": 8, "max_pairs_per_task": 2,
+                           "max_concurrent_trees": max_concurrent_trees},
+            },
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def fit(config: Path) -> None:
+    main(["fit", "--config", str(config)])
+
+
+@pytest.fixture
+def no_crash():
+    yield
+    LuckyEnv.crash_once_exists = None
+
+
+def test_fit_runs_both_phases_on_a_user_environment(tmp_path, tiny_model_dir, no_crash):
+    from peft import PeftConfig
+
+    fit(write_config(tmp_path, tiny_model_dir))
+    run = tmp_path / "run"
+
+    data = list(read_jsonl(run / "iteration_1" / "phase1" / "dataset.jsonl"))
+    kinds = {t.kind for t in data}
+    assert "revision" in kinds and "good" in kinds
+    assert all(t.env == "lucky" and t.iteration == 1 for t in data)
+    for iteration in (1, 2):
+        adapter = run / f"iteration_{iteration}" / "adapter"
+        assert PeftConfig.from_pretrained(adapter).r == 4
+    for stage in ("base", "iteration_1", "iteration_2"):
+        results = json.loads((run / stage / "eval.json").read_text())
+        assert results["num_episodes"] == 2
+        assert 0.0 <= results["metrics"]["success_rate"] <= 1.0
+    assert (run / "success_rate.png").stat().st_size > 0
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    saved = yaml.safe_load(next(run.glob("logs/*/config.yaml")).read_text())
+    assert saved["data"]["class_path"] == "test_fit.LuckyDataModule"
+    # 2 epochs of iteration 1, then 1 of iteration 2; alpha 1.0 in iteration 2.
+    stats = json.loads((run / "iteration_2" / "phase1" / "stats.json").read_text())
+    assert stats["alpha"] == 1.0 and stats["iteration"] == 2
+
+
+def test_a_run_killed_in_phase_one_continues_without_losing_work(tmp_path, tiny_model_dir, no_crash):
+    import torch
+
+    reference_dir, crashed_dir = tmp_path / "reference", tmp_path / "crashed"
+    reference_dir.mkdir(), crashed_dir.mkdir()
+    fit(write_config(reference_dir, tiny_model_dir, max_concurrent_trees=1))  # uninterrupted
+
+    config = write_config(crashed_dir, tiny_model_dir, max_concurrent_trees=1)
+    tasks = crashed_dir / "run" / "iteration_2" / "phase1" / "tasks"
+    LuckyEnv.crash_once_exists = tasks  # dies right after iteration 2's first finished task
+    with pytest.raises(SimulatedCrash):
+        fit(config)
+    finished = {p.name: p.stat().st_mtime_ns for p in tasks.glob("*.jsonl")}
+    assert 1 <= len(finished) < 4
+    step_at_crash = torch.load(crashed_dir / "run" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+
+    LuckyEnv.crash_once_exists = None
+    fit(config)  # the same command again
+
+    # Iteration 1's training was not redone (the run went on from the checkpoint), the finished
+    # Phase I task was not searched again, and the run ended like the uninterrupted one.
+    ckpt = torch.load(crashed_dir / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    reference = torch.load(reference_dir / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] > step_at_crash and ckpt["epoch"] == reference["epoch"]
+    assert {p.name: p.stat().st_mtime_ns for p in tasks.glob("*.jsonl") if p.name in finished} == finished
+    stats = json.loads((crashed_dir / "run" / "iteration_2" / "phase1" / "stats.json").read_text())
+    assert stats["tasks_resumed"] == len(finished) and stats["trees_this_run"] == 4 - len(finished)
+    assert (crashed_dir / "run" / "iteration_2" / "eval.json").exists()
+    # Checkpoints hold the trainable weights only, never the frozen base model.
+    assert all("lora_" in k for k in ckpt["state_dict"])
