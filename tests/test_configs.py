@@ -1,0 +1,55 @@
+"""Every shipped config parses and validates against the code (no training is run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agentr.cli import main
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+FIT_CONFIGS = sorted(CONFIGS.glob("*.yaml")) + sorted((CONFIGS / "paper").glob("*.yaml"))
+
+
+def resolved(args: list[str], capsys) -> dict:
+    with pytest.raises(SystemExit) as exit_:
+        main(args + ["--print_config"])
+    assert exit_.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("path", FIT_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_fit_config_parses(path, capsys):
+    config = resolved(["fit", "--config", str(path)], capsys)
+    callbacks = [c["class_path"] for c in config["trainer"]["callbacks"]]
+    assert callbacks == [
+        "agentr.callbacks.GenerationCallback",
+        "agentr.callbacks.AgentRIterations",
+        "agentr.callbacks.EvaluationCallback",
+    ]
+    # The data's tokenizer is linked to the trained model, so configs never set it twice.
+    assert "model" not in config["data"]["init_args"]
+
+
+@pytest.mark.parametrize("mode", ["direct_revision", "optimal"])
+def test_baseline_overlays_switch_the_search_mode(mode, capsys):
+    config = resolved(["fit", "--config", str(CONFIGS / "quickstart.yaml"),
+                       "--config", str(CONFIGS / "baselines" / f"{mode}.yaml")], capsys)
+    assert config["data"]["init_args"]["search"]["mode"] == mode
+    assert config["data"]["init_args"]["num_tasks"] == 24  # the rest of the quickstart is kept
+
+
+def test_vanilla_baseline_is_an_evaluate_config(capsys):
+    config = resolved(["evaluate", "--config", str(CONFIGS / "baselines" / "vanilla.yaml")], capsys)
+    assert config["max_turns"] == 100 and config["split"] == "test"
+
+
+def test_sweep_parameters_are_valid_overrides(capsys):
+    sweep = yaml.safe_load((CONFIGS / "sweeps" / "quickstart.yaml").read_text())
+    overrides = [f"--{key}={spec['values'][0]}" for key, spec in sweep["parameters"].items()]
+    command = [a for a in sweep["command"][1:] if not a.startswith("${")]
+    config = resolved(command + overrides, capsys)
+    assert config["model"]["learning_rate"] == sweep["parameters"]["model.learning_rate"]["values"][0]
+    assert config["trainer"]["logger"]["class_path"] == "lightning.pytorch.loggers.WandbLogger"
