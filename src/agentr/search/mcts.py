@@ -30,7 +30,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from agentr.agent.conversation import WAIT_REPLY, build_header, is_wait, parse_action
+from agentr.agent.conversation import WAIT_REPLY, build_header, is_wait
+from agentr.agent.rollout import env_action  # the agent loop's rule for what reaches the env
 from agentr.engines.base import Conversation, Engine, Generation, SamplingConfig
 from agentr.envs.base import Environment
 from agentr.search.config import SearchConfig
@@ -141,16 +142,6 @@ def backup(node: Node, reward: float) -> None:
         if current.children and all(child.terminal for child in current.children):
             current.terminal = True
         current = current.parent
-
-
-def env_action(reply: str) -> str:
-    """The command a reply sends to the environment.
-
-    The `Action:` line's command; a reply without one is sent whole (stripped), so that the
-    environment answers it as the invalid action it is, exactly as the agent loop does.
-    """
-    action = parse_action(reply)
-    return action if action is not None else reply.strip()
 
 
 @dataclass
