@@ -85,7 +85,7 @@ def test_set_trajectories_splits_by_task_drops_long_and_mixes_chat(tiny_model_di
     # The loaders serve exactly these conversations, packed without padding.
     batches = list(dm.train_dataloader())
     assert sum(len(b["doc_lens"]) for b in batches) == len(dm.train_examples)
-    assert all(b["input_ids"].shape[1] <= 3000 for b in batches)
+    assert all(b["input_ids"].shape[1] <= 3000 for b in batches) and len(batches) == dm.num_train_batches
     assert sum(b["input_ids"].shape[1] for b in dm.val_dataloader()) == sum(len(e) for e in dm.val_examples)
     assert "padding 0.0%" in stats["train_batches"]
 

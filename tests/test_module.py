@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,7 +64,7 @@ def test_adapter_loads_in_peft_with_identical_logits(tiny_model_dir, tmp_path):
     assert config["r"] == 8 and config["lora_alpha"] == 16 and config["peft_type"] == "LORA"
     assert sorted(config["target_modules"]) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj",
                                                 "up_proj", "v_proj"]
-    assert config["base_model_name_or_path"] == str(tmp_path.parent.joinpath(tiny_model_dir).resolve())
+    assert config["base_model_name_or_path"] == str(Path(tiny_model_dir).resolve())
     weights = load_file(path / "adapter_model.safetensors")
     assert len(weights) == 2 * 7 * 2  # A and B, 7 modules, 2 layers
     assert all(k.startswith("base_model.model.model.layers.") and k.endswith((".lora_A.weight", ".lora_B.weight"))
@@ -186,3 +187,25 @@ def test_only_trained_positions_reach_the_lm_head(tiny_model_dir):
     logits, targets, _ = module.forward_trained(collate_packed([example]))
     assert seen == [torch.Size([1, 5, 64])]
     assert targets.tolist() == list(range(25, 30)) and logits.shape == (5, module.causal_lm.config.vocab_size)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_model_dir):
+    from agentr.data.packing import collate_packed
+    from agentr.data.tokenize import TokenizedExample
+
+    examples = [TokenizedExample(list(range(10, 40)), [-100] * 20 + list(range(30, 40))),
+                TokenizedExample(list(range(50, 70)), [-100] * 12 + list(range(62, 70)))]
+    batch = collate_packed(examples)
+    results = []
+    for checkpointing in (False, True):
+        module = AgentRModule(tiny_model_dir, dtype="float32", lora_dropout=0.0, gradient_checkpointing=checkpointing)
+        module.configure_model()
+        randomize_lora(module)
+        module.train()
+        _, _, nll = module.forward_trained(batch)
+        nll.backward()
+        results.append((nll.item(), {n: p.grad for n, p in module.named_parameters() if p.requires_grad}))
+    assert module.causal_lm.is_gradient_checkpointing
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(grad, results[1][1][name], rtol=1e-5, atol=1e-7)

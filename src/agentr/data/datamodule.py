@@ -134,9 +134,11 @@ class AgentRDataModule(pl.LightningDataModule):
         self._chat_pool: list[Trajectory] | None = None
         self.train_examples: list[TokenizedExample] | None = None
         self.val_examples: list[TokenizedExample] = []
+        self._train_set: BatchDataset | None = None
+        self._val_set: BatchDataset | None = None
         #: Counters of the last `set_trajectories` call (what was kept, dropped, mixed).
         self.data_stats: dict = {}
-        #: Bumped by every `set_trajectories`; callbacks can tell whether the data changed.
+        #: Bumped by every `set_trajectories`/`set_examples`; callbacks can tell whether the data changed.
         self.data_version = 0
         self._epoch_hook: Callable[[], None] | None = None
 
@@ -221,12 +223,16 @@ class AgentRDataModule(pl.LightningDataModule):
 
         Each is the agent's conversation (header, then `Thought: ...\\nAction: ...` replies and
         observations) with every assistant turn after the header trained, kind "expert",
-        iteration 0. Tasks are a seeded sample of `task_ids("train")`; tasks without an expert
+        iteration 0. Tasks are drawn (seeded) from the environment's whole train split, those
+        that Phase I does not search (`task_ids("train")`) first: a warm start that memorised
+        the searched tasks would leave MCTS few failures to learn from. Tasks without an expert
         solution, or whose solution does not reach reward 1, are skipped.
         """
-        ids = self.task_ids("train")
-        order = random.Random(self.seed).sample(ids, len(ids))
+        searched = set(self.task_ids("train"))
         env = self.make_env()
+        ids = [str(t) for t in env.task_ids("train")]
+        order = random.Random(self.seed).sample(ids, len(ids))
+        order.sort(key=lambda t: t in searched)  # stable: unsearched tasks first, still shuffled
         out: list[Trajectory] = []
         try:
             for task_id in order:
@@ -271,26 +277,36 @@ class AgentRDataModule(pl.LightningDataModule):
         train, train_stats = tokenize_all(self.tokenizer, train_set, self.max_length)
         val, val_stats = tokenize_all(self.tokenizer, val_set, self.max_length)
         chat = self._chat_examples(len(train))
-        rng = random.Random(self._data_seed())
-        self.train_examples = train + chat
-        rng.shuffle(self.train_examples)
-        self.val_examples = val
-        self.data_version += 1
-        kinds: dict[str, int] = {}
-        for e in self.train_examples:
-            kinds[e.kind] = kinds.get(e.kind, 0) + 1
-        self.data_stats = {
+        self.set_examples(train + chat, val)
+        self.data_stats.update({
             "trajectories": len(trajectories),
             "train": asdict(train_stats),
             "val": asdict(val_stats),
             "val_tasks": len(val_tasks),
             "chat": len(chat),
-            "train_kinds": kinds,
-            "train_batches": str(self._dataset(self.train_examples).stats()) if self.train_examples else "",
-        }
-        log.info("data v%d: %d train conversations (%s), %d val (%d tasks held out); dropped %d over %d tokens",
-                 self.data_version, len(self.train_examples), kinds, len(val), len(val_tasks),
-                 train_stats.too_long + val_stats.too_long, self.max_length)
+        })
+        log.info("data v%d: %d train conversations (%s), %d val (%d tasks held out); dropped %d over %d tokens; %s",
+                 self.data_version, len(self.train_examples), self.data_stats["train_kinds"], len(val),
+                 len(val_tasks), train_stats.too_long + val_stats.too_long, self.max_length,
+                 self.data_stats["train_batches"])
+
+    def set_examples(self, train: Iterable[TokenizedExample], val: Iterable[TokenizedExample] = ()) -> None:
+        """Serve these tokenised conversations from the next dataloaders on (batched here, once)."""
+        self.data_version += 1
+        self.train_examples = list(train)
+        random.Random(self._data_seed()).shuffle(self.train_examples)
+        self.val_examples = list(val)
+        self._train_set = self._dataset(self.train_examples)
+        self._val_set = self._dataset(self.val_examples)
+        kinds: dict[str, int] = {}
+        for e in self.train_examples:
+            kinds[e.kind] = kinds.get(e.kind, 0) + 1
+        self.data_stats = {"train_kinds": kinds, "train_batches": str(self._train_set.stats())}
+
+    @property
+    def num_train_batches(self) -> int:
+        """Batches in one epoch of the current training data (all ranks together)."""
+        return len(self._train_set) if self._train_set is not None else 0
 
     def _data_seed(self) -> int:
         return self.seed * 100003 + self.data_version
@@ -310,7 +326,7 @@ class AgentRDataModule(pl.LightningDataModule):
             self._chat_pool = load_chat(self.chat_data)
         count = chat_count(num_agent, self.chat_ratio)
         chat = sample_chat(self._chat_pool, count, lambda t: tokenize_trajectory(self.tokenizer, t),
-                           self.max_length, random.Random(self._data_seed()))
+                           self.max_length, random.Random(f"chat:{self._data_seed()}"))
         if len(chat) < count:
             log.warning("chat data: %d usable conversations of the %d asked for", len(chat), count)
         return chat
@@ -326,8 +342,7 @@ class AgentRDataModule(pl.LightningDataModule):
         return BatchDataset(examples, packing=self.packing, tokens_per_batch=self.tokens_per_batch,
                             batch_size=self.batch_size, pad_token_id=pad, seed=self._data_seed())
 
-    def _loader(self, examples: list[TokenizedExample], shuffle: bool) -> DataLoader:
-        dataset = self._dataset(examples)
+    def _loader(self, dataset: BatchDataset, shuffle: bool) -> DataLoader:
         sampler = None
         if shuffle:  # a loader made mid-run starts at the current epoch (Lightning then calls set_epoch)
             epoch = self.trainer.current_epoch if self.trainer is not None else 0
@@ -354,12 +369,12 @@ class AgentRDataModule(pl.LightningDataModule):
         if not self.train_examples:
             log.warning("no training data for epoch %s (Phase I kept no trajectory): it trains nothing",
                         self.trainer.current_epoch if self.trainer is not None else "?")
-        return self._loader(self.train_examples, shuffle=True)
+        return self._loader(self._train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_examples:
             return []
-        return self._loader(self.val_examples, shuffle=False)
+        return self._loader(self._val_set, shuffle=False)
 
 
 class TextCraftDataModule(AgentRDataModule):

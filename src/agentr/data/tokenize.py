@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from agentr.trajectory import Trajectory
 
@@ -47,7 +47,6 @@ class TokenizedExample:
     id: str = ""
     kind: str = ""
     task_id: str = ""
-    meta: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -108,8 +107,7 @@ def tokenize_messages(tokenizer, messages: Sequence[dict]) -> tuple[list[int], l
 
 def tokenize_trajectory(tokenizer, trajectory: Trajectory) -> TokenizedExample:
     input_ids, labels = tokenize_messages(tokenizer, trajectory.messages)
-    return TokenizedExample(input_ids, labels, id=trajectory.id, kind=trajectory.kind,
-                            task_id=str(trajectory.task_id), meta={"iteration": trajectory.iteration})
+    return TokenizedExample(input_ids, labels, id=trajectory.id, kind=trajectory.kind, task_id=str(trajectory.task_id))
 
 
 @dataclass

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "agentr_varlen"
+_SDPA_HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
 def varlen_sdpa_attention(
@@ -32,18 +33,19 @@ def varlen_sdpa_attention(
 ) -> tuple[torch.Tensor, None]:
     """Inputs `(batch, heads, length, head_dim)`; output `(batch, length, heads, head_dim)`."""
     groups = getattr(module, "num_key_value_groups", 1)
-    if groups > 1:  # expand grouped KV heads (SDPA's enable_gqa takes the slow path on CPU)
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
-    if doc_lens is None or len(doc_lens) <= 1:
-        if attention_mask is not None:
-            mask = attention_mask if attention_mask.dim() == 4 else None
-            if mask is None:
-                raise ValueError(f"{NAME} attention takes no 2D padding mask: right-pad or pack instead")
-            out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
+    sdpa_kwargs = {"dropout_p": dropout, "scale": scaling}
+    if groups > 1:  # grouped KV heads: SDPA expands them itself where it can (torch >= 2.5)
+        if _SDPA_HAS_GQA:
+            sdpa_kwargs["enable_gqa"] = True
         else:
-            causal = query.shape[2] == key.shape[2] and query.shape[2] > 1
-            out = F.scaled_dot_product_attention(query, key, value, is_causal=causal, dropout_p=dropout, scale=scaling)
+            key = key.repeat_interleave(groups, dim=1)
+            value = value.repeat_interleave(groups, dim=1)
+    if doc_lens is None or len(doc_lens) <= 1:  # one sequence per row: plain causal attention
+        if attention_mask is not None and attention_mask.dim() != 4:
+            raise ValueError(f"{NAME} attention takes no 2D padding mask: right-pad or pack instead")
+        causal = attention_mask is None and query.shape[2] == key.shape[2] and query.shape[2] > 1
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, is_causal=causal,
+                                             **sdpa_kwargs)
         return out.transpose(1, 2).contiguous(), None
     if query.shape[0] != 1 or sum(doc_lens) != query.shape[2] or query.shape[2] != key.shape[2]:
         raise ValueError(f"{NAME}: doc_lens {doc_lens} do not tile a single packed row of {query.shape[2]} tokens")
@@ -53,7 +55,7 @@ def varlen_sdpa_attention(
         end = start + length
         outs.append(F.scaled_dot_product_attention(
             query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
-            is_causal=True, dropout_p=dropout, scale=scaling,
+            is_causal=True, **sdpa_kwargs,
         ))
         start = end
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric, Metric
 
 from agentr.data.tokenize import IGNORE_INDEX
+from agentr.engines.models import SMOLLM2_ID
 from agentr.training.optim import param_groups, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,8 @@ class AgentRModule(pl.LightningModule):
         weight_decay: AdamW weight decay on matrices (not on biases and norms).
         warmup_ratio: fraction of the schedule spent warming up linearly.
         min_lr_ratio: the cosine ends at learning_rate * min_lr_ratio.
-        gradient_checkpointing: recompute activations in the backward pass (less memory, ~30% slower).
+        gradient_checkpointing: recompute each layer's activations in the backward pass (far less
+            memory for long packed rows, one more forward of compute).
         trust_remote_code: allow model code from the Hub.
         dtype: dtype of the loaded weights: "auto" is bfloat16 for a frozen LoRA base where
             bf16 is fast (adapters stay float32; train with precision "bf16-mixed"), float32 for
@@ -118,7 +120,7 @@ class AgentRModule(pl.LightningModule):
 
     def __init__(
         self,
-        model: str = "HuggingFaceTB/SmolLM2-135M-Instruct",
+        model: str = SMOLLM2_ID,
         lora_r: int = 16,
         lora_alpha: int = 32,
         lora_dropout: float = 0.05,
@@ -184,6 +186,7 @@ class AgentRModule(pl.LightningModule):
             log.warning("%s: agentr's packed attention unavailable (%s); using sdpa", path, e)
             model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", **kwargs)
         model.config.use_cache = False
+        model.train()  # from_pretrained returns eval mode; Lightning switches modes per loop from here
         if self.hparams.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if not self.hparams.full_finetune:
@@ -208,11 +211,6 @@ class AgentRModule(pl.LightningModule):
     def causal_lm(self) -> torch.nn.Module:
         """The transformers model (with LoRA layers injected when training an adapter)."""
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-
-    def trainable_parameter_count(self) -> tuple[int, int]:
-        """(trainable, total) parameter counts."""
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        return trainable, sum(p.numel() for p in self.parameters())
 
     # ---- the loss --------------------------------------------------------------------------
     def forward_trained(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
