@@ -38,7 +38,7 @@ def test_baseline_overlays_switch_the_search_mode(mode, capsys):
     config = resolved(["fit", "--config", str(CONFIGS / "quickstart.yaml"),
                        "--config", str(CONFIGS / "baselines" / f"{mode}.yaml")], capsys)
     assert config["data"]["init_args"]["search"]["mode"] == mode
-    assert config["data"]["init_args"]["num_tasks"] == 24  # the rest of the quickstart is kept
+    assert config["data"]["init_args"]["num_tasks"] == 16  # the rest of the quickstart is kept
 
 
 def test_vanilla_baseline_is_an_evaluate_config(capsys):

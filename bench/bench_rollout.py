@@ -1,0 +1,129 @@
+"""Agent-loop throughput: agentr's batched runner vs a one-request-at-a-time loop.
+
+Both modes play the same TextCraft test tasks with the same engine (one vLLM engine, the CPU
+build here), the same model (SmolLM2-135M-Instruct), greedy decoding and the same turn limit,
+one after the other in one process, each from a cold prefix cache:
+
+- **batched**: `agentr.agent.run_episodes` with every episode live at once: each turn, all live
+  episodes go to the engine in ONE `generate` call.
+- **sequential**: the same loop with `max_concurrent=1`: one episode at a time, one request per
+  engine call (how a simple agent loop, e.g. the official evaluation code, drives a model).
+
+Greedy decoding makes both modes play the same trajectories (checked and reported), so the work
+is the same and the rates compare directly.
+
+    python bench/bench_rollout.py                    # 16 tasks x 10 turns, writes bench/results/rollout.md
+    python bench/bench_rollout.py --tasks 4 --turns 3 --out -
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+from agentr.agent import run_episodes
+from agentr.engines import SamplingConfig, make_engine
+from agentr.engines.models import SMOLLM2_ID
+from agentr.envs.textcraft import TextCraftEnv
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def run_mode(engine, tasks, turns, sampling, max_concurrent):
+    calls = []
+    generate = engine.generate
+
+    def counting(conversations, s):
+        calls.append(len(conversations))
+        return generate(conversations, s)
+
+    engine.reset_prefix_cache()
+    engine.generate = counting
+    tokens0 = engine.stats.generated_tokens
+    start = time.perf_counter()
+    try:
+        episodes = run_episodes(engine, TextCraftEnv, tasks, max_turns=turns, sampling=sampling,
+                                max_concurrent=max_concurrent)
+    finally:
+        del engine.generate
+    seconds = time.perf_counter() - start
+    tokens = engine.stats.generated_tokens - tokens0
+    return {
+        "episodes": episodes,
+        "seconds": seconds,
+        "episodes_per_min": 60 * len(episodes) / seconds,
+        "tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "calls": len(calls),
+        "max_batch": max(calls),
+        "turns": sum(e.turns for e in episodes),
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=SMOLLM2_ID)
+    parser.add_argument("--engine", default="vllm", choices=["vllm", "hf"])
+    parser.add_argument("--tasks", type=int, default=16, help="TextCraft test tasks")
+    parser.add_argument("--turns", type=int, default=10, help="turn limit per episode")
+    parser.add_argument("--max_tokens", type=int, default=48, help="tokens per reply")
+    parser.add_argument("--kv_cache_gb", type=float, default=4)
+    parser.add_argument("--out", default="bench/results/rollout.md", help="markdown file, or - for stdout only")
+    args = parser.parse_args(argv)
+
+    load_before = _load()
+    kwargs = {"kv_cache_gb": args.kv_cache_gb} if args.engine == "vllm" else {}
+    engine = make_engine(args.engine, args.model, max_model_len=4096, **kwargs)
+    tasks = TextCraftEnv().task_ids("test")[: args.tasks]
+    sampling = SamplingConfig(temperature=0.0, max_tokens=args.max_tokens)
+    engine.generate([[{"role": "user", "content": "hi"}]], sampling)  # warm-up
+    try:
+        batched = run_mode(engine, tasks, args.turns, sampling, max_concurrent=len(tasks))
+        sequential = run_mode(engine, tasks, args.turns, sampling, max_concurrent=1)
+    finally:
+        engine.close()
+    same = sum(a.messages == b.messages for a, b in zip(batched["episodes"], sequential["episodes"]))
+    successes = sum(e.success for e in batched["episodes"])
+
+    rows = [("batched (agentr)", batched), ("one request at a time", sequential)]
+    table = [
+        "| mode | wall s | episodes/min | generated tok/s | generated tokens | engine calls | max batch |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in rows:
+        table.append(f"| {name} | {r['seconds']:.1f} | {r['episodes_per_min']:.2f} | "
+                     f"{r['tokens_per_s']:.1f} | {r['tokens']} | {r['calls']} | {r['max_batch']} |")
+    table.append(f"| **ratio batched / sequential** | {sequential['seconds'] / batched['seconds']:.2f}x faster | "
+                 f"{batched['episodes_per_min'] / sequential['episodes_per_min']:.2f}x | "
+                 f"{batched['tokens_per_s'] / sequential['tokens_per_s']:.2f}x | | | |")
+    command = "python bench/bench_rollout.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = "\n".join([
+        "# Agent loop: batched vs one request at a time",
+        "",
+        f"`{command.strip()}`",
+        "",
+        f"Engine: {type(engine).__name__} ({args.engine}), model {args.model}, TextCraft test tasks "
+        f"{tasks[0]}..{tasks[-1]} ({len(tasks)}), {args.turns} turns, greedy, max_tokens={args.max_tokens}; "
+        f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+        f"load average before/after: {load_before} / {_load()}.",
+        "",
+        *table,
+        "",
+        f"Same trajectories in both modes: {same}/{len(tasks)} (greedy). Turns played: "
+        f"{batched['turns']} / {sequential['turns']}. Successes: {successes}/{len(tasks)}.",
+        "",
+    ])
+    print(report)
+    if args.out != "-":
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(report)
+
+
+if __name__ == "__main__":
+    main()
