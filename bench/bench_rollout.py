@@ -9,11 +9,17 @@ one after the other in one process, each from a cold prefix cache:
 - **sequential**: the same loop with `max_concurrent=1`: one episode at a time, one request per
   engine call (how a simple agent loop, e.g. the official evaluation code, drives a model).
 
-Greedy decoding makes both modes play the same trajectories (checked and reported), so the work
-is the same and the rates compare directly.
+Greedy decoding makes both modes play nearly the same trajectories (reported: batching changes
+bf16 rounding, which can flip a greedy token), so the work is about the same; generated tokens/s
+compares the two directly.
+
+`--threads_probe 1 2` adds a table for vLLM-CPU's thread binding: for each OpenMP thread count
+(`VLLMEngine(cpu_threads=k)`), a fresh engine generates once for all task headers in one batch
+and once for each header alone.
 
     python bench/bench_rollout.py                    # 16 tasks x 10 turns, writes bench/results/rollout.md
     python bench/bench_rollout.py --tasks 4 --turns 3 --out -
+    python bench/bench_rollout.py --threads_probe 1 2
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import platform
 import sys
 import time
 
-from agentr.agent import run_episodes
+from agentr.agent import build_header, run_episodes
 from agentr.engines import SamplingConfig, make_engine
 from agentr.engines.models import SMOLLM2_ID
 from agentr.envs.textcraft import TextCraftEnv
@@ -65,6 +71,34 @@ def run_mode(engine, tasks, turns, sampling, max_concurrent):
     }
 
 
+def threads_probe(model: str, tasks: list[str], threads: list[int], max_tokens: int,
+                  kv_cache_gb: float) -> list[str]:
+    """Markdown rows: generated tok/s of one batch of all headers, and of one header at a time."""
+    from agentr.engines.vllm_engine import VLLMEngine
+
+    env = TextCraftEnv()
+    headers = [build_header(env.instruction, env.reset(t)) for t in tasks]
+    sampling = SamplingConfig(temperature=0.0, max_tokens=max_tokens)
+    rows = ["| OpenMP threads (binding) | batch of all headers, tok/s | one header at a time, tok/s |",
+            "|---|---:|---:|"]
+    for k in threads:
+        engine = VLLMEngine(model, max_model_len=4096, kv_cache_gb=kv_cache_gb, cpu_threads=k)
+        try:
+            engine.generate(headers[:1], sampling)  # warm-up
+            rates = []
+            for batches in ([headers], [[h] for h in headers]):
+                engine.reset_prefix_cache()
+                tokens0, start = engine.stats.generated_tokens, time.perf_counter()
+                for batch in batches:
+                    engine.generate(batch, sampling)
+                rates.append((engine.stats.generated_tokens - tokens0) / (time.perf_counter() - start))
+        finally:
+            engine.close()
+        rows.append(f"| {k} ({engine.cpu_bind}) | {rates[0]:.1f} | {rates[1]:.1f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=SMOLLM2_ID)
@@ -73,11 +107,16 @@ def main(argv=None) -> None:
     parser.add_argument("--turns", type=int, default=10, help="turn limit per episode")
     parser.add_argument("--max_tokens", type=int, default=48, help="tokens per reply")
     parser.add_argument("--kv_cache_gb", type=float, default=4)
+    parser.add_argument("--cpu_threads", type=int, default=None,
+                        help="vLLM-CPU OpenMP threads (default: vLLM's auto binding)")
+    parser.add_argument("--threads_probe", type=int, nargs="*", default=[],
+                        help="also probe these vLLM-CPU thread counts")
     parser.add_argument("--out", default="bench/results/rollout.md", help="markdown file, or - for stdout only")
     args = parser.parse_args(argv)
 
     load_before = _load()
-    kwargs = {"kv_cache_gb": args.kv_cache_gb} if args.engine == "vllm" else {}
+    kwargs = ({"kv_cache_gb": args.kv_cache_gb, "cpu_threads": args.cpu_threads}
+              if args.engine == "vllm" else {})
     engine = make_engine(args.engine, args.model, max_model_len=4096, **kwargs)
     tasks = TextCraftEnv().task_ids("test")[: args.tasks]
     sampling = SamplingConfig(temperature=0.0, max_tokens=args.max_tokens)
@@ -87,6 +126,8 @@ def main(argv=None) -> None:
         sequential = run_mode(engine, tasks, args.turns, sampling, max_concurrent=1)
     finally:
         engine.close()
+    probe = (threads_probe(args.model, tasks, args.threads_probe, args.max_tokens, args.kv_cache_gb)
+             if args.threads_probe else [])
     same = sum(a.messages == b.messages for a, b in zip(batched["episodes"], sequential["episodes"]))
     successes = sum(e.success for e in batched["episodes"])
 
@@ -107,7 +148,9 @@ def main(argv=None) -> None:
         "",
         f"`{command.strip()}`",
         "",
-        f"Engine: {type(engine).__name__} ({args.engine}), model {args.model}, TextCraft test tasks "
+        f"Engine: {type(engine).__name__} ({args.engine}"
+        f"{', OpenMP binding ' + engine.cpu_bind if getattr(engine, 'cpu_bind', None) else ''}), "
+        f"model {args.model}, TextCraft test tasks "
         f"{tasks[0]}..{tasks[-1]} ({len(tasks)}), {args.turns} turns, greedy, max_tokens={args.max_tokens}; "
         f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
         f"load average before/after: {load_before} / {_load()}.",
@@ -117,6 +160,8 @@ def main(argv=None) -> None:
         f"Same trajectories in both modes: {same}/{len(tasks)} (greedy). Turns played: "
         f"{batched['turns']} / {sequential['turns']}. Successes: {successes}/{len(tasks)}.",
         "",
+        *(["## vLLM-CPU threads", "", f"max_tokens={args.max_tokens}, greedy, cold prefix cache.",
+           "", *probe, ""] if probe else []),
     ])
     print(report)
     if args.out != "-":

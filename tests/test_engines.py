@@ -239,14 +239,36 @@ def test_vllm_context_limit(vllm_engine):
 
 
 @pytest.mark.vllm
-def test_vllm_uses_every_core_and_the_kv_cache_asked_for(vllm_engine):
-    cpus = sorted(os.sched_getaffinity(0))
+def test_vllm_cpu_settings(vllm_engine):
     if vllm_engine.on_gpu:
         pytest.skip("CPU settings")
-    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == ",".join(map(str, cpus))
-    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    # 1 GB of KV cache: the tiny model holds 2 layers x (K, V) x 1 head x 32 dims x 2 bytes
+    assert vllm_engine.kv_cache_tokens == 2**30 // (2 * 2 * 1 * 32 * 2)
     assert vllm_engine.llm_kwargs["enable_prefix_caching"] is True
-    assert vllm_engine.kv_cache_tokens > 0
+    assert vllm_engine.cpu_bind == os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
+
+
+def test_start_up_environment_is_restored(monkeypatch):
+    from agentr.engines.vllm_engine import _environment
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "7")
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    with _environment(VLLM_CPU_KVCACHE_SPACE=None, VLLM_CPU_OMP_THREADS_BIND="0"):
+        assert "VLLM_CPU_KVCACHE_SPACE" not in os.environ
+        assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "0"
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "7"
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in os.environ
+
+
+def test_cpu_bind_list():
+    from agentr.engines.vllm_engine import cpu_bind_list
+
+    cpus = sorted(os.sched_getaffinity(0))
+    assert cpu_bind_list(1, len(cpus)) == ",".join(map(str, cpus))
+    assert cpu_bind_list(1, 1) == str(cpus[0])
+    assert cpu_bind_list(1, 1000) == ",".join(map(str, cpus))
+    if len(cpus) >= 2:
+        assert cpu_bind_list(2, 8).split("|") == [str(cpus[0]), str(cpus[1])]
 
 
 @pytest.mark.vllm

