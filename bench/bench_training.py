@@ -23,9 +23,11 @@ Tokens per CPU-second (process CPU time) is reported too: on a machine shared wi
 is far steadier than wall-clock rates (use `--threads 1` there, so CPU time is compute time).
 Configurations run one after the other; `--rounds 2` repeats the sequence (in reverse order the
 second time) and reports each configuration's median, which damps the drift of a shared machine.
+Gradient checkpointing is set alike on both sides (`--gradient-checkpointing off|on|both`;
+TRL's SFTConfig turns it on by default, agentr leaves it off); ratios compare equal settings.
 
-    python bench/bench_training.py                         # ~10 minutes on 2 CPU cores
-    python bench/bench_training.py --steps 30 --out bench/results/training.md
+    python bench/bench_training.py --steps 8 --warmup 2 --batch-size 2 --tokens-per-batch 2048 \
+        --threads 1 --with-trl-padding-free --gradient-checkpointing both --out bench/results/training.md
 """
 
 from __future__ import annotations
@@ -83,16 +85,13 @@ class Meter:
         self.start = self.end = None
         self.cpu_start = self.cpu_end = None
         self.real = self.trained = self.computed = 0
-        self.losses: list[float] = []
 
     def step_start(self, step: int) -> None:
         if step == self.warmup:
             self.start = time.perf_counter()
             self.cpu_start = time.process_time()
 
-    def step_end(self, step: int, real: int, trained: int, computed: int, loss: float | None = None) -> None:
-        if loss is not None:
-            self.losses.append(loss)
+    def step_end(self, step: int, real: int, trained: int, computed: int) -> None:
         if step >= self.warmup:
             self.real += real
             self.trained += trained
@@ -115,8 +114,6 @@ class Meter:
             "trained_tokens_per_s": self.trained / seconds,
             "computed_tokens_per_s": self.computed / seconds,
             "padding_fraction": 1 - self.real / self.computed,
-            "first_loss": self.losses[0] if self.losses else None,
-            "last_loss": self.losses[-1] if self.losses else None,
         }
 
 
@@ -144,11 +141,11 @@ def run_agentr(args, data_path: Path, packing: bool) -> dict:
             meter.step_start(trainer.global_step)
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            meter.step_end(trainer.global_step - 1, *batch_counts(batch), loss=float(outputs["loss"]))
+            meter.step_end(trainer.global_step - 1, *batch_counts(batch))
 
     pl.seed_everything(0)
     module = AgentRModule(MODEL, lora_r=LORA["r"], lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"],
-                          learning_rate=args.lr, warmup_ratio=0.03)
+                          learning_rate=args.lr, warmup_ratio=0.03, gradient_checkpointing=args.gc)
     data = AgentRDataModule(model=MODEL, max_length=args.max_length, tokens_per_batch=args.tokens_per_batch,
                             packing=packing, batch_size=args.batch_size, val_fraction=0.0)
     data.set_examples(load_data(data_path))
@@ -187,10 +184,6 @@ def run_trl(args, data_path: Path, padding_free: bool) -> dict:
             step = state.global_step - 1
             meter.step_end(step, *batches[step])
 
-        def on_log(self, _args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                meter.losses.append(float(logs["loss"]))
-
     config = SFTConfig(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch_size, max_steps=args.warmup + args.steps,
         learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=0.03, max_grad_norm=1.0, bf16=True,
@@ -198,6 +191,7 @@ def run_trl(args, data_path: Path, padding_free: bool) -> dict:
         max_length=None if padding_free else args.max_length, padding_free=padding_free, logging_steps=1,
         report_to="none",
         save_strategy="no", dataloader_num_workers=0, seed=0, use_cpu=True,
+        gradient_checkpointing=args.gc,  # TRL's default is True; both sides use the same setting here
     )
     peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"],
                              target_modules="all-linear", task_type="CAUSAL_LM")
@@ -226,6 +220,7 @@ def worker(args) -> None:
         result = run_agentr(args, data_path, packing=args.worker == "agentr-packed")
     else:
         result = run_trl(args, data_path, padding_free=args.worker == "trl-padding-free")
+    result["gc"] = args.gc
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["config"] = args.worker
     print("RESULT " + json.dumps(result), flush=True)
@@ -234,8 +229,8 @@ def worker(args) -> None:
 # ------------------------------------------------------------------------------------------------
 # the driver
 # ------------------------------------------------------------------------------------------------
-def run_config(name: str, args, data_path: Path) -> dict:
-    cmd = [sys.executable, __file__, "--worker", name, "--data", str(data_path)]
+def run_config(name: str, gc: bool, args, data_path: Path) -> dict:
+    cmd = [sys.executable, __file__, "--worker", name, "--data", str(data_path)] + (["--gc"] if gc else [])
     for key in ("steps", "warmup", "batch_size", "tokens_per_batch", "max_length", "lr", "threads"):
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
@@ -246,7 +241,7 @@ def run_config(name: str, args, data_path: Path) -> dict:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
         raise SystemExit(f"{name} failed (exit {proc.returncode})")
     result = json.loads(lines[-1][len("RESULT "):])
-    print(f"  {name}: {result['tokens_per_s']:.0f} tok/s, {result['trained_tokens_per_s']:.0f} trained tok/s, "
+    print(f"  {label(name, gc)}: {result['tokens_per_s']:.0f} tok/s, {result['trained_tokens_per_s']:.0f} trained tok/s, "
           f"{result['tokens_per_cpu_s']:.0f} tok/CPU-s, "
           f"padding {100 * result['padding_fraction']:.1f}%, peak RSS {result['peak_rss_mb']:.0f} MB "
           f"({time.perf_counter() - started:.0f} s with start-up)", flush=True)
@@ -261,20 +256,24 @@ def median_result(results: list[dict]) -> dict:
     return out
 
 
-def table(results: dict[str, dict], baseline: str) -> str:
-    base = results[baseline]
+def label(name: str, gc: bool) -> str:
+    return name + (" +gc" if gc else "")
+
+
+def table(results: dict[str, dict]) -> str:
+    """Rows by configuration; ratios against TRL with the same gradient-checkpointing setting."""
     lines = [
-        "| configuration | tokens/s | trained tokens/s | tokens/CPU-s | trained tokens/CPU-s | padding "
-        "| vs TRL: tokens/s | vs TRL: tokens/CPU-s | peak RSS (MB) | vs TRL: RSS | loss first -> last |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| configuration | grad. ckpt | tokens/s | trained tokens/s | tokens/CPU-s | trained tokens/CPU-s | padding "
+        "| vs TRL: tokens/s | vs TRL: tokens/CPU-s | peak RSS (MB) | vs TRL: RSS |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, r in results.items():
-        loss = f"{r['first_loss']:.3f} -> {r['last_loss']:.3f}" if r.get("first_loss") is not None else ""
+    for r in results.values():
+        base = results.get(label("trl", r["gc"]))
+        ratio = (lambda key: f"{r[key] / base[key]:.2f}x") if base else (lambda key: "")
         lines.append(
-            f"| {name} | {r['tokens_per_s']:.0f} | {r['trained_tokens_per_s']:.0f} | {r['tokens_per_cpu_s']:.0f} "
-            f"| {r['trained_tokens_per_cpu_s']:.0f} | {100 * r['padding_fraction']:.1f}% "
-            f"| {r['tokens_per_s'] / base['tokens_per_s']:.2f}x | {r['tokens_per_cpu_s'] / base['tokens_per_cpu_s']:.2f}x "
-            f"| {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x | {loss} |"
+            f"| {r['config']} | {'on' if r['gc'] else 'off'} | {r['tokens_per_s']:.0f} | {r['trained_tokens_per_s']:.0f} "
+            f"| {r['tokens_per_cpu_s']:.0f} | {r['trained_tokens_per_cpu_s']:.0f} | {100 * r['padding_fraction']:.1f}% "
+            f"| {ratio('tokens_per_s')} | {ratio('tokens_per_cpu_s')} | {r['peak_rss_mb']:.0f} | {ratio('peak_rss_mb')} |"
         )
     return "\n".join(lines)
 
@@ -293,6 +292,9 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=None, choices=CONFIGS + ("trl-padding-free",),
                         help="run only these configurations (the ratios need trl among them)")
     parser.add_argument("--out", type=Path, default=None, help="write a Markdown report here")
+    parser.add_argument("--gradient-checkpointing", choices=("off", "on", "both"), default="off",
+                        help="the same setting on both sides (TRL's own default is on, agentr's off)")
+    parser.add_argument("--gc", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -306,15 +308,17 @@ def main() -> None:
     print(f"data: {data['conversations']} TextCraft expert conversations, {data['tokens']} tokens "
           f"({data['trained_tokens']} trained, {100 * data['trained_tokens'] / data['tokens']:.0f}%)", flush=True)
     load_before = os.getloadavg()
-    runs: dict[str, list[dict]] = {c: [] for c in configs}
+    settings = {"off": [False], "on": [True], "both": [False, True]}[args.gradient_checkpointing]
+    plan = [(name, gc) for gc in settings for name in configs]
+    runs: dict[str, list[dict]] = {label(name, gc): [] for name, gc in plan}
     for round_ in range(args.rounds):
-        order = configs if round_ % 2 == 0 else configs[::-1]
-        print(f"round {round_ + 1}: {', '.join(order)}", flush=True)
-        for name in order:
-            runs[name].append(run_config(name, args, data_path))
+        order = plan if round_ % 2 == 0 else plan[::-1]
+        print(f"round {round_ + 1}: {', '.join(label(*p) for p in order)}", flush=True)
+        for name, gc in order:
+            runs[label(name, gc)].append(run_config(name, gc, args, data_path))
     load_after = os.getloadavg()
     results = {name: median_result(rs) for name, rs in runs.items()}
-    report = table(results, baseline="trl" if "trl" in results else configs[0])
+    report = table(results)
     print(report)
     if args.out:
         import torch
@@ -330,7 +334,8 @@ def main() -> None:
             f"linear layers; bf16 autocast, bf16 base weights, fp32 adapters; max length {args.max_length}; "
             f"lr {args.lr}; {args.steps} measured steps after {args.warmup} warm-up steps; padded configurations "
             f"{args.batch_size} conversations per step, agentr-packed up to {args.tokens_per_batch} tokens per step; "
-            f"median of {args.rounds} round(s).\n\n"
+            f"gradient checkpointing as in the table, the same on both sides (TRL's SFTConfig defaults it to "
+            f"on); median of {args.rounds} round(s).\n\n"
             f"Data: {data['conversations']} TextCraft expert conversations (agent format), {data['tokens']} tokens, "
             f"{data['trained_tokens']} trained ({100 * data['trained_tokens'] / data['tokens']:.0f}%), tokenised "
             f"once by agentr and given to TRL as input_ids + labels.\n\n"
