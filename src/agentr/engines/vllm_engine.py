@@ -212,6 +212,17 @@ class VLLMEngine(Engine):
         except (AttributeError, TypeError):
             return None
 
+    def _request_seed(self, sampling: SamplingConfig, index: int) -> int | None:
+        """The seed of request `index`, or None where vLLM cannot honour one.
+
+        vLLM-CPU crashes on seeded requests whose prompt is prefilled in chunks (it rewinds the
+        request's torch.Generator, which CPU generators do not support: "CPU Generator does not
+        use offset"), so on CPU sampling is unseeded and not reproducible run to run.
+        """
+        if sampling.seed is None or sampling.temperature == 0 or not self.on_gpu:
+            return None
+        return request_seed(sampling.seed, index)
+
     def generate(
         self, conversations: Sequence[Conversation], sampling: SamplingConfig
     ) -> list[list[Generation]]:
@@ -238,7 +249,7 @@ class VLLMEngine(Engine):
                 top_p=1.0,
                 max_tokens=min(sampling.max_tokens, self._max_model_len - len(ids)),
                 stop=list(sampling.stop) or None,
-                seed=None if sampling.seed is None else request_seed(sampling.seed, i),
+                seed=self._request_seed(sampling, i),
             ))
         try:
             outputs = self._llm.generate(
