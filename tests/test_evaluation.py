@@ -141,3 +141,14 @@ def test_evaluate_command_end_to_end_with_the_hf_engine(tiny_engine_model_dir, t
     episodes = read_episodes(out / "trajectories.jsonl")
     assert [e.turns for e in episodes] == [2, 2]
     assert episodes[0].messages[HEADER_LEN - 1]["content"].startswith("Crafting commands:")
+
+    # the revision test on those (failed) trajectories
+    main(["evaluate", "--model", tiny_engine_model_dir, "--engine", "hf", "--num_tasks", "1",
+          "--max_turns", "1", "--max_tokens", "8", "--out_dir", str(tmp_path / "rev"),
+          "--revision_from", str(out / "trajectories.jsonl"), "--revision_max_turns", "2",
+          "--progress", "false"])
+    assert "revision revision_reward" in capsys.readouterr().out
+    revision = json.loads((tmp_path / "rev" / "revision.json").read_text())
+    assert revision["num_episodes"] == 2
+    assert [e["cut_turn"] for e in revision["episodes"]] == [1, 1]  # 2-turn episodes cut at 1
+    assert all(e["turns"] == 3 for e in revision["episodes"])  # 1 replayed + 2 new

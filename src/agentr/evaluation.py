@@ -16,7 +16,6 @@ writes `revision.json` and `revision_trajectories.jsonl`.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 import sys
@@ -30,8 +29,6 @@ from agentr.agent.rollout import EnvFactory, Episode, EpisodeStart, run_episodes
 from agentr.engines.base import Engine, SamplingConfig
 from agentr.envs.base import Environment
 from agentr.metrics import RevisionReward, episode_metrics, loop_count
-
-log = logging.getLogger(__name__)
 
 
 class _EpisodeWriter:
