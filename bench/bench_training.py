@@ -263,16 +263,16 @@ def label(name: str, gc: bool) -> str:
 def table(results: dict[str, dict]) -> str:
     """Rows by configuration; ratios against TRL with the same gradient-checkpointing setting."""
     lines = [
-        "| configuration | grad. ckpt | tokens/s | trained tokens/s | tokens/CPU-s | trained tokens/CPU-s | padding "
-        "| vs TRL: tokens/s | vs TRL: tokens/CPU-s | peak RSS (MB) | vs TRL: RSS |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| configuration | grad. ckpt | tokens/s | trained tokens/s | CPU share | tokens/CPU-s | trained tokens/CPU-s "
+        "| padding | vs TRL: tokens/s | vs TRL: tokens/CPU-s | peak RSS (MB) | vs TRL: RSS |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results.values():
         base = results.get(label("trl", r["gc"]))
         ratio = (lambda key: f"{r[key] / base[key]:.2f}x") if base else (lambda key: "")
         lines.append(
             f"| {r['config']} | {'on' if r['gc'] else 'off'} | {r['tokens_per_s']:.0f} | {r['trained_tokens_per_s']:.0f} "
-            f"| {r['tokens_per_cpu_s']:.0f} | {r['trained_tokens_per_cpu_s']:.0f} | {100 * r['padding_fraction']:.1f}% "
+            f"| {r['tokens_per_s'] / r['tokens_per_cpu_s']:.2f} | {r['tokens_per_cpu_s']:.0f} | {r['trained_tokens_per_cpu_s']:.0f} | {100 * r['padding_fraction']:.1f}% "
             f"| {ratio('tokens_per_s')} | {ratio('tokens_per_cpu_s')} | {r['peak_rss_mb']:.0f} | {ratio('peak_rss_mb')} |"
         )
     return "\n".join(lines)
@@ -339,10 +339,11 @@ def main() -> None:
             f"Data: {data['conversations']} TextCraft expert conversations (agent format), {data['tokens']} tokens, "
             f"{data['trained_tokens']} trained ({100 * data['trained_tokens'] / data['tokens']:.0f}%), tokenised "
             f"once by agentr and given to TRL as input_ids + labels.\n\n"
-            f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads used "
-            f"{args.threads}; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (other "
-            f"processes share this machine); torch {torch.__version__}, transformers {transformers.__version__}, "
-            f"trl {trl.__version__}.\n\n"
+            f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads, {args.threads} "
+            f"used by torch; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after; torch "
+            f"{torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}. CPU share = "
+            f"CPU-seconds per wall second of a configuration's measured steps: below 1 (with one thread) means "
+            f"other processes took the rest, and wall-clock rates are then not comparable.\n\n"
         )
         per_round = "\n".join(
             f"- {name}: " + ", ".join(f"{r['tokens_per_s']:.0f}" for r in rs) + " tokens/s" for name, rs in runs.items()
