@@ -209,3 +209,19 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_model_dir
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
     for name, grad in results[0][1].items():
         torch.testing.assert_close(grad, results[1][1][name], rtol=1e-5, atol=1e-7)
+
+
+def test_full_finetune_saves_a_whole_model_with_identical_logits(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    module = AgentRModule(tiny_model_dir, full_finetune=True)
+    module.configure_model()
+    assert all(p.requires_grad and p.dtype == torch.float32 for p in module.parameters())
+    with torch.no_grad():
+        module.causal_lm.model.layers[0].mlp.up_proj.weight.add_(0.5)
+    path = module.save_adapter(tmp_path / "full")
+    loaded = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    assert AutoTokenizer.from_pretrained(path).chat_template
+    ids = torch.randint(0, 1000, (1, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, module.model.eval()(input_ids=ids).logits)
