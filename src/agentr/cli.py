@@ -27,16 +27,17 @@ def _stage_function(name: str):
     return getattr(importlib.import_module(module), function)
 
 
-def main(args: list[str] | None = None) -> object:
+def main(args: list[str] | None = None) -> None:
     """Entry point of the `agentr` console script; `args` defaults to `sys.argv[1:]`."""
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] in STAGE_COMMANDS:
         from jsonargparse import CLI
 
-        return CLI(_stage_function(argv[0]), args=argv[1:], as_positional=False)
+        CLI(_stage_function(argv[0]), args=argv[1:], as_positional=False)
+        return  # the console script passes main()'s result to sys.exit: None exits 0
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip() + "\n", file=sys.stderr)
-    return _lightning_cli(args)
+    _lightning_cli(args)
 
 
 def _lightning_cli(args: list[str] | None):
