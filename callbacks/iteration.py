@@ -20,6 +20,7 @@ Run directory layout (`trainer.default_root_dir`):
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,12 @@ def epoch_plan(iterations: int, epochs: list[int], warm_start_epochs: int = 0) -
             raise ValueError(f"iteration {iteration} needs at least one epoch, got {count}")
         plan.extend(Stage(iteration, e, count) for e in range(count))
     return plan
+
+
+def iteration_steps(epochs: int, batches: int, world_size: int = 1, accumulate: int = 1) -> int:
+    """Optimizer steps of an iteration: `batches` (all ranks) are sharded, then accumulated."""
+    per_rank = math.ceil(batches / world_size)  # the distributed sampler pads the last rank
+    return epochs * math.ceil(per_rank / accumulate)  # Lightning steps on an epoch's remainder
 
 
 class AgentRIterations(Callback):
@@ -163,6 +170,12 @@ class AgentRIterations(Callback):
                     "successes: warm-start the model (warm_start), use easier tasks, or search more "
                     "(search.num_simulations, search.n_expand)."
                 )
+        if stage.epoch == 0:
+            # Each iteration warms up and decays like its own fine-tuning run (a resumed run
+            # past an iteration's first epoch keeps the schedule its checkpoint restored).
+            world = trainer.world_size
+            trainer.lightning_module.restart_schedule(iteration_steps(
+                stage.epochs, datamodule.num_train_batches, world, trainer.accumulate_grad_batches))
         self._loaded = stage.iteration
 
     def _save_adapter(self, trainer: pl.Trainer, iteration: int) -> None:

@@ -137,6 +137,13 @@ def test_fit_runs_both_phases_on_a_user_environment(tmp_path, tiny_model_dir, no
     # 2 epochs of iteration 1, then 1 of iteration 2; alpha 1.0 in iteration 2.
     stats = json.loads((run / "iteration_2" / "phase1" / "stats.json").read_text())
     assert stats["alpha"] == 1.0 and stats["iteration"] == 2
+    # Each iteration has its own warmup + cosine: iteration 2's (1 epoch) began when it did.
+    import torch
+
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    schedule = ckpt["agentr_schedule"]
+    assert schedule["restarted"] and 0 < schedule["start"] < ckpt["global_step"]
+    assert schedule["start"] + schedule["total"] == ckpt["global_step"]
 
 
 @pytest.mark.vllm
@@ -181,6 +188,7 @@ def test_a_run_killed_in_phase_one_continues_without_losing_work(tmp_path, tiny_
     ckpt = torch.load(crashed_dir / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     reference = torch.load(reference_dir / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] > step_at_crash and ckpt["epoch"] == reference["epoch"]
+    assert ckpt["agentr_schedule"] == reference["agentr_schedule"]
     assert {p.name: p.stat().st_mtime_ns for p in tasks.glob("*.jsonl") if p.name in finished} == finished
     stats = json.loads((crashed_dir / "run" / "iteration_2" / "phase1" / "stats.json").read_text())
     assert stats["tasks_resumed"] == len(finished) and stats["trees_this_run"] == 4 - len(finished)

@@ -1,7 +1,7 @@
 import pytest
 
 from agentr.callbacks import Stage, epoch_plan
-from agentr.callbacks.iteration import per_iteration
+from agentr.callbacks.iteration import iteration_steps, per_iteration
 
 
 def test_paper_schedule_three_epochs_then_one():
@@ -24,3 +24,13 @@ def test_per_iteration_repeats_the_last_value():
 def test_bad_schedules_are_rejected(iterations, epochs):
     with pytest.raises(ValueError):
         epoch_plan(iterations, epochs)
+
+
+@pytest.mark.parametrize("epochs,batches,world,accumulate,steps", [
+    (3, 10, 1, 1, 30),
+    (1, 10, 4, 1, 3),  # ranks get 3, 3, 2 (+1 padded) batches: all step 3 times
+    (2, 10, 1, 4, 6),  # 4 + 4 + a final partial accumulation of 2
+    (1, 9, 2, 2, 3),  # 5 batches per rank, accumulated in 2 + 2 + 1
+])
+def test_iteration_steps_count_optimizer_steps_per_rank(epochs, batches, world, accumulate, steps):
+    assert iteration_steps(epochs, batches, world, accumulate) == steps
