@@ -44,8 +44,8 @@ def content_rng(conversation: Conversation) -> random.Random:
 class ScriptedEngine(Engine):
     """Replies by rule: `policy(conversation, n)` -> n texts, `judge(conversation)` -> text.
 
-    Records every call as (kind, number of conversations, sampling); with `fail_after=k` the
-    (k+1)-th call raises `Killed`.
+    Records every call as (kind, number of conversations, sampling) in `calls` and its prompts
+    in `batches`; with `fail_after=k` the (k+1)-th call raises `Killed`.
     """
 
     def __init__(self, policy: Callable[[Conversation, int], list[str]],
@@ -57,7 +57,7 @@ class ScriptedEngine(Engine):
         self.fail_after = fail_after
         self._max_model_len = max_model_len
         self.calls: list[tuple[str, int, SamplingConfig]] = []
-        self.prompts: list[Conversation] = []
+        self.batches: list[list[Conversation]] = []
 
     @property
     def tokenizer(self):
@@ -76,9 +76,9 @@ class ScriptedEngine(Engine):
         kinds = {"judge" if is_verifier(c) else "expand" for c in conversations}
         assert len(kinds) == 1, "expansions and judgments never share a call"
         self.calls.append((kinds.pop(), len(conversations), sampling))
+        self.batches.append([list(c) for c in conversations])
         out = []
         for conversation in conversations:
-            self.prompts.append(conversation)
             if is_verifier(conversation):
                 texts = [self.judge(conversation) for _ in range(sampling.n)]
             else:

@@ -152,6 +152,23 @@ def test_hf_lora_adapter(hf_engine, adapter_dir, foreign_adapter_dir):
     check_adapter_switching(hf_engine, adapter_dir, foreign_adapter_dir)
 
 
+def test_make_engine_opens_an_adapter_and_closes_on_exit(hf_engine, tiny_engine_model_dir, adapter_dir,
+                                                        foreign_adapter_dir, monkeypatch):
+    from agentr.engines.hf_engine import HFEngine
+
+    hf_engine.load_adapter(adapter_dir)
+    expected = hf_engine.generate([CONV], GREEDY)
+    hf_engine.load_adapter(None)
+    closed = []
+    monkeypatch.setattr(HFEngine, "close", lambda self: closed.append(self))
+    with make_engine("hf", tiny_engine_model_dir, adapter=adapter_dir, max_model_len=512) as engine:
+        assert engine.generate([CONV], GREEDY) == expected
+    assert closed == [engine]
+    with pytest.raises(ValueError, match="another base model"):
+        make_engine("hf", tiny_engine_model_dir, adapter=foreign_adapter_dir, max_model_len=512)
+    assert len(closed) == 2  # a failed load does not leak the engine
+
+
 def test_hf_context_limit(hf_engine):
     check_context_limit(hf_engine)
 

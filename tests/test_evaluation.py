@@ -18,7 +18,7 @@ from agentr.metrics import (
     loop_count,
     repeat_fraction,
 )
-from test_rollout import CounterEnv, ScriptedEngine, always, step_reply
+from test_rollout import CounterEnv, always, scripted, step_reply
 
 
 @pytest.mark.parametrize("actions, loops", [
@@ -67,7 +67,7 @@ def test_episode_metrics():
 
 def test_evaluate_writes_results_and_every_trajectory(tmp_path):
     # task 1 is solved in one turn; tasks 3 and 4 need more than the 2-turn limit
-    results = evaluate(ScriptedEngine(step_reply), CounterEnv, ["1", "3", "4"], max_turns=2,
+    results = evaluate(scripted(step_reply), CounterEnv, ["1", "3", "4"], max_turns=2,
                        out_dir=tmp_path, progress=False)
     assert results["metrics"]["success_rate"] == pytest.approx(1 / 3)
     assert results["metrics"]["avg_reward"] == pytest.approx(1 / 3)
@@ -83,7 +83,7 @@ def test_evaluate_writes_results_and_every_trajectory(tmp_path):
 
 def test_evaluate_keeps_finished_episodes_when_the_engine_dies(tmp_path):
     with pytest.raises(RolloutError):
-        evaluate(ScriptedEngine(step_reply, fail_at_call=3), CounterEnv, ["1", "2", "5"],
+        evaluate(scripted(step_reply, fail_at_call=3), CounterEnv, ["1", "2", "5"],
                  out_dir=tmp_path, progress=False)
     kept = read_episodes(tmp_path / "trajectories.jsonl")
     assert [e.task_id for e in kept] == ["1", "2"] and all(e.success for e in kept)
@@ -91,7 +91,7 @@ def test_evaluate_keeps_finished_episodes_when_the_engine_dies(tmp_path):
 
 
 def _failed_reference(tmp_path):
-    evaluate(ScriptedEngine(always("Action: inventory")), CounterEnv, ["1", "2", "3", "4"],
+    evaluate(scripted(always("Action: inventory")), CounterEnv, ["1", "2", "3", "4"],
              max_turns=6, out_dir=tmp_path / "ref", progress=False)
     return tmp_path / "ref" / "trajectories.jsonl"
 
@@ -111,7 +111,7 @@ def test_revision_cut_points_are_seeded_and_only_for_failures(tmp_path):
 
 def test_revision_test_continues_failed_trajectories(tmp_path):
     reference = _failed_reference(tmp_path)
-    results = revision_test(ScriptedEngine(step_reply), CounterEnv, reference, max_turns=50,
+    results = revision_test(scripted(step_reply), CounterEnv, reference, max_turns=50,
                             out_dir=tmp_path / "rev", progress=False)
     assert results["num_episodes"] == 4
     assert results["metrics"]["revision_reward"] == 1.0
@@ -121,7 +121,7 @@ def test_revision_test_continues_failed_trajectories(tmp_path):
         assert e.start_turn == cut and e.actions[:cut] == ["inventory"] * cut
         assert e.actions[cut:] == ["step"] * int(e.task_id)
     # a policy that never recovers scores 0
-    stuck = revision_test(ScriptedEngine(always("Action: inventory")), CounterEnv, reference,
+    stuck = revision_test(scripted(always("Action: inventory")), CounterEnv, reference,
                           max_turns=3, progress=False)
     assert stuck["metrics"]["revision_reward"] == 0.0
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import pytest
 
@@ -16,8 +16,9 @@ from agentr.agent import (
     run_episodes,
     truncate_history,
 )
-from agentr.engines.base import Conversation, Engine, Generation, SamplingConfig
+from agentr.engines.base import Conversation, SamplingConfig
 from agentr.envs.base import Environment
+from search_fakes import ScriptedEngine
 
 
 class CounterEnv(Environment):
@@ -58,39 +59,11 @@ class CounterEnv(Environment):
         return CounterEnv()
 
 
-class ScriptedEngine(Engine):
-    """Replies with `policy(conversation)`; records the batch of every call.
-
-    Token counting: words + 3 per message, so `max_model_len` can force truncation.
-    """
-
-    def __init__(self, policy: Callable[[Conversation], str], max_model_len: int = 100_000,
-                 fail_at_call: int | None = None):
-        super().__init__()
-        self.policy = policy
-        self._max_model_len = max_model_len
-        self.fail_at_call = fail_at_call
-        self.batches: list[list[Conversation]] = []
-
-    @property
-    def tokenizer(self):
-        return None
-
-    @property
-    def max_model_len(self) -> int:
-        return self._max_model_len
-
-    def count_tokens(self, conversation: Conversation) -> int:
-        return sum(len(m["content"].split()) + 3 for m in conversation)
-
-    def generate(self, conversations: Sequence[Conversation], sampling: SamplingConfig):
-        if self.fail_at_call is not None and len(self.batches) + 1 >= self.fail_at_call:
-            raise RuntimeError("engine process died")
-        self.batches.append([list(c) for c in conversations])
-        return [[Generation(self.policy(c), 5)] for c in conversations]
-
-    def load_adapter(self, path):
-        pass
+def scripted(policy: Callable[[Conversation], str], max_model_len: int = 100_000,
+             fail_at_call: int | None = None) -> ScriptedEngine:
+    """An engine that replies `policy(conversation)`; the `fail_at_call`-th call raises."""
+    return ScriptedEngine(lambda conversation, n: [policy(conversation)] * n, max_model_len=max_model_len,
+                          fail_after=None if fail_at_call is None else fail_at_call - 1)
 
 
 def always(text: str):
@@ -102,7 +75,7 @@ def step_reply(conversation):
 
 
 def test_all_live_episodes_share_one_engine_call_per_turn():
-    engine = ScriptedEngine(step_reply)
+    engine = scripted(step_reply)
     episodes = run_episodes(engine, CounterEnv, ["1", "2", "3"], max_turns=10)
     # turn 1: 3 episodes, turn 2: 2 (task 1 won), turn 3: 1
     assert [len(b) for b in engine.batches] == [3, 2, 1]
@@ -116,7 +89,7 @@ def test_all_live_episodes_share_one_engine_call_per_turn():
 
 
 def test_max_concurrent_bounds_the_batch_and_refills_it():
-    engine = ScriptedEngine(step_reply)
+    engine = scripted(step_reply)
     tasks = ["2"] * 5
     episodes = run_episodes(engine, CounterEnv, tasks, max_turns=10, max_concurrent=2)
     assert max(len(b) for b in engine.batches) == 2
@@ -125,7 +98,7 @@ def test_max_concurrent_bounds_the_batch_and_refills_it():
 
 
 def test_turn_limit():
-    episodes = run_episodes(ScriptedEngine(always("Action: inventory")), CounterEnv, ["1", "2"],
+    episodes = run_episodes(scripted(always("Action: inventory")), CounterEnv, ["1", "2"],
                             max_turns=4)
     for e in episodes:
         assert e.turns == 4 and not e.done and not e.success and e.finished and e.reward == 0.0
@@ -139,7 +112,7 @@ def test_invalid_reply_is_sent_whole_and_the_episode_goes_on():
         envs.append(CounterEnv())
         return envs[-1]
 
-    [episode] = run_episodes(ScriptedEngine(lambda c: next(replies)), factory, ["1"], max_turns=5)
+    [episode] = run_episodes(scripted(lambda c: next(replies)), factory, ["1"], max_turns=5)
     assert envs[0].received == ["I am not sure what to do.", "step"]
     assert episode.messages[HEADER_LEN + 1]["content"] == "Could not execute I am not sure what to do."
     assert episode.success and episode.turns == 2
@@ -153,7 +126,7 @@ def test_wait_is_answered_by_the_loop_not_the_environment():
         envs.append(CounterEnv())
         return envs[-1]
 
-    [episode] = run_episodes(ScriptedEngine(lambda c: next(replies)), factory, ["2"], max_turns=5)
+    [episode] = run_episodes(scripted(lambda c: next(replies)), factory, ["2"], max_turns=5)
     assert envs[0].received == ["step", "step"]  # no "wait"
     assert episode.messages[HEADER_LEN + 3] == {"role": "user", "content": WAIT_REPLY}
     assert episode.actions == ["step", "wait", "step"]
@@ -162,12 +135,12 @@ def test_wait_is_answered_by_the_loop_not_the_environment():
 
 
 def test_negative_reward_is_a_terminal_failure_clamped_to_zero():
-    [episode] = run_episodes(ScriptedEngine(always("Action: fail")), CounterEnv, ["3"], max_turns=5)
+    [episode] = run_episodes(scripted(always("Action: fail")), CounterEnv, ["3"], max_turns=5)
     assert episode.done and episode.turns == 1 and episode.reward == 0.0 and not episode.success
 
 
 def test_history_is_truncated_for_the_engine_but_kept_whole_in_the_episode():
-    engine = ScriptedEngine(always("Action: inventory"), max_model_len=120)
+    engine = scripted(always("Action: inventory"), max_model_len=120)
     sampling = SamplingConfig(max_tokens=20)
     [episode] = run_episodes(engine, CounterEnv, ["1"], max_turns=12, sampling=sampling)
     assert episode.turns == 12 and episode.error is None
@@ -188,7 +161,7 @@ def test_a_conversation_too_long_for_the_model_ends_that_episode_only():
             text = super()._reset(task_id)
             return text + " pad" * 200 if task_id == "5" else text
 
-    engine = ScriptedEngine(step_reply, max_model_len=150)
+    engine = scripted(step_reply, max_model_len=150)
     long, short = run_episodes(engine, LongFirstObservation, ["5", "1"], max_turns=3,
                                sampling=SamplingConfig(max_tokens=10))
     assert long.error is not None and long.error.startswith("context") and long.turns == 0
@@ -197,7 +170,7 @@ def test_a_conversation_too_long_for_the_model_ends_that_episode_only():
 
 def test_engine_death_keeps_the_finished_episodes():
     ended = []
-    engine = ScriptedEngine(step_reply, fail_at_call=3)
+    engine = scripted(step_reply, fail_at_call=3)
     with pytest.raises(RolloutError, match="finished episodes are kept") as info:
         run_episodes(engine, CounterEnv, ["1", "2", "4"], max_turns=10, on_episode_end=ended.append)
     assert [e.task_id for e in info.value.finished] == ["1", "2"]
@@ -205,7 +178,7 @@ def test_engine_death_keeps_the_finished_episodes():
     assert all(e.success for e in ended)
     [unfinished] = info.value.unfinished
     assert unfinished.task_id == "4" and unfinished.turns == 2
-    assert "engine process died" in unfinished.error
+    assert "killed at call 3" in unfinished.error
     assert isinstance(info.value.__cause__, RuntimeError)
 
 
@@ -217,7 +190,7 @@ def test_continue_from_a_prefix_replays_its_actions():
         {"role": "user", "content": "Could not execute inventory"},
         {"role": "assistant", "content": "Action: wait"}, {"role": "user", "content": WAIT_REPLY},
     ]
-    engine = ScriptedEngine(step_reply)
+    engine = scripted(step_reply)
     start = EpisodeStart("3", prefix=prefix, meta={"cut_turn": 3})
     [episode] = run_episodes(engine, CounterEnv, [start], max_turns=2)
     assert episode.start_turn == 3 and episode.meta == {"cut_turn": 3}
@@ -231,7 +204,7 @@ def test_continue_from_a_prefix_replays_its_actions():
 def test_prefix_turn_limit_counts_only_new_turns():
     prefix = build_header("Say step until you win.", "Say step 5 times.") + [
         {"role": "assistant", "content": "Action: step"}, {"role": "user", "content": "Count 1."}]
-    [episode] = run_episodes(ScriptedEngine(always("Action: look")), CounterEnv,
+    [episode] = run_episodes(scripted(always("Action: look")), CounterEnv,
                              [EpisodeStart("5", prefix=prefix)], max_turns=3)
     assert episode.start_turn == 1 and episode.turns == 4 and not episode.done
 
@@ -239,7 +212,7 @@ def test_prefix_turn_limit_counts_only_new_turns():
 def test_an_environment_instance_is_spawned_per_live_episode():
     CounterEnv.spawned = 0
     env = CounterEnv()
-    episodes = run_episodes(ScriptedEngine(step_reply), env, ["2", "2", "2"], max_turns=5,
+    episodes = run_episodes(scripted(step_reply), env, ["2", "2", "2"], max_turns=5,
                             max_concurrent=2)
     assert all(e.success for e in episodes)
     assert CounterEnv.spawned == 2  # one per live slot, reused for the third episode
@@ -253,13 +226,13 @@ def test_unknown_task_is_an_episode_error():
                 raise KeyError("no task x")
             return super()._reset(task_id)
 
-    bad, good = run_episodes(ScriptedEngine(step_reply), Strict, ["x", "1"], max_turns=3)
+    bad, good = run_episodes(scripted(step_reply), Strict, ["x", "1"], max_turns=3)
     assert bad.error.startswith("reset") and good.success
 
 
 def test_sampling_must_draw_one_reply():
     with pytest.raises(ValueError, match="n=2"):
-        run_episodes(ScriptedEngine(step_reply), CounterEnv, ["1"], sampling=SamplingConfig(n=2))
+        run_episodes(scripted(step_reply), CounterEnv, ["1"], sampling=SamplingConfig(n=2))
 
 
 def test_seeded_sampling_changes_seed_per_turn():
@@ -270,7 +243,7 @@ def test_seeded_sampling_changes_seed_per_turn():
             seen.append(sampling.seed)
             return super().generate(conversations, sampling)
 
-    run_episodes(SeedEngine(step_reply), CounterEnv, ["3"],
+    run_episodes(SeedEngine(lambda c, n: [step_reply(c)] * n), CounterEnv, ["3"],
                  sampling=SamplingConfig(temperature=1.0, seed=7))
     assert seen == [7, 8, 9]
 
@@ -278,5 +251,5 @@ def test_seeded_sampling_changes_seed_per_turn():
 def test_parse_action_is_what_the_loop_uses():
     # The actions recorded are exactly what parse_action extracts from the replies.
     reply = "Thought: go\nAction: step\nAction: inventory"
-    [episode] = run_episodes(ScriptedEngine(always(reply)), CounterEnv, ["1"], max_turns=2)
+    [episode] = run_episodes(scripted(always(reply)), CounterEnv, ["1"], max_turns=2)
     assert episode.actions == [parse_action(reply)] == ["step"]

@@ -285,18 +285,11 @@ def evaluate_command(
         progress: show a progress bar.
     """
     from agentr.engines import make_engine
-    from agentr.envs import make_env
+    from agentr.envs import split_tasks
 
-    env_factory = lambda: make_env(env, **(env_options or {}))  # noqa: E731
-    with env_factory() as probe:
-        task_ids = probe.task_ids(split)
-    if num_tasks is not None:
-        task_ids = task_ids[:num_tasks]
-    policy = make_engine(engine, model, max_model_len=max_model_len, seed=seed,
-                         **(engine_options or {}))
-    try:
-        if adapter:
-            policy.load_adapter(adapter)
+    env_factory, task_ids = split_tasks(env, split, num_tasks, env_options)
+    with make_engine(engine, model, adapter=adapter, max_model_len=max_model_len, seed=seed,
+                     **(engine_options or {})) as policy:
         results = evaluate(policy, env_factory, task_ids, max_turns=max_turns,
                            temperature=temperature, max_tokens=max_tokens, seed=seed,
                            max_concurrent=max_concurrent, out_dir=out_dir, progress=progress)
@@ -309,8 +302,6 @@ def evaluate_command(
                                      max_tokens=max_tokens, max_concurrent=max_concurrent,
                                      out_dir=out_dir, progress=progress)
             rows += _result_rows(revision, prefix="revision ")
-    finally:
-        policy.close()
     print(format_table(rows))
     print(f"results: {Path(out_dir) / 'eval.json'}; trajectories: "
           f"{Path(out_dir) / 'trajectories.jsonl'}", file=sys.stderr)

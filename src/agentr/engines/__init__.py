@@ -29,12 +29,17 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def make_engine(kind: Literal["vllm", "hf", "auto"], model: str, **kwargs) -> Engine:
+def make_engine(
+    kind: Literal["vllm", "hf", "auto"], model: str, adapter: str | None = None, **kwargs
+) -> Engine:
     """Build a generation engine for `model` (a Hugging Face id, model directory or `.gguf`).
+
+    The engine is a context manager that closes it: `with make_engine(...) as engine: ...`.
 
     Args:
         kind: "vllm", "hf" (transformers generate) or "auto" (vLLM where installed, else HF).
         model: resolved with `agentr.engines.models.resolve_model`.
+        adapter: a LoRA adapter directory to generate with (None: the base model).
         **kwargs: the engine's constructor arguments (see `VLLMEngine` and `HFEngine`).
 
     Raises:
@@ -46,15 +51,23 @@ def make_engine(kind: Literal["vllm", "hf", "auto"], model: str, **kwargs) -> En
     if kind == "vllm":
         from agentr.engines.vllm_engine import VLLMEngine
 
-        return VLLMEngine(path, **kwargs)
-    if kind == "hf":
+        engine: Engine = VLLMEngine(path, **kwargs)
+    elif kind == "hf":
         from agentr.engines.hf_engine import HFEngine
 
         dropped = sorted(VLLM_ONLY_ARGS & kwargs.keys())
         if dropped:
             log.debug("HF engine: ignoring vLLM-only arguments %s", dropped)
-        return HFEngine(path, **{k: v for k, v in kwargs.items() if k not in VLLM_ONLY_ARGS})
-    raise ValueError(f"unknown engine kind {kind!r}; expected 'vllm', 'hf' or 'auto'")
+        engine = HFEngine(path, **{k: v for k, v in kwargs.items() if k not in VLLM_ONLY_ARGS})
+    else:
+        raise ValueError(f"unknown engine kind {kind!r}; expected 'vllm', 'hf' or 'auto'")
+    if adapter:
+        try:
+            engine.load_adapter(adapter)
+        except BaseException:
+            engine.close()
+            raise
+    return engine
 
 
 __all__ = [

@@ -87,6 +87,12 @@ class Engine(ABC):
     def close(self) -> None:
         """Release the engine's resources."""
 
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def count_tokens(self, conversation: Conversation) -> int:
         """Prompt length in tokens of `conversation` rendered for generation."""
         ids = self.tokenizer.apply_chat_template(

@@ -6,7 +6,7 @@ imported on first use, so `from agentr.envs import TextCraftEnv` works without e
 
 from agentr.envs.base import Environment, UnknownTaskError
 from agentr.envs.http import HTTPEnvError, HTTPEnvironment
-from agentr.envs.registry import ENVIRONMENTS, make_env
+from agentr.envs.registry import ENVIRONMENTS, make_env, split_tasks
 from agentr.envs.textcraft import TextCraftEnv
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "TextCraftEnv",
     "UnknownTaskError",
     "make_env",
+    "split_tasks",
 ]
 
 

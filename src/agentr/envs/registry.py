@@ -7,6 +7,7 @@ optional dependency (ScienceWorld's Java bridge). Register your own with `regist
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 from agentr.envs.base import Environment
@@ -41,3 +42,14 @@ def env_class(name: str) -> type[Environment]:
 def make_env(name: str, **kwargs: Any) -> Environment:
     """A new environment `name` built with `kwargs`, e.g. `make_env("textcraft", max_depth=2)`."""
     return env_class(name)(**kwargs)
+
+
+def split_tasks(
+    name: str, split: str, num_tasks: int | None = None, options: dict | None = None
+) -> tuple[Callable[[], Environment], list[str]]:
+    """A factory of environment `name` (built with `options`) and its first `num_tasks` task
+    ids of `split` (all of them when None)."""
+    factory = lambda: make_env(name, **(options or {}))  # noqa: E731
+    with factory() as probe:
+        task_ids = probe.task_ids(split)
+    return factory, task_ids[:num_tasks] if num_tasks is not None else task_ids

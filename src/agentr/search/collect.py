@@ -460,21 +460,13 @@ def collect_command(
         progress: show a progress bar.
     """
     from agentr.engines import make_engine
-    from agentr.envs import make_env
+    from agentr.envs import split_tasks
 
-    env_factory = lambda: make_env(env, **(env_options or {}))  # noqa: E731
-    with env_factory() as probe:
-        task_ids = probe.task_ids(split)
-    if num_tasks is not None:
-        task_ids = task_ids[:num_tasks]
-    policy = make_engine(engine, model, max_model_len=max_model_len, seed=seed, **(engine_options or {}))
-    try:
-        if adapter:
-            policy.load_adapter(adapter)
+    env_factory, task_ids = split_tasks(env, split, num_tasks, env_options)
+    with make_engine(engine, model, adapter=adapter, max_model_len=max_model_len, seed=seed,
+                     **(engine_options or {})) as policy:
         result = collect(policy, env_factory, task_ids, search, out_dir,
                          iteration=iteration, alpha=alpha, seed=seed, progress=progress)
-    finally:
-        policy.close()
     keys = ("trees_searched", "revision_trajectories", "good_trajectories", "mean_transition_step",
             "transition_step_histogram", "verdicts", "unparsed_verdicts", "env_steps",
             "tokens_generated", "wall_seconds")
