@@ -25,19 +25,14 @@ and once for each header alone.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import sys
 import time
+
+from report import header, load_average, machine, write_report
 
 from agentr.agent import build_header, run_episodes
 from agentr.engines import SamplingConfig, make_engine
 from agentr.engines.models import SMOLLM2_ID
 from agentr.envs.textcraft import TextCraftEnv
-
-
-def _load() -> str:
-    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def run_mode(engine, tasks, turns, sampling, max_concurrent):
@@ -114,7 +109,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="bench/results/rollout.md", help="markdown file, or - for stdout only")
     args = parser.parse_args(argv)
 
-    load_before = _load()
+    load_before = load_average()
     kwargs = ({"kv_cache_gb": args.kv_cache_gb, "cpu_threads": args.cpu_threads}
               if args.engine == "vllm" else {})
     engine = make_engine(args.engine, args.model, max_model_len=4096, **kwargs)
@@ -142,18 +137,14 @@ def main(argv=None) -> None:
     table.append(f"| **ratio batched / sequential** | {sequential['seconds'] / batched['seconds']:.2f}x faster | "
                  f"{batched['episodes_per_min'] / sequential['episodes_per_min']:.2f}x | "
                  f"{batched['tokens_per_s'] / sequential['tokens_per_s']:.2f}x | | | |")
-    command = "python bench/bench_rollout.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report = "\n".join([
-        "# Agent loop: batched vs one request at a time",
-        "",
-        f"`{command.strip()}`",
-        "",
+        *header("Agent loop: batched vs one request at a time", "bench/bench_rollout.py", argv),
         f"Engine: {type(engine).__name__} ({args.engine}"
         f"{', OpenMP binding ' + engine.cpu_bind if getattr(engine, 'cpu_bind', None) else ''}), "
         f"model {args.model}, TextCraft test tasks "
         f"{tasks[0]}..{tasks[-1]} ({len(tasks)}), {args.turns} turns, greedy, max_tokens={args.max_tokens}; "
-        f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-        f"load average before/after: {load_before} / {_load()}.",
+        f"{machine()}, "
+        f"load average before/after: {load_before} / {load_average()}.",
         "",
         *table,
         "",
@@ -163,11 +154,7 @@ def main(argv=None) -> None:
         *(["## vLLM-CPU threads", "", f"max_tokens={args.max_tokens}, greedy, cold prefix cache.",
            "", *probe, ""] if probe else []),
     ])
-    print(report)
-    if args.out != "-":
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(report)
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

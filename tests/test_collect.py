@@ -146,6 +146,19 @@ def test_include_good_false_and_pair_cap(tmp_path):
     assert result.stats["pairs_found"] > len(data)
 
 
+def test_good_cap_keeps_the_shortest_good_paths(tmp_path):
+    _, everything = _collect(tmp_path / "all")
+    _, capped = _collect(tmp_path / "capped", max_good_per_task=1)
+    good = {}
+    for t in read_jsonl(everything.dataset):
+        if t.kind == "good":
+            good.setdefault(t.task_id, []).append(t.meta["good_turns"])
+    assert any(len(turns) > 1 and len(set(turns)) > 1 for turns in good.values())  # a real choice
+    kept = {t.task_id: t.meta["good_turns"] for t in read_jsonl(capped.dataset) if t.kind == "good"}
+    assert kept == {task: min(turns) for task, turns in good.items()}
+    assert capped.stats["good_trajectories"] == len(kept) < everything.stats["good_trajectories"]
+
+
 def test_unparsable_verdicts_count_as_uncertain(tmp_path, caplog):
     engine = ScriptedEngine(toy_policy(), judge=lambda c: "I cannot tell.")
     with caplog.at_level("WARNING", logger="agentr.search.collect"):

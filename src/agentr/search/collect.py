@@ -24,10 +24,11 @@ Each line of `dataset.jsonl` is an `agentr.trajectory.Trajectory` (schema in tha
   good_reward, bad_reward, divergence_step (t, turns shared), transition_step (t', bad turns
   kept), revision_signal, mode, bad_turns, good_turns (lengths of the two paths).
 - kind "good": header + a good path, every assistant turn trained; `meta`: good_reward,
-  good_turns. Written when `include_good` is set, and always in mode "optimal".
+  good_turns. Written when `include_good` is set, and always in mode "optimal"; at most
+  `max_good_per_task` per task, the shortest first.
 
-Revision trajectories of a task come first (in the seeded pair order), then its good ones (in
-tree order); tasks follow the order of `task_ids`.
+Revision trajectories of a task come first (in the seeded pair order), then its good ones
+(shortest first, ties in tree order); tasks follow the order of `task_ids`.
 
 A re-run skips the tasks whose `tasks/<task>.jsonl` exists and rebuilds `dataset.jsonl` from the
 per-task files. Every random choice of a task (UCT ties, the pair shuffle, revision signals) draws
@@ -204,7 +205,8 @@ class _Job:
                 "good_turns": len(pair.good) - 1,
             }))
         if self.config.include_good or self.config.mode == "optimal":
-            for i, path in enumerate(self.good):
+            good = sorted(self.good, key=len)[:self.config.max_good_per_task]  # stable: tree order
+            for i, path in enumerate(good):
                 out.append(record("good", i, good_conversation(header, path),
                                   {"good_reward": path[-1].reward, "good_turns": len(path) - 1}))
         return out
