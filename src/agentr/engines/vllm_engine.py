@@ -85,18 +85,18 @@ def _environment(**variables: str | None) -> Iterator[None]:
     """
     saved = {k: os.environ.get(k) for k in variables}
     try:
-        for k, v in variables.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _set_environment(variables)
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _set_environment(saved)
+
+
+def _set_environment(variables: dict[str, str | None]) -> None:
+    for k, v in variables.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 class VLLMEngine(Engine):

@@ -136,7 +136,7 @@ class _Job:
         self.stage = "search"
         self.walks: list[CritiqueWalk] = []
         self.verdicts: dict[int, str] = {}
-        self.critiques: dict[int, dict[str, str]] = {}  # node id -> verifier reply and verdict
+        self.replies: dict[int, str] = {}  # node id -> the verifier's reply
         self.verdict_counts: Counter[str] = Counter()
         self.unparsed = 0
         self.critique_tokens = 0
@@ -176,7 +176,7 @@ class _Job:
             self.unparsed += 1
             verdict = "Uncertain"
         self.verdicts[node.id] = verdict
-        self.critiques[node.id] = {"verdict": verdict, "reply": text}
+        self.replies[node.id] = text
         self.verdict_counts[verdict] += 1
         self.critique_tokens += num_tokens
         self.critique_requests += 1
@@ -424,7 +424,8 @@ def _write_task(job: _Job, tasks_dir: Path, trees_dir: Path) -> dict:
     trajectories = job.trajectories()
     stats = job.stats(trajectories)
     tree = {"task_id": job.task_id, "env": job.tree.env_name, "header": job.tree.header,
-            "root": job.tree.root.to_dict(), "critiques": job.critiques}
+            "root": job.tree.root.to_dict(),
+            "critiques": {i: {"verdict": job.verdicts[i], "reply": r} for i, r in job.replies.items()}}
     _write_json_atomic(trees_dir / f"{name}.json", tree, separators=(",", ":"))
     _write_json_atomic(tasks_dir / f"{name}.stats.json", stats)
     write_jsonl_atomic(tasks_dir / f"{name}.jsonl", trajectories)

@@ -298,11 +298,11 @@ class AgentRModule(pl.LightningModule):
 
         Until this is called, the schedule spans `trainer.estimated_stepping_batches` (max_epochs
         times the first epoch's batches, or max_steps), estimated again when a run resumes.
-        Agent-R regenerates its data every iteration, so the number of batches changes: call
-        this when an iteration's data is set, with that iteration's optimizer steps (its epochs
-        times `datamodule.num_train_batches` / world size / gradient accumulation), and each
-        iteration warms up and decays like a separate fine-tuning run, as in the paper. Without
-        a restart, steps past the estimate run at `learning_rate * min_lr_ratio`.
+        Agent-R regenerates its data every iteration, so the number of batches changes:
+        `AgentRIterations` calls this at each iteration's first epoch with that iteration's
+        optimizer steps (`iteration_steps`), and each iteration warms up and decays like a
+        separate fine-tuning run, as in the paper. Without a restart, steps past the estimate
+        run at `learning_rate * min_lr_ratio`.
         """
         scheduler = self.lr_schedulers() if self._trainer is not None else None
         start = scheduler.last_epoch if scheduler is not None else 0
