@@ -2,17 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
 import time
+import urllib.request
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from search_fakes import ScriptedEngine, ToyEnv, judge_bad_on, toy_policy
 
-from agentr.envs import HTTPEnvError, HTTPEnvironment, TextCraftEnv, UnknownTaskError, make_env
+from agentr.envs import (
+    Environment,
+    HTTPEnvError,
+    HTTPEnvironment,
+    TextCraftEnv,
+    UnknownTaskError,
+    make_env,
+)
+from agentr.envs.http import EPISODE_OVER, PROTOCOLS, ServerUnreachableError
 from agentr.envs.registry import ENVIRONMENTS, env_class
-from agentr.envs.server import make_server
+from agentr.envs.sciworld import TASKS
+from agentr.search.collect import collect
+from agentr.search.config import SearchConfig
+from agentr.trajectory import read_jsonl
+from agentr.envs.server import (
+    AGENTGYM_SCIWORLD_SKIPPED,
+    ANSWER_FORMATS,
+    EnvHTTPServer,
+    EnvService,
+    make_server,
+)
 
 
 @pytest.fixture
@@ -105,7 +127,7 @@ def test_clone_over_http_uses_the_servers_clone(server):
 def test_unknown_task_and_bad_requests_are_clear(server):
     remote = client(server.url)
     with pytest.raises(UnknownTaskError, match="'0' to '543'"):
-        remote.reset("9999")
+        remote.reset("oak planks")
     with pytest.raises(HTTPEnvError, match="no environment with id"):
         remote._request("POST", "/step", {"id": 12345, "action": "inventory"})
     with pytest.raises(HTTPEnvError, match="missing field 'action'"):
@@ -142,8 +164,23 @@ def test_no_server_at_all():
     ):
         remote.reset("0")
     assert time.monotonic() - start < 5
-    with pytest.raises(HTTPEnvError, match="pass task_ids"):
-        client(f"127.0.0.1:{port}").task_ids("train")
+    # a server that is down is said to be down, and not remembered as "not an agentr server"
+    remote = client(f"127.0.0.1:{port}")
+    for ask in (lambda: remote.task_ids("train"), lambda: remote.instruction):
+        with pytest.raises(ServerUnreachableError, match="connection refused"):
+            ask()
+    assert remote.server_info(required=False) is None
+    server = make_server("textcraft", port=port, options={"max_depth": 2})
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        assert remote.task_ids("test") == TextCraftEnv(max_depth=2).task_ids("test")
+        assert remote.instruction == TextCraftEnv().instruction
+        assert remote.protocol == PROTOCOLS["textcraft"]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 class _Garbage(BaseHTTPRequestHandler):
@@ -247,3 +284,310 @@ def test_serve_env_cli_is_wired():
     module, function = STAGE_COMMANDS["serve-env"].split(":")
     assert (module, function) == ("agentr.envs.server", "serve_command")
     assert callable(serve_command)
+
+
+# ---- AgentGym's own clients against `agentr serve-env` ----------------------------------------
+def _post(url: str, path: str, body: dict) -> dict:
+    """requests.post(...).json() with the `assert status_code == 200` of AgentGym's clients."""
+    request = urllib.request.Request(
+        url + path, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+        return json.loads(response.read())
+
+
+class AgentGymClient:
+    """The fields AgentGym's clients (agentenv.envs.textcraft/sciworld/babyai) read, no more:
+    `/create` -> id (TextCraft also observation); `/reset` -> observation (SciWorld:
+    task_description + "\\n" + observation); `/step` -> observation, done, and the reward
+    (TextCraft: reward; SciWorld, BabyAI: score)."""
+
+    def __init__(self, url: str, kind: str) -> None:
+        self.url, self.kind = url, kind
+        created = _post(url, "/create", {})
+        self.env_id = created["id"]
+        if kind == "textcraft":
+            self.observation = created["observation"]
+
+    def reset(self, data_idx: int) -> str:
+        answer = _post(self.url, "/reset", {"id": self.env_id, "data_idx": data_idx})
+        if self.kind == "sciworld":
+            return answer["task_description"] + "\n" + answer["observation"]
+        if self.kind == "babyai":
+            answer["reward"], answer["score"], answer["done"]
+        return answer["observation"]
+
+    def step(self, action: str) -> tuple[str, float, bool]:
+        answer = _post(self.url, "/step", {"id": self.env_id, "action": action})
+        if self.kind != "textcraft":
+            answer["reward"]
+            return answer["observation"], answer["score"], answer["done"]
+        return answer["observation"], answer["reward"], answer["done"]
+
+    def close(self) -> None:
+        _post(self.url, "/close", {"id": self.env_id})
+
+
+class ScoredEnv(Environment):
+    """A game with a task description line and partial scores: `progress` adds 0.25, `finish`
+    completes (1.0), anything else changes nothing."""
+
+    name = "scored"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.score = 0.0
+
+    @property
+    def instruction(self) -> str:
+        return "Make progress, then finish."
+
+    def task_ids(self, split: str) -> list[str]:
+        return ["boil:0", "melt:1"] if split == "test" else ["boil:1"]
+
+    def spawn(self) -> ScoredEnv:
+        return ScoredEnv()
+
+    def _reset(self, task_id: str) -> str:
+        self.score = 0.0
+        return f"Your task is to {task_id}.\nThis room is called the kitchen."
+
+    def _step(self, action: str) -> tuple[str, float, bool]:
+        if action == "progress":
+            self.score = min(self.score + 0.25, 0.75)
+        elif action == "finish":
+            self.score = 1.0
+        return f"You did {action}.", self.score, self.score == 1.0
+
+
+@contextlib.contextmanager
+def serving(service: EnvService, **options):
+    server = EnvHTTPServer(("127.0.0.1", 0), service, **options)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_agentgym_textcraft_client_plays_agentgym_task_numbers():
+    with serving(EnvService("textcraft", lambda: TextCraftEnv(split_scheme="agentgym"),
+                            answer_format=ANSWER_FORMATS["textcraft"])) as server:
+        local = TextCraftEnv(split_scheme="agentgym")
+        remote = AgentGymClient(server.url, "textcraft")
+        assert remote.observation == ""
+        for data_idx in (0, 140, 533, 544 + 7):  # ids past the 544 goals wrap, as AgentGym's
+            task_id = str(data_idx % 544)
+            assert remote.reset(data_idx) == local.reset(task_id)
+            for action in local.expert_actions(task_id):
+                result = remote.step(action)
+                assert result == local.step(action)
+            assert result[1:] == (1, True)
+        remote.close()
+
+
+def test_agentgym_sciworld_and_babyai_clients_read_their_fields():
+    for kind in ("sciworld", "babyai"):
+        with serving(EnvService("scored", ScoredEnv, answer_format=ANSWER_FORMATS[kind])) as server:
+            remote, local = AgentGymClient(server.url, kind), ScoredEnv()
+            # SciWorld numbers AgentGym's games: 30 variations of boil, then melt's
+            data_idx, task_id = (31, "melt:1") if kind == "sciworld" else (31, "31")
+            assert remote.reset(data_idx) == local.reset(task_id)
+            scores = [remote.step(a)[1] for a in ("look", "progress", "progress", "finish")]
+            scale = 100 if kind == "sciworld" else 1
+            assert scores == [0, 0.25 * scale, 0.5 * scale, 1.0 * scale]
+            # agentr's client reads the same server through the preset /info names
+            mine = client(server.url)
+            assert mine.protocol == PROTOCOLS[kind]
+            assert mine.reset(task_id) == local.reset(task_id)
+            for action in ("progress", "finish"):
+                assert mine.step(action) == local.step(action)
+            mine.close()
+            remote.close()
+
+
+def test_sciworld_numbering_ends_where_agentgyms_does():
+    service = EnvService("scored", ScoredEnv, answer_format=ANSWER_FORMATS["sciworld"])
+    with serving(service) as server:
+        remote = client(server.url)
+        remote._ensure_created()
+        # every variation of the 23 tasks that AgentGym keeps (10-1 and 10-2 are skipped)
+        count = sum(t[1] for t in TASKS.values() if t[0] not in AGENTGYM_SCIWORLD_SKIPPED)
+        assert len(TASKS) - len(AGENTGYM_SCIWORLD_SKIPPED) == 23
+        last = remote._request("POST", "/reset", {"id": remote.env_id, "data_idx": count - 1})
+        assert last["task_description"] == "Your task is to identify-life-stages-2:9."
+        with pytest.raises(UnknownTaskError, match=f"games 0 to {count - 1}"):
+            remote._request("POST", "/reset", {"id": remote.env_id, "data_idx": count})
+
+
+# ---- finished episodes ------------------------------------------------------------------------
+def test_step_after_done_over_http_answers_like_a_local_environment(server):
+    local, remote = TextCraftEnv(max_depth=2), client(server.url)
+    task_id = local.task_ids("test")[0]
+    local.reset(task_id)
+    remote.reset(task_id)
+    for action in local.expert_actions(task_id):
+        local.step(action)
+        remote.step(action)
+    instance = server.service.instances[remote.env_id]
+    sent = len(instance.env.actions)
+    for action in ("inventory", "get 1 oak logs"):
+        observation, reward, done = remote.step(action)
+        assert (reward, done) == local.step(action)[1:] == (1.0, True)
+        assert observation == EPISODE_OVER
+    assert len(instance.env.actions) == sent  # nothing was sent: AgentGym servers would error
+    copy = remote.clone()  # a finished episode clones as finished
+    assert copy.step("inventory") == (EPISODE_OVER, 1.0, True)
+    copy.close()
+    remote.close()
+
+
+# ---- servers without /close: pooled instances -------------------------------------------------
+class WebShopLikeService(EnvService):
+    """agentr's service without /close and without agentr's extras (/info, /clone, /expert),
+    as AgentGym's WebShop and ALFWorld servers; counts its /create and /reset calls."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls = Counter()
+
+    def handle(self, method, path, query, body):
+        self.calls[path] += 1
+        if path in ("/close", "/info", "/clone", "/expert"):
+            path = "/no-such-endpoint"  # 404, as FastAPI answers
+        return super().handle(method, path, query, body)
+
+
+def test_pool_bounds_instances_across_a_phase_one_search_over_http(tmp_path):
+    bound = 8
+    config = SearchConfig(num_simulations=4, n_expand=3, max_depth=4, max_concurrent_trees=1)
+    tasks = [f"t{i}" for i in range(5)]
+    local = collect(ScriptedEngine(toy_policy(), judge_bad_on("noop", "lose")),
+                    lambda: ToyEnv(need=2), tasks, config, tmp_path / "local", progress=False)
+    service = WebShopLikeService("toy", lambda: ToyEnv(need=2), max_envs=100)
+    with serving(service) as server:
+        make_remote = lambda: client(  # noqa: E731
+            server.url, instruction=ToyEnv().instruction, max_instances=bound,
+            task_ids={"train": tasks, "test": []},
+        )
+        remote = collect(ScriptedEngine(toy_policy(), judge_bad_on("noop", "lose")),
+                         make_remote, tasks, config, tmp_path / "http", progress=False)
+        assert service.calls["/close"] >= 1  # tried once, then learned that there is none
+        assert service.calls["/create"] == service.next_id <= bound
+        assert service.calls["/reset"] > 2 * bound  # instances were reset and reused
+        played = lambda result: [  # noqa: E731 (the dataset but the environment's name)
+            (t.task_id, t.kind, t.messages, t.meta) for t in read_jsonl(result.dataset)
+        ]
+        assert played(remote) == played(local) and played(local)
+        # past the bound, a clear error instead of another instance
+        held = [make_remote() for _ in range(bound + 1)]
+        with pytest.raises(HTTPEnvError, match=f"max_instances={bound}"):
+            for env in held:
+                env.reset("t0")
+        assert service.next_id <= bound
+
+
+def test_webshop_and_alfworld_presets_pool_without_asking():
+    assert not PROTOCOLS["webshop"].closes and not PROTOCOLS["alfworld"].closes
+    assert PROTOCOLS["textcraft"].closes and PROTOCOLS["sciworld"].closes
+
+
+# ---- the server under abuse (loopback only, each bounded to about a second) -------------------
+def _raw(url: str, request: bytes, timeout: float = 3.0) -> tuple[bytes, float]:
+    """Send raw bytes; return everything the server answers before closing, and the seconds."""
+    host, port = url.removeprefix("http://").split(":")
+    start = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer, time.monotonic() - start
+
+
+def _post_raw(body: bytes, length: str | None = None) -> bytes:
+    length = str(len(body)) if length is None else length
+    head = f"POST /step HTTP/1.1\r\nConnection: close\r\nContent-Length: {length}\r\n\r\n"
+    return head.encode() + body
+
+
+def test_clone_honours_max_envs():
+    with serving(EnvService("textcraft", TextCraftEnv, max_envs=2)) as server:
+        remote = client(server.url)
+        remote.reset("0")
+        copy = remote.clone()
+        with pytest.raises(HTTPEnvError, match="429.*max_envs"):
+            remote.clone()
+        copy.close()
+        remote.clone().close()  # room again
+
+
+def test_bad_requests_answer_400_413_408_and_free_their_thread():
+    service = EnvService("textcraft", TextCraftEnv)
+    with serving(service, max_body_bytes=4096, request_timeout=0.5) as server:
+        env_id = _post(server.url, "/create", {})["id"]
+        answer, _ = _raw(server.url, _post_raw(b"{}", length="abc"))
+        assert answer.startswith(b"HTTP/1.1 400") and b"Content-Length" in answer
+        # a huge body is refused from its header, before it is read
+        answer, _ = _raw(server.url, _post_raw(b"", length=str(200 << 20)))
+        assert answer.startswith(b"HTTP/1.1 413") and b"limit is 4096" in answer
+        # a body shorter than its Content-Length: 408 after request_timeout, not a stalled thread
+        answer, seconds = _raw(server.url, _post_raw(b'{"id": 0', length="100"))
+        assert answer.startswith(b"HTTP/1.1 408") and seconds < 2.5
+        # an idle connection is dropped
+        answer, seconds = _raw(server.url, b"")
+        assert answer == b"" and seconds < 2.5
+        for bad in ({"id": 0.9, "action": "inventory"}, {"id": True, "action": "inventory"},
+                    {"id": "0.9", "action": "inventory"}):
+            answer, _ = _raw(server.url, _post_raw(json.dumps(bad).encode()))
+            assert answer.startswith(b"HTTP/1.1 400") and b"'id' must be an integer" in answer
+        reset = json.dumps({"id": env_id, "data_idx": 1.5}).encode()
+        answer, _ = _raw(server.url, _post_raw(reset).replace(b"/step", b"/reset"))
+        assert answer.startswith(b"HTTP/1.1 400") and b"data_idx" in answer
+        # still serving, and nothing was created by the bad requests
+        assert _post(server.url, "/reset", {"id": env_id, "data_idx": 3})["observation"]
+        assert len(service.instances) == 1
+
+
+def test_client_deadline_is_per_request_not_per_read():
+    """A server that answers one byte every 0.1 s (a 40-byte body: 4 s) against a 1 s client."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(5)
+
+    def trickle() -> None:
+        with contextlib.suppress(OSError), listener, listener.accept()[0] as conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n")
+            for _ in range(40):
+                conn.sendall(b" ")
+                time.sleep(0.1)
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    remote = HTTPEnvironment(f"127.0.0.1:{listener.getsockname()[1]}", timeout=1, retries=0)
+    start = time.monotonic()
+    with pytest.raises(ServerUnreachableError, match="within 1 s"):
+        remote.reset("0")
+    assert time.monotonic() - start < 2
+    thread.join(timeout=6)
+
+
+def test_non_loopback_bind_warns_and_help_says_no_authentication(monkeypatch, caplog, capsys):
+    from agentr.cli import main
+    from agentr.envs import server as server_module
+
+    assert server_module.is_loopback("127.0.0.1") and server_module.is_loopback("::1")
+    assert server_module.is_loopback("localhost") and not server_module.is_loopback("0.0.0.0")
+    monkeypatch.setattr(server_module, "EnvHTTPServer", lambda *a, **k: None)  # binds nothing
+    with caplog.at_level("WARNING", logger="agentr.envs.server"):
+        server_module.make_server("textcraft", host="127.0.0.1", port=0)
+        assert not caplog.records
+        server_module.make_server("textcraft", host="0.0.0.0", port=0)
+    assert "no authentication" in caplog.text and "0.0.0.0" in caplog.text
+    with pytest.raises(SystemExit):
+        main(["serve-env", "--help"])
+    assert "no authentication" in " ".join(capsys.readouterr().out.split()).lower()

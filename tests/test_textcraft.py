@@ -13,6 +13,7 @@ from functools import lru_cache
 import pytest
 
 from agentr.envs import Environment, TextCraftEnv, UnknownTaskError
+from agentr.envs.textcraft import AGENTGYM_TEST_IDS, AGENTGYM_TRAIN_IDS
 
 LINE = re.compile(r"^craft (\d+) (.+?) using (.+)$")
 
@@ -265,6 +266,73 @@ def test_difficulty_options_select_goals_by_depth(options, train, test, depths):
         assert {env.depth_of(t) for t in env.task_ids(split)} == depths
     everything = TextCraftEnv(min_depth=1)
     assert set(env.task_ids("test")) <= set(everything.task_ids("test"))  # a goal keeps its split
+
+
+# ---- the Agent-R paper's numbering and splits (AgentGym's construction) -----------------------
+def test_agentgym_numbering_is_depth_sorted_shallowest_first_ties_by_item_id():
+    env = TextCraftEnv(split_scheme="agentgym")
+    book = env.book
+    assert env.num_tasks == len(book.recipes) == 544
+    goals = [env.tasks.goals[i] for i in range(544)]
+    assert sorted(goals) == sorted(book.recipes)  # every craftable item once
+    keys = [(book.depth(g), g) for g in goals]
+    assert keys == sorted(keys)
+    # the depth boundaries that the paper's id lists rely on
+    first_of_depth = {
+        d: min(i for i, (depth, _) in enumerate(keys) if depth == d) for d in range(1, 5)
+    }
+    assert first_of_depth == {1: 0, 2: 125, 3: 416, 4: 533}
+    for task_id in ("0", "124", "125", "415", "416", "532", "533", "543"):  # sampled indices
+        goal = env.tasks.goals[int(task_id)]
+        assert env.goal_of(task_id) == goal.removeprefix("minecraft:").replace("_", " ")
+        assert env.depth_of(task_id) == book.depth(goal)
+        # the same goal as under agentr's numbering, with its own observation and expert
+        agentr = TextCraftEnv(min_depth=1)
+        same = task_of(agentr, env.goal_of(task_id))
+        assert env.reset(task_id) == agentr.reset(same)
+        assert play(env, task_id, env.expert_actions(task_id))[:2] == (1.0, True)
+    assert env.goal_of("0") == "acacia planks"  # depth 1, first item id
+
+
+def test_paper_splits_are_the_official_ids_and_disjoint():
+    env = TextCraftEnv(split_scheme="agentgym")
+    train, test = env.task_ids("train"), env.task_ids("test")
+    assert len(train) == 374 and len(test) == 100 and not set(train) & set(test)
+    assert set(test) == AGENTGYM_TEST_IDS and set(train) == AGENTGYM_TRAIN_IDS
+    assert min(map(int, train)) == 31 and max(map(int, train)) == 537
+    counts = {d: sum(env.depth_of(t) == d for t in test) for d in (1, 2, 3, 4)}
+    assert counts == {1: 31, 2: 41, 3: 25, 4: 3}
+    # ids 0-99, which some take for the test set, share 69 ids with the official train list
+    assert len(AGENTGYM_TRAIN_IDS & {str(i) for i in range(100)}) == 69
+    shallow = TextCraftEnv(split_scheme="agentgym", max_depth=1)
+    assert shallow.task_ids("test") == [str(i) for i in range(31)]
+
+
+def test_explicit_goal_lists_replace_splits_and_stay_disjoint():
+    env = TextCraftEnv(split_scheme="agentgym", test_goals=["stick", "minecraft:oak_planks"])
+    ids = [task_of(env, "stick"), task_of(env, "oak planks")]
+    assert env.task_ids("test") == ids
+    assert not set(env.task_ids("train")) & set(ids)
+    assert len(env.task_ids("train")) == 374 - sum(t in AGENTGYM_TRAIN_IDS for t in ids)
+    both = TextCraftEnv(train_goals=["chest", "stick"], test_goals=["oak planks"])
+    assert [both.goal_of(t) for t in both.task_ids("train")] == ["chest", "stick"]
+    assert [both.goal_of(t) for t in both.task_ids("test")] == ["oak planks"]
+    assert both.spawn().task_ids("train") == both.task_ids("train")
+    with pytest.raises(ValueError, match="share stick"):
+        TextCraftEnv(train_goals=["stick", "chest"], test_goals=["stick"])
+    with pytest.raises(ValueError, match="test_goals names 'diamond pickaxe handle'"):
+        TextCraftEnv(test_goals=["diamond pickaxe handle"])
+    with pytest.raises(ValueError, match="split_scheme='adapt'"):
+        TextCraftEnv(split_scheme="adapt")
+
+
+def test_datamodule_passes_the_split_options():
+    from agentr.data.datamodule import TextCraftDataModule
+
+    dm = TextCraftDataModule(split_scheme="agentgym", test_goals=["stick"])
+    env = dm.make_env()
+    assert env.split_scheme == "agentgym" and env.min_depth == 1
+    assert [env.goal_of(t) for t in env.task_ids("test")] == ["stick"]
 
 
 def test_bad_options_and_unknown_task_ids():

@@ -42,7 +42,7 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
@@ -382,22 +382,31 @@ class TextCraftDataModule(AgentRDataModule):
 
     Args:
         min_depth: shallowest crafting depth of the goals (TextCraftEnv's option; None: its
-            default, 2, or 1 when max_depth is set).
+            default, 2, or 1 when max_depth is set or split_scheme is "agentgym").
         max_depth: deepest crafting depth of the goals (None: no limit). Small models start on
             easy goals: `max_depth=2`.
         check_output_count: reject crafts that name a wrong output count.
+        split_scheme: "agentr" (agentr's task numbering and splits) or "agentgym" (AgentGym's
+            numbering and the Agent-R paper's train/test ids; see the README).
+        train_goals: explicit train goals ("oak planks", ...), replacing the scheme's train split.
+        test_goals: explicit test goals, replacing the scheme's test split.
         **kwargs: `AgentRDataModule`'s options.
     """
 
     def __init__(self, min_depth: int | None = None, max_depth: int | None = None,
-                 check_output_count: bool = False, **kwargs) -> None:
+                 check_output_count: bool = False, split_scheme: Literal["agentr", "agentgym"] = "agentr",
+                 train_goals: list[str] | None = None, test_goals: list[str] | None = None,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.min_depth, self.max_depth, self.check_output_count = min_depth, max_depth, check_output_count
+        self.split_scheme, self.train_goals, self.test_goals = split_scheme, train_goals, test_goals
 
     def make_env(self) -> Environment:
         from agentr.envs.textcraft import TextCraftEnv
 
-        return TextCraftEnv(self.min_depth, self.max_depth, self.check_output_count)
+        return TextCraftEnv(self.min_depth, self.max_depth, self.check_output_count,
+                            split_scheme=self.split_scheme, train_goals=self.train_goals,
+                            test_goals=self.test_goals)
 
     def expert_thought(self, env: Environment, task_id: str, actions: Sequence[str], step: int) -> str:
         """Thoughts that track the goal, what each command is for and the inventory."""
@@ -449,8 +458,9 @@ class HTTPDataModule(AgentRDataModule):
 
     Args:
         url: the server's base URL, e.g. "http://127.0.0.1:8000".
-        env_name: a protocol preset of `agentr.envs.http.PROTOCOLS` (e.g. "agentgym"), the
-            environment's name on an AgentGym server.
+        env_name: a protocol preset of `agentr.envs.http.PROTOCOLS` (e.g. "webshop"), the
+            environment's name on an AgentGym server (None: an agentr server's own, else
+            "agentgym").
         train_ids: train task ids (None: asked from an agentr server).
         test_ids: test task ids (None: asked from an agentr server).
         instruction: the task instruction shown before the first observation (None: an agentr
@@ -459,7 +469,7 @@ class HTTPDataModule(AgentRDataModule):
         **kwargs: `AgentRDataModule`'s options.
     """
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", env_name: str = "agentgym",
+    def __init__(self, url: str = "http://127.0.0.1:8000", env_name: str | None = None,
                  train_ids: list[str] | None = None, test_ids: list[str] | None = None,
                  instruction: str | None = None, timeout: float = 60.0, **kwargs) -> None:
         super().__init__(**kwargs)

@@ -7,30 +7,47 @@ AgentGym's environment servers (`agentenv-textcraft`, `-webshop`, `-alfworld`, `
     POST /reset  {"id": 0, "data_idx": 3} -> {"observation": "...", ...}
     POST /step   {"id": 0, "action": "…"} -> {"observation": "...", "reward": 0.0, "done": false}
     GET  /observation?id=0                -> "..."
-    POST /close  {"id": 0}                -> {"closed": true}          (not every server has it)
+    POST /close  {"id": 0}                -> true          (WebShop and ALFWorld have none)
 
 and an error is answered as `{"error": "..."}`. The field names differ a little between servers;
 `Protocol` names them, and `PROTOCOLS` holds presets (`"agentgym"` is the common one, used by
-agentr's own server, TextCraft and BabyAI; `"webshop"`, `"sciworld"`, `"alfworld"`).
+TextCraft; `"babyai"`, `"sciworld"`, `"webshop"`, `"alfworld"`).
 
-agentr's server (`agentr serve-env`) adds `GET /info` (instruction, splits), `POST /clone` and
-`POST /expert`; the client uses them when they are there. Against another server, pass
-`task_ids` and `instruction` yourself.
+agentr's server (`agentr serve-env`) adds `GET /info` (instruction, splits, its answer format),
+`POST /clone` and `POST /expert`; the client uses them when they are there, and takes the
+server's answer format as its protocol unless given one. Against another server, pass
+`protocol`, `task_ids` and `instruction` yourself.
 
-Only the standard library is used (urllib). Every request has a timeout; a refused connection and
-a 502/503/504 answer are retried a bounded number of times with exponential backoff (nothing else
-is retried, so a step is never applied twice); every failure raises `HTTPEnvError` naming the URL.
+**Deadlines and retries.** Every request has a total deadline (`timeout`, from connecting to the
+last byte of the answer, however slowly the server trickles it). A refused connection and a
+502/503/504 answer are retried a bounded number of times with exponential backoff (nothing else
+is retried, so a step is never applied twice); every failure raises `HTTPEnvError` naming the
+URL, `ServerUnreachableError` when no answer came at all. A failed `GET /info` is not
+remembered: the next use asks again.
+
+**Finished episodes.** AgentGym's BabyAI, SciWorld and ALFWorld servers answer an error to a
+step after `done`. The client never sends one: like agentr's local environments it answers
+`("The episode is over: reset to start another.", <the final reward>, True)` itself.
+
+**Server instances.** Instances are counted per server (URL and `/create` payload) in this
+process: at most `max_instances` live at once. Servers without `/close` (WebShop, ALFWorld:
+`Protocol.closes` false, or learned from a 404 answer to `/close`) cannot free an instance, so
+`close()` puts it in a pool that the next `reset` of any client of that server takes from (and
+resets) before creating a new one: a Phase I search over such a server creates at most
+`max_instances` instances in all.
+
+Only the standard library is used (http.client).
 """
 
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import socket
+import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -39,7 +56,18 @@ from agentr.envs.base import Environment, UnknownTaskError
 
 
 class HTTPEnvError(RuntimeError):
-    """A remote environment is unreachable, failed, or answered something unexpected."""
+    """A remote environment is unreachable, failed, or answered something unexpected.
+
+    `status` is the HTTP status of the answer when the server answered with an error status.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ServerUnreachableError(HTTPEnvError):
+    """No answer came: the connection was refused, timed out or was dropped."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +87,8 @@ class Protocol:
         reset_reads_observation: `/reset` answers no observation: read `GET /observation`.
         actions_field: answers' list of valid actions, appended to observations when given.
         integer_task_ids: send digit-only task ids as JSON numbers (servers declare `int`).
+        closes: the server has `POST /close` (WebShop's and ALFWorld's have not: their
+            instances are pooled and reused instead).
     """
 
     id_field: str = "id"
@@ -72,6 +102,7 @@ class Protocol:
     reset_reads_observation: bool = False
     actions_field: str | None = None
     integer_task_ids: bool = True
+    closes: bool = True
 
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -89,13 +120,72 @@ PROTOCOLS: dict[str, Protocol] = {
         reset_field="session_id",
         observation_field="state",
         reset_reads_observation=True,
+        closes=False,
     ),
     "alfworld": Protocol(
-        reset_field="game", reset_extra={"world_type": "Text"}, actions_field="available_actions"
+        reset_field="game",
+        reset_extra={"world_type": "Text"},
+        actions_field="available_actions",
+        closes=False,
     ),
 }
 
 _RETRY_STATUS = {502, 503, 504}
+#: What a step after done answers (no request is sent).
+EPISODE_OVER = "The episode is over: reset to start another."
+
+
+class InstancePool:
+    """The server instances this process holds on one server: live ones are counted, and the
+    closed ones of a server without `/close` wait in `idle` to be reset and reused."""
+
+    def __init__(self, closable: bool) -> None:
+        self.closable = closable
+        self.live = 0  # created or cloned, not closed on the server
+        self.created = 0  # `/create` calls, ever
+        self.idle: list[Any] = []
+        self.lock = threading.Lock()
+
+    def take(self) -> Any:
+        """An idle instance id, or None."""
+        with self.lock:
+            return self.idle.pop() if self.idle else None
+
+    def reserve(self, bound: int, url: str) -> None:
+        """Count one more live instance; refuse past `bound`."""
+        with self.lock:
+            if self.live >= bound:
+                raise HTTPEnvError(
+                    f"{url}: max_instances={bound} server instances are in use by this process "
+                    "and none is free; close environments you no longer need, or raise "
+                    "max_instances (WebShop's server reuses ids past 8000)"
+                )
+            self.live += 1
+
+    def unreserve(self) -> None:
+        with self.lock:
+            self.live -= 1
+
+    def release(self, env_id: Any) -> None:
+        """An instance the client is done with: idle when the server cannot close it."""
+        with self.lock:
+            if self.closable:
+                self.live -= 1
+            else:
+                self.idle.append(env_id)
+
+
+_POOLS: dict[tuple[str, str], InstancePool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def instance_pool(url: str, create_payload: Mapping[str, Any], closable: bool) -> InstancePool:
+    """The pool of the server at `url` for instances made with `create_payload`."""
+    key = (url, json.dumps(dict(create_payload), sort_keys=True))
+    with _POOLS_LOCK:
+        if key not in _POOLS:
+            _POOLS[key] = InstancePool(closable)
+        return _POOLS[key]
 
 
 class HTTPEnvironment(Environment):
@@ -103,18 +193,21 @@ class HTTPEnvironment(Environment):
 
     Args:
         url: the server's base URL, e.g. "http://127.0.0.1:8000".
-        protocol: a preset name from `PROTOCOLS`, a `Protocol`, or a dict of `Protocol` fields.
+        protocol: a preset name from `PROTOCOLS`, a `Protocol`, or a dict of `Protocol` fields;
+            default: an agentr server's answer format (`GET /info`), else "agentgym".
         task_ids: the task ids of each split, e.g. `{"train": range(0, 300), "test": range(300,
             400)}`; default: asked from an agentr server (`GET /info`).
         instruction: the task instruction; default: an agentr server's, else "".
-        timeout: seconds to wait for any one answer.
+        timeout: seconds for a whole request, from connecting to the last byte of the answer.
         retries: extra attempts after a refused connection or a 502/503/504 answer.
         backoff: seconds before the first retry; doubled for each next one.
         create_payload: the JSON body of `/create` (AgentGym's TextCraft takes `commands`, `goal`).
+        max_instances: the most server instances this process keeps live on this server (all
+            its clients together); past it, `reset` raises instead of creating another.
 
-    The server-side instance is created on the first `reset` and released by `close()`. Clones
-    use the server's `/clone` when it has one (agentr servers), else reset-and-replay on a new
-    instance: close clones you no longer need.
+    The server-side instance is created (or taken from the pool) on the first `reset` and
+    released by `close()`. Clones use the server's `/clone` when it has one (agentr servers),
+    else reset-and-replay on another instance: close clones you no longer need.
     """
 
     name = "http"
@@ -123,51 +216,61 @@ class HTTPEnvironment(Environment):
     def __init__(
         self,
         url: str,
-        protocol: str | Protocol | Mapping[str, Any] = "agentgym",
+        protocol: str | Protocol | Mapping[str, Any] | None = None,
         task_ids: Mapping[str, Iterable[Any]] | None = None,
         instruction: str | None = None,
         timeout: float = 60.0,
         retries: int = 3,
         backoff: float = 0.5,
         create_payload: Mapping[str, Any] | None = None,
+        max_instances: int = 1000,
     ) -> None:
         super().__init__()
         if "://" not in url:
             url = "http://" + url
         self.url = url.rstrip("/")
-        if isinstance(protocol, str):
-            if protocol not in PROTOCOLS:
-                raise ValueError(
-                    f"unknown protocol {protocol!r}; presets: {', '.join(sorted(PROTOCOLS))}"
-                )
-            protocol = PROTOCOLS[protocol]
-        elif isinstance(protocol, Mapping):
-            protocol = replace(PROTOCOLS["agentgym"], **dict(protocol))
-        self.protocol: Protocol = protocol
+        self._protocol = None if protocol is None else _protocol(protocol)
         self._task_ids = (
             {split: [str(t) for t in ids] for split, ids in task_ids.items()} if task_ids else None
         )
         self._instruction = instruction
+        if timeout <= 0 or retries < 0 or backoff < 0 or max_instances < 1:
+            raise ValueError(
+                f"HTTPEnvironment: need timeout > 0, retries >= 0, backoff >= 0 and "
+                f"max_instances >= 1, got timeout={timeout}, retries={retries}, "
+                f"backoff={backoff}, max_instances={max_instances}"
+            )
         self.timeout = float(timeout)
         self.retries = int(retries)
         self.backoff = float(backoff)
         self.create_payload = dict(create_payload or {})
+        self.max_instances = int(max_instances)
         self.env_id: Any = None
         self._info: dict[str, Any] | None = None
         self.observation: str | None = None
+        self._final_reward = 0.0
 
     # ---- Environment API ---------------------------------------------------------------------
     @property
+    def protocol(self) -> Protocol:
+        """The field names in use: as given, else the agentr server's, else "agentgym"."""
+        if self._protocol is None:
+            info = self.server_info(required=True)
+            name = info.get("protocol") if info else None
+            self._protocol = PROTOCOLS[name if name in PROTOCOLS else "agentgym"]
+        return self._protocol
+
+    @property
     def instruction(self) -> str:
         if self._instruction is None:
-            info = self.server_info(required=False)
+            info = self.server_info(required=True)
             self._instruction = str(info.get("instruction", "")) if info else ""
         return self._instruction
 
     def task_ids(self, split: str) -> list[str]:
         self.check_split(split)
         if self._task_ids is None:
-            info = self.server_info(required=False)
+            info = self.server_info(required=True)
             if not info or "splits" not in info:
                 raise HTTPEnvError(
                     f"the server at {self.url} does not list its tasks (it is not an agentr "
@@ -192,11 +295,14 @@ class HTTPEnvironment(Environment):
         if observation is None or p.reset_reads_observation:
             observation = self._get_observation()
         self.observation = observation
+        self._final_reward = 0.0
         return observation
 
     def _step(self, action: str) -> tuple[str, float, bool]:
         if self.env_id is None:
             raise HTTPEnvError(f"{self.url}: step() before a successful reset()")
+        if self.done:  # servers differ here (some answer an error): answer as local envs do
+            return EPISODE_OVER, self._final_reward, True
         p = self.protocol
         answer = self._request("POST", "/step", {p.id_field: self.env_id, "action": action})
         if not isinstance(answer, Mapping):
@@ -211,6 +317,7 @@ class HTTPEnvironment(Environment):
         if p.negative_is_failure and reward < 0:
             reward, done = 0.0, True
         self.observation = observation
+        self._final_reward = reward
         return observation, reward, done
 
     def clone(self) -> HTTPEnvironment:
@@ -218,24 +325,32 @@ class HTTPEnvironment(Environment):
             raise RuntimeError("clone() needs an episode in progress: call reset() first")
         info = self.server_info(required=False)
         if info and info.get("clone"):
-            answer = self._request("POST", "/clone", {self.protocol.id_field: self.env_id})
+            pool = self._pool()
+            pool.reserve(self.max_instances, self.url)
+            try:
+                answer = self._request("POST", "/clone", {self.protocol.id_field: self.env_id})
+                env_id = self._field(answer, "id", "/clone")
+            except BaseException:
+                pool.unreserve()
+                raise
             copy = self.spawn()
-            copy.env_id = self._field(answer, "id", "/clone")
+            copy.env_id = env_id
             copy.task_id, copy.actions, copy.done = self.task_id, list(self.actions), self.done
-            copy.observation = self.observation
+            copy.observation, copy._final_reward = self.observation, self._final_reward
             return copy
         return super().clone()
 
     def spawn(self) -> HTTPEnvironment:
         copy = HTTPEnvironment(
             self.url,
-            self.protocol,
+            self._protocol,
             self._task_ids,
             self._instruction,
             self.timeout,
             self.retries,
             self.backoff,
             self.create_payload,
+            self.max_instances,
         )
         copy._info = self._info
         return copy
@@ -249,35 +364,60 @@ class HTTPEnvironment(Environment):
         return None if actions is None else [str(a) for a in actions]
 
     def close(self) -> None:
-        """Release the server-side instance (servers without `/close` are left alone)."""
+        """Release the server-side instance: close it, or pool it where the server cannot."""
         if self.env_id is None:
             return
         env_id, self.env_id = self.env_id, None
-        try:
-            self._request("POST", "/close", {self.protocol.id_field: env_id}, retries=0)
-        except HTTPEnvError:
-            pass
+        pool = self._pool()
+        if pool.closable:
+            try:
+                self._request("POST", "/close", {self.protocol.id_field: env_id}, retries=0)
+            except HTTPEnvError as error:
+                if error.status in (404, 405):
+                    pool.closable = False  # learned: this server has no /close
+        pool.release(env_id)
 
     # ---- helpers -----------------------------------------------------------------------------
     def server_info(self, required: bool = True) -> dict[str, Any] | None:
-        """An agentr server's `GET /info` (name, instruction, splits, clone, expert), cached."""
+        """An agentr server's `GET /info` (name, instruction, splits, protocol, clone, expert),
+        or None for another server. Cached once the server answered; when it could not be
+        reached, `required` raises and otherwise None is returned, and the next call asks
+        again."""
         if self._info is None:
             try:
                 answer = self._request("GET", "/info")
-            except HTTPEnvError:
+            except ServerUnreachableError:
                 if required:
                     raise
+                return None
+            except HTTPEnvError:  # it answered, with an error: not an agentr server
                 answer = None
             self._info = answer if isinstance(answer, dict) and "splits" in answer else {}
         return self._info or None
 
+    def _pool(self) -> InstancePool:
+        return instance_pool(self.url, self.create_payload, self.protocol.closes)
+
     def _ensure_created(self) -> None:
         if self.env_id is not None:
             return
-        answer = self._request("POST", "/create", self.create_payload)
-        if isinstance(answer, bool) or not isinstance(answer, (int, Mapping)):
-            raise self._garbage("/create", answer)
-        self.env_id = answer if isinstance(answer, int) else self._field(answer, "id", "/create")
+        pool = self._pool()
+        reused = pool.take()
+        if reused is not None:
+            self.env_id = reused  # the caller resets it
+            return
+        pool.reserve(self.max_instances, self.url)
+        try:
+            answer = self._request("POST", "/create", self.create_payload)
+            if isinstance(answer, bool) or not isinstance(answer, (int, Mapping)):
+                raise self._garbage("/create", answer)
+            env_id = answer if isinstance(answer, int) else self._field(answer, "id", "/create")
+        except BaseException:
+            pool.unreserve()
+            raise
+        with pool.lock:
+            pool.created += 1
+        self.env_id = env_id
 
     def _get_observation(self) -> str:
         answer = self._request("GET", "/observation", query={self.protocol.id_field: self.env_id})
@@ -327,62 +467,123 @@ class HTTPEnvironment(Environment):
             if attempt:
                 time.sleep(delay)
                 delay *= 2
-            request = urllib.request.Request(url, data=data, method=method)
-            request.add_header("Accept", "application/json")
-            if data is not None:
-                request.add_header("Content-Type", "application/json")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    raw = response.read()
-            except urllib.error.HTTPError as error:
-                payload = _decode(error.read())
-                message = payload.get("error") if isinstance(payload, dict) else None
-                if error.code in _RETRY_STATUS:
-                    last = f"HTTP {error.code}" + (f": {message}" if message else "")
-                    continue
-                if isinstance(payload, dict) and payload.get("error_type") == "UnknownTaskError":
-                    raise UnknownTaskError(f"{message} (from {url})") from None
-                raise HTTPEnvError(
-                    f"{method} {url} failed with HTTP {error.code}: {message or _snippet(payload)}"
+                status, raw = _exchange(method, url, data, self.timeout)
+            except ConnectionRefusedError:
+                last = "connection refused"
+                continue
+            except TimeoutError:
+                raise ServerUnreachableError(
+                    f"{method} {url}: no complete answer within {self.timeout:g} s (timeout); "
+                    "the server is hung or overloaded. Raise `timeout` if its steps are slow."
                 ) from None
-            except urllib.error.URLError as error:
-                reason = error.reason
-                if isinstance(reason, ConnectionRefusedError):
-                    last = "connection refused"
-                    continue
-                if isinstance(reason, (TimeoutError, socket.timeout)):
-                    raise self._timeout(method, url) from None
-                raise HTTPEnvError(f"{method} {url} failed: {reason}") from None
-            except (TimeoutError, socket.timeout):
-                raise self._timeout(method, url) from None
             except (ConnectionError, http.client.HTTPException) as error:
                 # The server closed the connection mid-answer: the request may have been applied,
                 # so it is not repeated.
-                raise HTTPEnvError(
+                raise ServerUnreachableError(
                     f"{method} {url}: the server closed the connection ({error!r}); it may have "
                     "crashed or been stopped"
                 ) from None
+            except OSError as error:
+                raise ServerUnreachableError(f"{method} {url} failed: {error}") from None
             payload = _decode(raw)
+            message = payload.get("error") if isinstance(payload, dict) else None
+            if status in _RETRY_STATUS:
+                last = f"HTTP {status}" + (f": {message}" if message else "")
+                continue
+            if isinstance(payload, dict) and payload.get("error_type") == "UnknownTaskError":
+                raise UnknownTaskError(f"{message} (from {url})")
+            if status >= 400:
+                raise HTTPEnvError(
+                    f"{method} {url} failed with HTTP {status}: {message or _snippet(payload)}",
+                    status,
+                )
             if payload is _NOT_JSON:
                 raise HTTPEnvError(
                     f"{method} {url} answered something that is not JSON: {raw[:300]!r}"
                 )
             if isinstance(payload, dict) and "error" in payload and len(payload) <= 2:
-                if payload.get("error_type") == "UnknownTaskError":
-                    raise UnknownTaskError(f"{payload['error']} (from {url})")
                 raise HTTPEnvError(f"{method} {url} reported an error: {payload['error']}")
             return payload
-        raise HTTPEnvError(
+        raise ServerUnreachableError(
             f"cannot reach the environment server at {self.url} ({method} {path}): {last} after "
             f"{attempts} attempt(s). Is it running? (agentr serves its own environments with "
             "`agentr serve-env --name textcraft`.)"
         )
 
-    def _timeout(self, method: str, url: str) -> HTTPEnvError:
-        return HTTPEnvError(
-            f"{method} {url}: no answer within {self.timeout:g} s (timeout); the server is hung "
-            "or overloaded. Raise `timeout` if its steps are slow."
-        )
+
+def _protocol(protocol: str | Protocol | Mapping[str, Any]) -> Protocol:
+    if isinstance(protocol, str):
+        if protocol not in PROTOCOLS:
+            raise ValueError(
+                f"unknown protocol {protocol!r}; presets: {', '.join(sorted(PROTOCOLS))}"
+            )
+        return PROTOCOLS[protocol]
+    if isinstance(protocol, Mapping):
+        return replace(PROTOCOLS["agentgym"], **dict(protocol))
+    return protocol
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Reads a socket, each read waiting only for what is left of one overall deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock, self.deadline = sock, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
+
+
+class _DeadlineSocket:
+    """The parts of a socket that `http.client` uses, bound to one deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock, self.deadline = sock, deadline
+
+    def sendall(self, data: bytes) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        self.sock.settimeout(left)
+        self.sock.sendall(data)
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self.sock, self.deadline))
+
+    def close(self) -> None:
+        """Left to `_exchange`, which closes the socket once the answer is read (http.client
+        closes it as soon as the headers say "Connection: close")."""
+
+
+def _exchange(method: str, url: str, data: bytes | None, timeout: float) -> tuple[int, bytes]:
+    """One request, answered within `timeout` seconds in all: (status, body)."""
+    deadline = time.monotonic() + timeout
+    parts = urllib.parse.urlsplit(url)
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = kind(parts.netloc, timeout=timeout)
+    sock = None
+    try:
+        connection.connect()
+        sock = connection.sock
+        connection.sock = _DeadlineSocket(sock, deadline)  # type: ignore[assignment]
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        headers = {"Accept": "application/json", "Connection": "close"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        connection.request(method, target or "/", body=data, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+        if sock is not None:
+            sock.close()
 
 
 _NOT_JSON = object()

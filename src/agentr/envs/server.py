@@ -1,63 +1,197 @@
 """Serve any registered agentr environment over HTTP, in the AgentGym server protocol.
 
     agentr serve-env --name textcraft --port 8000
-    agentr serve-env --name textcraft --options '{"max_depth": 2}'
+    agentr serve-env --name textcraft --options '{"split_scheme": "agentgym"}'
 
 Endpoints (JSON bodies and answers; errors are `{"error": "...", "error_type": "..."}` with an
-HTTP status of 400, 404, 429 or 500):
+HTTP status of 400, 404, 408, 413, 429 or 500):
 
     GET  /                       -> "This is agentr environment textcraft."
-    POST /create                 -> {"id": 0, "observation": "", "reward": 0.0, "done": false}
-    POST /reset  {"id", "data_idx"} -> {"id", "observation", "reward": 0.0, "done": false}
-    POST /step   {"id", "action"}   -> {"observation", "reward", "done"}
+    POST /create                 -> {"id": 0, ...}
+    POST /reset  {"id", "data_idx"} -> {"observation", ...}
+    POST /step   {"id", "action"}   -> {"observation", "reward", "done", ...}
     GET  /observation?id=0       -> the last observation (a JSON string)
-    POST /close  {"id"}          -> {"closed": true}
+    POST /close  {"id"}          -> true (false when there was no such instance)
 
 agentr's own additions, which `HTTPEnvironment` uses when it finds them:
 
     GET  /info                   -> {"name", "instruction", "splits": {"train": [...], "test":
-                                     [...]}, "clone": bool, "expert": bool}
+                                     [...]}, "protocol", "clone": bool, "expert": bool}
     POST /clone  {"id"}          -> {"id": <new instance at the same state>}
     POST /expert {"id"?, "data_idx"} -> {"actions": [...] or null}
 
-Every `/create` builds a new environment with `make_env(name, **options)`; one lock per instance
-orders its requests. Uses only the standard library (`http.server.ThreadingHTTPServer`).
+**Answer formats.** The fields of `/create`, `/reset` and `/step`, and how `data_idx` picks a
+task, follow the AgentGym server of the same environment (`ANSWER_FORMATS`; chosen by the
+environment's name, or `answer_format`), so that AgentGym's own clients work unchanged:
+
+- "textcraft" (also "agentgym", for other environments): `/create` and `/reset` answer `id`,
+  `observation`, `reward` 0, `done` false; `/step` answers `observation`, `reward`, `done`. An
+  integer `data_idx` wraps modulo the task count (544), as AgentGym's server does.
+- "sciworld": `/create` answers `id`; `/reset` answers `task_description` (the first line of
+  the first observation), `observation` (the rest), `reward`, `score`, `done`; `/step` answers
+  `observation`, `reward` (the change of score), `score` (the reward x 100, ScienceWorld's
+  0..100) and `done`. An integer `data_idx` is an index into AgentGym's list of games (every
+  variation of every task but 5-1, 5-2, 9-1, 9-2, 9-3, 10-1, 10-2, in task-code order); past
+  its end is an error, as there; "boil:3" names a task directly.
+- "babyai": `/create` answers `id`; `/reset` and `/step` answer `observation`, `reward`,
+  `score` (= the reward), `done`.
+
+`data_idx` must be an integer or a string, `id` an integer (or digits): anything else is a 400.
+
+**Limits.** Every `/create` and `/clone` builds a new environment (`make_env(name, **options)`);
+at most `max_envs` are open at once (429 past it). A request body is at most `max_body_bytes`
+(413), and must arrive within `request_timeout` seconds (408; an idle keep-alive connection is
+dropped after as long), so no client can hold a handler thread forever. One lock per instance
+orders its requests. There is no authentication: anyone who can reach the port can run
+environments, so the server listens on loopback unless told otherwise, and warns when not.
+Uses only the standard library (`http.server.ThreadingHTTPServer`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 import threading
+import time
 import traceback
 import urllib.parse
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from agentr.envs.base import SPLITS, Environment, UnknownTaskError
 from agentr.envs.registry import make_env
 
+logger = logging.getLogger(__name__)
+
 
 class _Failure(Exception):
-    def __init__(self, status: int, message: str, error_type: str = "Error") -> None:
+    def __init__(self, status: int, message: str, error_type: str = "BadRequest") -> None:
         super().__init__(message)
         self.status, self.message, self.error_type = status, message, error_type
 
 
+# ------------------------------------------------------------------------------------------------
+# Answer formats
+# ------------------------------------------------------------------------------------------------
+#: ScienceWorld task codes that AgentGym's SciWorld server leaves out of its list of games.
+AGENTGYM_SCIWORLD_SKIPPED = frozenset({"5-1", "5-2", "9-1", "9-2", "9-3", "10-1", "10-2"})
+
+
+@dataclass(frozen=True)
+class AnswerFormat:
+    """How one AgentGym server shapes its answers and reads `data_idx`.
+
+    Attributes:
+        name: the format's name (also the `HTTPEnvironment` protocol preset that reads it).
+        create_observation: `/create` answers `observation`, `reward`, `done` besides `id`.
+        score_scale: answers carry `score` = reward x this (None: no `score` field).
+        task_description: `/reset` answers the first line of the observation apart.
+        wrap_task_ids: an integer `data_idx` wraps modulo the environment's task count.
+        sciworld_numbering: an integer `data_idx` indexes AgentGym's SciWorld games.
+    """
+
+    name: str
+    create_observation: bool = False
+    score_scale: float | None = None
+    task_description: bool = False
+    wrap_task_ids: bool = False
+    sciworld_numbering: bool = False
+
+    def task_id(self, env: Environment, data_idx: Any) -> str:
+        """The environment's task id for a request's `data_idx`."""
+        if isinstance(data_idx, bool) or not isinstance(data_idx, (int, str)):
+            raise _Failure(400, f"'data_idx' must be an integer or a string, got {data_idx!r}")
+        if not isinstance(data_idx, int):
+            return data_idx
+        if self.sciworld_numbering:
+            return _sciworld_task_id(data_idx)
+        count = getattr(env, "num_tasks", None)
+        if self.wrap_task_ids and isinstance(count, int) and count > 0:
+            return str(data_idx % count)
+        return str(data_idx)
+
+    def created(self, env_id: int) -> dict[str, Any]:
+        if self.create_observation:
+            return {"id": env_id, "observation": "", "reward": 0, "done": False}
+        return {"id": env_id}
+
+    def reset(self, env_id: int, observation: str) -> dict[str, Any]:
+        answer: dict[str, Any] = {"id": env_id}
+        if self.task_description:
+            description, _, observation = observation.partition("\n")
+            answer["task_description"] = description
+        answer.update(observation=observation, reward=0, done=False)
+        if self.score_scale is not None:
+            answer["score"] = 0
+        return answer
+
+    def step(self, observation: str, reward: float, done: bool, before: float) -> dict[str, Any]:
+        """`before` is the reward of the previous answer (SciWorld's `reward` is the change)."""
+        if self.score_scale is None:
+            return {"observation": observation, "reward": reward, "done": done}
+        score = round(reward * self.score_scale, 6)
+        change = round((reward - before) * self.score_scale, 6) if self.task_description else reward
+        return {"observation": observation, "reward": change, "score": score, "done": done}
+
+
+ANSWER_FORMATS: dict[str, AnswerFormat] = {
+    "agentgym": AnswerFormat("agentgym", create_observation=True, wrap_task_ids=True),
+    "textcraft": AnswerFormat("textcraft", create_observation=True, wrap_task_ids=True),
+    "babyai": AnswerFormat("babyai", score_scale=1.0),
+    "sciworld": AnswerFormat(
+        "sciworld", score_scale=100.0, task_description=True, sciworld_numbering=True
+    ),
+}
+
+
+def _sciworld_task_id(index: int) -> str:
+    from agentr.envs.sciworld import TASKS
+
+    games = [
+        (name, total) for name, (code, total, *_rest) in TASKS.items()
+        if code not in AGENTGYM_SCIWORLD_SKIPPED
+    ]  # fmt: skip
+    count = sum(total for _name, total in games)
+    if not 0 <= index < count:
+        raise UnknownTaskError(
+            f"unknown SciWorld game {index}: AgentGym's numbering has games 0 to {count - 1}"
+        )
+    for name, total in games:
+        if index < total:
+            return f"{name}:{index}"
+        index -= total
+    raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------------------------------------
+# The service
+# ------------------------------------------------------------------------------------------------
 class _Instance:
     def __init__(self, env: Environment) -> None:
         self.env = env
         self.lock = threading.Lock()
         self.observation = ""
+        self.reward = 0.0  # of the last answer
 
 
 class EnvService:
-    """The protocol's state: environment instances by id, created by `factory`."""
+    """The protocol's state: environment instances by id, created by `factory`, answered in
+    `answer_format`."""
 
-    def __init__(self, name: str, factory: Callable[[], Environment], max_envs: int = 1024) -> None:
+    def __init__(
+        self,
+        name: str,
+        factory: Callable[[], Environment],
+        max_envs: int = 1024,
+        answer_format: AnswerFormat | None = None,
+    ) -> None:
         self.name = name
         self.factory = factory
         self.max_envs = max_envs
+        self.format = answer_format or ANSWER_FORMATS["agentgym"]
         self.instances: dict[int, _Instance] = {}
         self.lock = threading.Lock()
         self.next_id = 0
@@ -97,100 +231,104 @@ class EnvService:
             "name": self.name,
             "instruction": env.instruction,
             "splits": {split: env.task_ids(split) for split in SPLITS},
+            "protocol": self.format.name,
             "clone": True,
             "expert": type(env).expert_actions is not Environment.expert_actions,
         }
 
     def create(self) -> dict[str, Any]:
-        with self.lock:
-            if len(self.instances) >= self.max_envs:
-                raise _Failure(
-                    429,
-                    f"{len(self.instances)} environments are open (the limit): close some with "
-                    "POST /close",
-                    "TooManyEnvironments",
-                )
-        env = self.factory()
-        with self.lock:
-            env_id = self.next_id
-            self.next_id += 1
-            self.instances[env_id] = _Instance(env)
-        return {"id": env_id, "observation": "", "reward": 0.0, "done": False}
+        self._check_room()
+        return self.format.created(self._add(_Instance(self.factory())))
 
     def reset(self, body: Any) -> dict[str, Any]:
         instance, env_id = self._instance(body)
-        task_id = _require(body, "data_idx")
+        raw = _require(body, "data_idx")
         with instance.lock:
             try:
-                observation = instance.env.reset(str(task_id))
+                observation = instance.env.reset(self.format.task_id(instance.env, raw))
             except UnknownTaskError as error:
                 raise _Failure(404, str(error), "UnknownTaskError") from None
-            instance.observation = observation
-        return {"id": env_id, "observation": observation, "reward": 0.0, "done": False}
+            instance.observation, instance.reward = observation, 0.0
+        return self.format.reset(env_id, observation)
 
     def step(self, body: Any) -> dict[str, Any]:
         instance, _ = self._instance(body)
         action = _require(body, "action")
         if not isinstance(action, str):
-            raise _Failure(400, f"'action' must be a string, got {action!r}", "BadRequest")
+            raise _Failure(400, f"'action' must be a string, got {action!r}")
         with instance.lock:
             if instance.env.task_id is None:
-                raise _Failure(400, "step before reset: POST /reset first", "BadRequest")
+                raise _Failure(400, "step before reset: POST /reset first")
             observation, reward, done = instance.env.step(action)
-            instance.observation = observation
-        return {"observation": observation, "reward": reward, "done": done}
+            before, instance.observation, instance.reward = instance.reward, observation, reward
+        return self.format.step(observation, reward, done, before)
 
     def get_observation(self, query: Mapping[str, str]) -> str:
         instance, _ = self._instance(query)
         return instance.observation
 
-    def close(self, body: Any) -> dict[str, Any]:
+    def close(self, body: Any) -> bool:
         _, env_id = self._instance(body)
         with self.lock:
             instance = self.instances.pop(env_id, None)
         if instance is not None:
             with instance.lock:
                 instance.env.close()
-        return {"closed": instance is not None}
+        return instance is not None
 
     def clone(self, body: Any) -> dict[str, Any]:
         instance, _ = self._instance(body)
+        self._check_room()
         with instance.lock:
             if instance.env.task_id is None:
-                raise _Failure(400, "clone before reset: POST /reset first", "BadRequest")
+                raise _Failure(400, "clone before reset: POST /reset first")
             copy = _Instance(instance.env.clone())
-            copy.observation = instance.observation
-        with self.lock:
-            env_id = self.next_id
-            self.next_id += 1
-            self.instances[env_id] = copy
-        return {"id": env_id}
+            copy.observation, copy.reward = instance.observation, instance.reward
+        return {"id": self._add(copy)}
 
     def expert(self, body: Any) -> dict[str, Any]:
-        task_id = str(_require(body, "data_idx"))
+        raw = _require(body, "data_idx")
         if isinstance(body, Mapping) and "id" in body:
             instance, _ = self._instance(body)
             with instance.lock:
-                actions = self._expert(instance.env, task_id)
+                actions = self._expert(instance.env, raw)
         else:
             env = self.prototype()
             with self._prototype_lock:
-                actions = self._expert(env, task_id)
+                actions = self._expert(env, raw)
         return {"actions": actions}
 
-    @staticmethod
-    def _expert(env: Environment, task_id: str) -> list[str] | None:
+    def _expert(self, env: Environment, raw: Any) -> list[str] | None:
         try:
-            return env.expert_actions(task_id)
+            return env.expert_actions(self.format.task_id(env, raw))
         except UnknownTaskError as error:
             raise _Failure(404, str(error), "UnknownTaskError") from None
 
+    def _full(self) -> _Failure:
+        return _Failure(
+            429,
+            f"{self.max_envs} environments are open (max_envs): close some with POST /close",
+            "TooManyEnvironments",
+        )
+
+    def _check_room(self) -> None:
+        with self.lock:
+            if len(self.instances) >= self.max_envs:
+                raise self._full()
+
+    def _add(self, instance: _Instance) -> int:
+        """Register `instance` under a new id; refuse (and close it) past `max_envs`."""
+        with self.lock:
+            if len(self.instances) < self.max_envs:
+                env_id = self.next_id
+                self.next_id += 1
+                self.instances[env_id] = instance
+                return env_id
+        instance.env.close()  # other requests took the last places while this one was built
+        raise self._full()
+
     def _instance(self, body: Any) -> tuple[_Instance, int]:
-        raw = _require(body, "id")
-        try:
-            env_id = int(raw)
-        except (TypeError, ValueError):
-            raise _Failure(400, f"'id' must be an integer, got {raw!r}", "BadRequest") from None
+        env_id = _env_id(_require(body, "id"))
         with self.lock:
             instance = self.instances.get(env_id)
         if instance is None:
@@ -213,13 +351,31 @@ class EnvService:
 
 def _require(body: Any, key: str) -> Any:
     if not isinstance(body, Mapping) or key not in body:
-        raise _Failure(400, f"missing field {key!r} in {body!r}", "BadRequest")
+        raise _Failure(400, f"missing field {key!r} in {str(body)[:200]}")
     return body[key]
 
 
+def _env_id(raw: Any) -> int:
+    """An instance id: a JSON integer, or digits (query parameters are text). Not 0.9, not true."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().isdigit():
+        return int(raw)
+    raise _Failure(400, f"'id' must be an integer, got {raw!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# HTTP
+# ------------------------------------------------------------------------------------------------
 class _Handler(BaseHTTPRequestHandler):
     server: EnvHTTPServer
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        # The socket timeout (StreamRequestHandler applies `timeout`): an idle or stalled
+        # connection is dropped instead of holding its thread.
+        self.timeout = self.server.request_timeout
+        super().setup()
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         self._serve("GET")
@@ -231,14 +387,7 @@ class _Handler(BaseHTTPRequestHandler):
         parsed = urllib.parse.urlsplit(self.path)
         query = dict(urllib.parse.parse_qsl(parsed.query))
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            try:
-                body = json.loads(raw) if raw.strip() else {}
-            except ValueError:
-                raise _Failure(
-                    400, f"the request body is not JSON: {raw[:200]!r}", "BadRequest"
-                ) from None
+            body = self._read_json()
             status, payload = 200, self.server.service.handle(method, parsed.path, query, body)
         except _Failure as failure:
             status, payload = (
@@ -253,8 +402,62 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
+
+    def _read_json(self) -> Any:
+        text = self.headers.get("Content-Length")
+        if text is None or not text.strip():
+            return {}
+        if not text.strip().isdigit():
+            self.close_connection = True  # the body's end is unknown: the stream is unusable
+            raise _Failure(400, f"bad Content-Length {text!r}: expected a number of bytes")
+        length = int(text)
+        limit = self.server.max_body_bytes
+        if length > limit:
+            self.close_connection = True
+            raise _Failure(
+                413, f"request body of {length} bytes; the limit is {limit}", "BodyTooLarge"
+            )
+        raw = self._read_body(length)
+        if not raw.strip():
+            return {}
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise _Failure(400, f"the request body is not JSON: {raw[:200]!r}") from None
+
+    def _read_body(self, length: int) -> bytes:
+        """`length` bytes, all of them within `request_timeout` (not per read)."""
+        deadline = time.monotonic() + self.server.request_timeout
+        chunks, got = [], 0
+        try:
+            while got < length:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self.connection.settimeout(left)
+                chunk = self.rfile.read1(length - got)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+        except TimeoutError:
+            self.close_connection = True
+            raise _Failure(
+                408,
+                f"the request body did not arrive within {self.server.request_timeout:g} s "
+                f"({got} of {length} bytes, as its Content-Length says)",
+                "RequestTimeout",
+            ) from None
+        finally:
+            self.connection.settimeout(self.server.request_timeout)
+        if got < length:
+            self.close_connection = True
+            raise _Failure(400, f"the request body ended after {got} of {length} bytes")
+        return b"".join(chunks)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         if self.server.verbose:
@@ -266,9 +469,18 @@ class EnvHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], service: EnvService, verbose: bool = False):
+    def __init__(
+        self,
+        address: tuple[str, int],
+        service: EnvService,
+        verbose: bool = False,
+        max_body_bytes: int = 1 << 20,
+        request_timeout: float = 30.0,
+    ):
         self.service = service
         self.verbose = verbose
+        self.max_body_bytes = max_body_bytes
+        self.request_timeout = request_timeout
         super().__init__(address, _Handler)
 
     @property
@@ -281,6 +493,16 @@ class EnvHTTPServer(ThreadingHTTPServer):
         self.service.shutdown()
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` names only this machine ("localhost", 127.x, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def make_server(
     name: str,
     host: str = "127.0.0.1",
@@ -288,12 +510,38 @@ def make_server(
     options: Mapping[str, Any] | None = None,
     max_envs: int = 1024,
     verbose: bool = False,
+    answer_format: str | None = None,
+    max_body_bytes: int = 1 << 20,
+    request_timeout: float = 30.0,
 ) -> EnvHTTPServer:
-    """A server (not yet serving) for environment `name`; port 0 picks a free port."""
+    """A server (not yet serving) for environment `name`; port 0 picks a free port. See
+    `serve_command` for the arguments."""
+    chosen = answer_format or (name if name in ANSWER_FORMATS else "agentgym")
+    if chosen not in ANSWER_FORMATS:
+        raise ValueError(
+            f"serve-env: answer_format={chosen!r}; expected one of {', '.join(ANSWER_FORMATS)}"
+        )
+    for setting, value in (("max_envs", max_envs), ("max_body_bytes", max_body_bytes)):
+        if value < 1:
+            raise ValueError(f"serve-env: {setting}={value}; it must be at least 1")
+    if request_timeout <= 0:
+        raise ValueError(f"serve-env: request_timeout={request_timeout}; it must be > 0 seconds")
     kwargs = dict(options or {})
     make_env(name, **kwargs).close()  # fail now, not on the first /create, on a bad name/option
-    service = EnvService(name, lambda: make_env(name, **kwargs), max_envs=max_envs)
-    return EnvHTTPServer((host, port), service, verbose=verbose)
+    service = EnvService(
+        name, lambda: make_env(name, **kwargs), max_envs, ANSWER_FORMATS[chosen]
+    )
+    if not is_loopback(host):
+        logger.warning(
+            "serve-env listens on %s: the server has no authentication, so anyone who can "
+            "reach port %s can create and play environments on this machine",
+            host,
+            port,
+        )
+    return EnvHTTPServer(
+        (host, port), service, verbose, max_body_bytes=max_body_bytes,
+        request_timeout=request_timeout,
+    )  # fmt: skip
 
 
 def serve_command(
@@ -303,22 +551,38 @@ def serve_command(
     options: dict[str, Any] | None = None,
     max_envs: int = 1024,
     verbose: bool = False,
+    answer_format: str | None = None,
+    max_body_bytes: int = 1 << 20,
+    request_timeout: float = 30.0,
 ) -> None:
     """Serve an agentr environment over HTTP in the AgentGym protocol, until interrupted.
 
+    The server has NO authentication: anyone who can reach its port can create and play
+    environments. It listens on loopback (127.0.0.1) by default and warns when told otherwise.
+
     Args:
         name: a registered environment ("textcraft", "sciworld").
-        host: the interface to listen on; loopback by default (the protocol has no
-            authentication: expose it only on networks you trust).
+        host: the interface to listen on; loopback by default (no authentication: expose it
+            only on networks you trust).
         port: the port (0 picks a free one).
-        options: constructor options of the environment, e.g. {"max_depth": 2}.
-        max_envs: the most environment instances open at once.
+        options: constructor options of the environment, e.g. {"split_scheme": "agentgym"}.
+        max_envs: the most environment instances open at once (`/create` and `/clone`).
         verbose: log every request.
+        answer_format: the AgentGym server whose answers to imitate: "textcraft", "sciworld",
+            "babyai" or "agentgym"; default: the environment's name when it is one of them,
+            else "agentgym".
+        max_body_bytes: the largest request body accepted (413 past it).
+        request_timeout: seconds a request body may take to arrive, and an idle connection
+            may stay open (408 past it).
     """
-    server = make_server(name, host, port, options, max_envs, verbose)
+    server = make_server(
+        name, host, port, options, max_envs, verbose, answer_format, max_body_bytes,
+        request_timeout,
+    )  # fmt: skip
     print(
-        f"Serving agentr environment {name!r} at {server.url} (AgentGym protocol: /create "
-        "/reset /step /observation /close; agentr extras: /info /clone /expert). Ctrl-C stops.",
+        f"Serving agentr environment {name!r} at {server.url} (AgentGym protocol, "
+        f"{server.service.format.name} answers: /create /reset /step /observation /close; agentr "
+        "extras: /info /clone /expert). No authentication. Ctrl-C stops.",
         flush=True,
     )
     try:

