@@ -591,3 +591,15 @@ def test_non_loopback_bind_warns_and_help_says_no_authentication(monkeypatch, ca
     with pytest.raises(SystemExit):
         main(["serve-env", "--help"])
     assert "no authentication" in " ".join(capsys.readouterr().out.split()).lower()
+
+
+def test_pooled_instances_of_a_restarted_server_are_replaced():
+    service = WebShopLikeService("toy", ToyEnv)
+    with serving(service) as server:
+        remote = client(server.url, task_ids={"train": ["t0"], "test": []}, instruction="")
+        remote.reset("t0")
+        remote.close()  # learns that there is no /close: the instance is pooled
+        service.instances.clear()  # as if the server had restarted
+        again = client(server.url, task_ids={"train": ["t0"], "test": []}, instruction="")
+        assert again.reset("t0").startswith("Task t0")
+        assert service.calls["/create"] == 2

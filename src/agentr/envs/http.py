@@ -166,6 +166,8 @@ class InstancePool:
         with self.lock:
             self.live -= 1
 
+    forget = unreserve  # an instance that the server lost
+
     def release(self, env_id: Any) -> None:
         """An instance the client is done with: idle when the server cannot close it."""
         with self.lock:
@@ -280,10 +282,19 @@ class HTTPEnvironment(Environment):
         return list(self._task_ids.get(split, []))
 
     def _reset(self, task_id: str) -> str:
-        self._ensure_created()
+        reused = self._ensure_created()
         p = self.protocol
         body = {p.id_field: self.env_id, p.reset_field: self._wire_task(task_id), **p.reset_extra}
-        answer = self._request("POST", "/reset", body)
+        try:
+            answer = self._request("POST", "/reset", body)
+        except HTTPEnvError as error:
+            if not reused or isinstance(error, ServerUnreachableError):
+                raise
+            # a pooled instance the server no longer knows (it was restarted): make a new one
+            self._pool().forget()
+            self.env_id = None
+            self._ensure_created()
+            answer = self._request("POST", "/reset", {**body, p.id_field: self.env_id})
         observation = None
         if isinstance(answer, Mapping) and not p.reset_reads_observation:
             observation = self._field(answer, p.observation_field, "/reset")
@@ -398,14 +409,15 @@ class HTTPEnvironment(Environment):
     def _pool(self) -> InstancePool:
         return instance_pool(self.url, self.create_payload, self.protocol.closes)
 
-    def _ensure_created(self) -> None:
+    def _ensure_created(self) -> bool:
+        """Make sure this client holds an instance; True when it came from the pool."""
         if self.env_id is not None:
-            return
+            return False
         pool = self._pool()
         reused = pool.take()
         if reused is not None:
             self.env_id = reused  # the caller resets it
-            return
+            return True
         pool.reserve(self.max_instances, self.url)
         try:
             answer = self._request("POST", "/create", self.create_payload)
@@ -418,6 +430,7 @@ class HTTPEnvironment(Environment):
         with pool.lock:
             pool.created += 1
         self.env_id = env_id
+        return False
 
     def _get_observation(self) -> str:
         answer = self._request("GET", "/observation", query={self.protocol.id_field: self.env_id})
