@@ -142,7 +142,6 @@ class InstancePool:
     def __init__(self, closable: bool) -> None:
         self.closable = closable
         self.live = 0  # created or cloned, not closed on the server
-        self.created = 0  # `/create` calls, ever
         self.idle: list[Any] = []
         self.lock = threading.Lock()
 
@@ -427,8 +426,6 @@ class HTTPEnvironment(Environment):
         except BaseException:
             pool.unreserve()
             raise
-        with pool.lock:
-            pool.created += 1
         self.env_id = env_id
         return False
 
