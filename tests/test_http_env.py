@@ -400,6 +400,11 @@ def test_agentgym_sciworld_and_babyai_clients_read_their_fields():
             scores = [remote.step(a)[1] for a in ("look", "progress", "progress", "finish")]
             scale = 100 if kind == "sciworld" else 1
             assert scores == [0, 0.25 * scale, 0.5 * scale, 1.0 * scale]
+            remote.reset(data_idx)
+            rewards = [_post(server.url, "/step", {"id": remote.env_id, "action": a})["reward"]
+                       for a in ("progress", "progress", "finish")]
+            # SciWorld's reward is the change of score; BabyAI's is the reward itself
+            assert rewards == ([25, 25, 50] if kind == "sciworld" else [0.25, 0.5, 1.0])
             # agentr's client reads the same server through the preset /info names
             mine = client(server.url)
             assert mine.protocol == PROTOCOLS[kind]

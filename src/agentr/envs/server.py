@@ -88,6 +88,8 @@ class AnswerFormat:
         name: the format's name (also the `HTTPEnvironment` protocol preset that reads it).
         create_observation: `/create` answers `observation`, `reward`, `done` besides `id`.
         score_scale: answers carry `score` = reward x this (None: no `score` field).
+        reward_is_change: `/step`'s `reward` is the change of `score` (SciWorld's), not the
+            reward.
         task_description: `/reset` answers the first line of the observation apart.
         wrap_task_ids: an integer `data_idx` wraps modulo the environment's task count.
         sciworld_numbering: an integer `data_idx` indexes AgentGym's SciWorld games.
@@ -96,6 +98,7 @@ class AnswerFormat:
     name: str
     create_observation: bool = False
     score_scale: float | None = None
+    reward_is_change: bool = False
     task_description: bool = False
     wrap_task_ids: bool = False
     sciworld_numbering: bool = False
@@ -133,8 +136,9 @@ class AnswerFormat:
         if self.score_scale is None:
             return {"observation": observation, "reward": reward, "done": done}
         score = round(reward * self.score_scale, 6)
-        change = round((reward - before) * self.score_scale, 6) if self.task_description else reward
-        return {"observation": observation, "reward": change, "score": score, "done": done}
+        if self.reward_is_change:
+            reward = round((reward - before) * self.score_scale, 6)
+        return {"observation": observation, "reward": reward, "score": score, "done": done}
 
 
 ANSWER_FORMATS: dict[str, AnswerFormat] = {
@@ -142,7 +146,11 @@ ANSWER_FORMATS: dict[str, AnswerFormat] = {
     "textcraft": AnswerFormat("textcraft", create_observation=True, wrap_task_ids=True),
     "babyai": AnswerFormat("babyai", score_scale=1.0),
     "sciworld": AnswerFormat(
-        "sciworld", score_scale=100.0, task_description=True, sciworld_numbering=True
+        "sciworld",
+        score_scale=100.0,
+        reward_is_change=True,
+        task_description=True,
+        sciworld_numbering=True,
     ),
 }
 
