@@ -85,6 +85,19 @@ def epoch_plan(iterations: int, epochs: list[int], warm_start_epochs: int = 0) -
     return plan
 
 
+def numeric_items(stats: dict, prefix: str) -> dict[str, float]:
+    """The numbers of a nested stats dict as flat logger metrics, keys joined with "/"
+    (`{"verdicts": {"Bad": 3}}` -> `{"<prefix>/verdicts/Bad": 3}`); None and text are left out."""
+    out: dict[str, float] = {}
+    for key, value in stats.items():
+        name = f"{prefix}/{key}"
+        if isinstance(value, dict):
+            out.update(numeric_items(value, name))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = value
+    return out
+
+
 def iteration_steps(epochs: int, batches: int, world_size: int = 1, accumulate: int = 1) -> int:
     """Optimizer steps of an iteration: `batches` (all ranks) are sharded, then accumulated."""
     per_rank = math.ceil(batches / world_size)  # the distributed sampler pads the last rank
@@ -217,8 +230,7 @@ class AgentRIterations(Callback):
 
         stats_path = Path(dataset).parent / "stats.json"
         if stats_path.exists() and trainer.is_global_zero:
-            stats = json.loads(stats_path.read_text())
-            numbers = {f"phase1/{k}": v for k, v in stats.items() if isinstance(v, (int, float))}
+            numbers = numeric_items(json.loads(stats_path.read_text()), "phase1")
             for logger in trainer.loggers:
                 logger.log_metrics({**numbers, "iteration": iteration}, step=trainer.global_step)
         for logger in trainer.loggers:

@@ -8,7 +8,8 @@ import random
 from collections.abc import Callable, Sequence
 
 from agentr.agent.conversation import HEADER_LEN, parse_action
-from agentr.engines.base import Conversation, Engine, Generation, SamplingConfig
+from agentr.engines.base import Choice, Conversation, Engine, Generation, SamplingConfig
+from agentr.engines.common import best_choice
 from agentr.envs.base import Environment
 from agentr.search.critique import VERIFIER_PROMPT
 
@@ -42,18 +43,22 @@ def content_rng(conversation: Conversation) -> random.Random:
 
 
 class ScriptedEngine(Engine):
-    """Replies by rule: `policy(conversation, n)` -> n texts, `judge(conversation)` -> text.
+    """Replies by rule: `policy(conversation, n)` -> n texts, `judge(conversation)` -> text,
+    `force(conversation, prefix, choices)` -> one log-probability per choice (`choose`).
 
-    Records every call as (kind, number of conversations, sampling) in `calls` and its prompts
-    in `batches`; with `fail_after=k` the (k+1)-th call raises `Killed`.
+    Records every call as (kind, number of conversations, sampling) in `calls` ("force" with
+    sampling None for `choose`) and its prompts in `batches` (`choose`: (conversation, prefix)
+    pairs); with `fail_after=k` the (k+1)-th call raises `Killed`.
     """
 
     def __init__(self, policy: Callable[[Conversation, int], list[str]],
                  judge: Callable[[Conversation], str] | None = None,
-                 fail_after: int | None = None, max_model_len: int = 100_000):
+                 fail_after: int | None = None, max_model_len: int = 100_000,
+                 force: Callable[[Conversation, str, Sequence[str]], list[float]] | None = None):
         super().__init__()
         self.policy = policy
         self.judge = judge or (lambda c: "Looks fine.\nJudgment: Good")
+        self.force = force or (lambda c, prefix, choices: [-float(i) for i in range(len(choices))])
         self.fail_after = fail_after
         self._max_model_len = max_model_len
         self.calls: list[tuple[str, int, SamplingConfig]] = []
@@ -86,6 +91,15 @@ class ScriptedEngine(Engine):
                 assert len(texts) == sampling.n
             out.append([Generation(t, len(t.split())) for t in texts])
         return out
+
+    def choose(self, conversations: Sequence[Conversation], prefixes: Sequence[str],
+               choices: Sequence[str]) -> list[Choice]:
+        if self.fail_after is not None and len(self.calls) >= self.fail_after:
+            raise Killed(f"killed at call {len(self.calls) + 1}")
+        assert all(is_verifier(c) for c in conversations)
+        self.calls.append(("force", len(conversations), None))
+        self.batches.append([(list(c), p) for c, p in zip(conversations, prefixes)])
+        return [best_choice(choices, self.force(c, p, choices)) for c, p in zip(conversations, prefixes)]
 
     def load_adapter(self, path: str | None) -> None:
         pass
@@ -146,6 +160,15 @@ class CloneToyEnv(ToyEnv):
         return copy
 
 
+class LabelledToyEnv(CloneToyEnv):
+    """`CloneToyEnv` with ground truth: every action but `good` is a mistake."""
+
+    labels_mistakes = True
+
+    def label_mistakes(self, task_id: str, actions: Sequence[str]) -> list[bool]:
+        return [a.strip().lower() != "good" for a in actions]
+
+
 def toy_policy(weights: dict[str, float] | None = None) -> Callable[[Conversation, int], list[str]]:
     """Samples n actions of the toy game by `weights`, from a prompt-seeded random source."""
     weights = weights or {"good": 3, "noop": 2, "lose": 1, "half": 1, "boom": 0.5}
@@ -156,6 +179,17 @@ def toy_policy(weights: dict[str, float] | None = None) -> Callable[[Conversatio
         return [reply(a, thought="try " + a) for a in rng.choices(names, weights=w, k=n)]
 
     return policy
+
+
+def force_bad_on(*bad_actions: str) -> Callable[[Conversation, str, Sequence[str]], list[float]]:
+    """Forced verdicts (choices " Good", " Bad", " Uncertain"): Bad exactly for the given
+    actions, Good otherwise."""
+
+    def force(conversation: Conversation, prefix: str, choices: Sequence[str]) -> list[float]:
+        best = " Bad" if latest_action(conversation) in bad_actions else " Good"
+        return [0.0 if c == best else -2.0 for c in choices]
+
+    return force
 
 
 def judge_bad_on(*bad_actions: str) -> Callable[[Conversation], str]:

@@ -16,6 +16,8 @@ from search_fakes import (
     ToyEnv,
     actions_so_far,
     content_rng,
+    LabelledToyEnv,
+    force_bad_on,
     judge_bad_on,
     reply,
     toy_policy,
@@ -98,7 +100,7 @@ def test_each_engine_call_batches_the_trees(tmp_path):
     assert all(c[2].n == 4 and c[2].temperature == 1.0 for c in expand_calls)
     judge_calls = [c for c in engine.calls if c[0] == "judge"]
     assert judge_calls and all(c[2].temperature == 0.0 and c[2].n == 1 for c in judge_calls)
-    assert result.stats["engine_calls"] == {"expand": len(expand_calls), "judge": len(judge_calls)}
+    assert result.stats["engine_calls"] == {"expand": len(expand_calls), "judge": len(judge_calls), "force": 0}
 
 
 def test_batch_composition_does_not_change_the_dataset(tmp_path):
@@ -110,9 +112,10 @@ def test_batch_composition_does_not_change_the_dataset(tmp_path):
 
 def test_modes_differ_as_specified(tmp_path):
     runs = {}
-    for mode in ("agent_r", "direct_revision", "optimal"):
-        engine, result = _collect(tmp_path / mode, mode=mode)
-        runs[mode] = (engine, list(read_jsonl(result.dataset)))
+    settings = {"agent_r": {}, "direct_revision": {"transition": "end"}, "optimal": {"mode": "optimal"}}
+    for name, config in settings.items():
+        engine, result = _collect(tmp_path / name, **config)
+        runs[name] = (engine, list(read_jsonl(result.dataset)))
     # optimal: good trajectories only, no critique
     engine, data = runs["optimal"]
     assert data and all(t.kind == "good" for t in data)
@@ -121,7 +124,8 @@ def test_modes_differ_as_specified(tmp_path):
     engine, data = runs["direct_revision"]
     revisions = [t for t in data if t.kind == "revision"]
     assert revisions and all(t.meta["transition_step"] == t.meta["bad_turns"] for t in revisions)
-    assert not any(c[0] == "judge" for c in engine.calls)
+    assert all(t.meta["transition_source"] == "end" for t in revisions)
+    assert not any(c[0] in ("judge", "force") for c in engine.calls)
     # agent_r: the same pairs, cut earlier where the verifier found a Bad step
     engine, data = runs["agent_r"]
     agent_r = [t for t in data if t.kind == "revision"]
@@ -130,6 +134,9 @@ def test_modes_differ_as_specified(tmp_path):
         [(t.id, t.meta["divergence_step"]) for t in revisions]
     assert all(a.meta["transition_step"] <= d.meta["transition_step"] for a, d in zip(agent_r, revisions))
     assert any(a.meta["transition_step"] < d.meta["transition_step"] for a, d in zip(agent_r, revisions))
+    for t in agent_r:  # "model" exactly where a step was judged Bad before the end
+        assert t.meta["transition_source"] in ("model", "end")
+        assert t.meta["transition_source"] == "end" or _bad_actions(t)[-1] != "good"
     # the good trajectories are the same in every mode
     goods = {mode: [t.to_json() for t in data if t.kind == "good"] for mode, (_, data) in runs.items()}
     assert goods["agent_r"] == goods["direct_revision"] == goods["optimal"]
@@ -159,16 +166,23 @@ def test_good_cap_keeps_the_shortest_good_paths(tmp_path):
     assert capped.stats["good_trajectories"] == len(kept) < everything.stats["good_trajectories"]
 
 
-def test_unparsable_verdicts_count_as_uncertain(tmp_path, caplog):
+def _critiques(out_dir: Path) -> list[dict]:
+    return [c for task in TASKS
+            for c in json.loads((out_dir / "trees" / f"{task}.json").read_text())["critiques"].values()]
+
+
+def test_unparsable_verdicts_count_as_uncertain_when_only_parsed(tmp_path, caplog):
     engine = ScriptedEngine(toy_policy(), judge=lambda c: "I cannot tell.")
     with caplog.at_level("WARNING", logger="agentr.search.collect"):
-        _, result = _collect(tmp_path, engine=engine)
+        _, result = _collect(tmp_path, engine=engine, verdict="parsed")
     stats = result.stats
-    assert "cannot act as its own verifier" in caplog.text  # the user learns why t' is the end
-    critiques = [c for task in TASKS
-                 for c in json.loads((tmp_path / "trees" / f"{task}.json").read_text())["critiques"].values()]
+    assert "cannot write its own verdicts" in caplog.text  # the user learns why t' is the end
+    assert "0 verdicts were forced" in caplog.text
+    critiques = _critiques(tmp_path)
     assert len(critiques) == stats["unparsed_verdicts"]  # the replies are kept for inspection
-    assert all(c == {"verdict": "Uncertain", "reply": "I cannot tell."} for c in critiques)
+    assert all(c == {"verdict": "Uncertain", "source": "none", "reply": "I cannot tell."} for c in critiques)
+    assert stats["verdict_sources"] == {"parsed": 0, "forced": 0, "none": len(critiques)}
+    assert not any(c[0] == "force" for c in engine.calls)
     assert stats["unparsed_verdicts"] > 0
     assert stats["verdicts"]["Uncertain"] == stats["unparsed_verdicts"]
     assert stats["verdicts"]["Bad"] == 0
@@ -300,3 +314,118 @@ def test_collect_subcommand_runs_phase_one(tmp_path, monkeypatch, capsys):
     settings = json.loads((tmp_path / "collect.json").read_text())
     assert settings["config"]["num_simulations"] == 1 and settings["config"]["mode"] == "optimal"
     assert len(engines) == 1 and all(c[2].n == 4 for c in engines[0].calls)
+
+
+# ---- verdict policies, transition sources, accuracy against ground truth ------------------------
+BAD_ACTIONS = ("noop", "lose", "half", "boom")
+
+
+def _transitions(result) -> list[tuple[str, int]]:
+    return [(t.id, t.meta["transition_step"]) for t in read_jsonl(result.dataset) if t.kind == "revision"]
+
+
+def test_replies_without_a_verdict_get_a_forced_one(tmp_path, caplog):
+    _, parsed = _collect(tmp_path / "parsed")  # the verifier writes every verdict itself
+    engine = ScriptedEngine(toy_policy(), judge=lambda c: "I cannot tell.", force=force_bad_on(*BAD_ACTIONS))
+    with caplog.at_level("WARNING", logger="agentr.search.collect"):
+        _, forced = _collect(tmp_path / "forced", engine=engine)
+    stats = forced.stats
+    critiques = _critiques(tmp_path / "forced")
+    assert critiques and stats["verdict_sources"] == {"parsed": 0, "forced": len(critiques), "none": 0}
+    assert f"{len(critiques)} verdicts were forced" in caplog.text
+    for c in critiques:  # the reply is kept and the model's log-probabilities of the verdicts
+        assert c["source"] == "forced" and c["reply"] == "I cannot tell."
+        assert max(c["logprobs"], key=c["logprobs"].get) == c["verdict"] != "Uncertain"
+    # each forced choice continues its own reply with the judgment label
+    forced_batches = [b for b, c in zip(engine.batches, engine.calls) if c[0] == "force"]
+    assert all(prefix == "I cannot tell.\nJudgment:" for batch in forced_batches for _, prefix in batch)
+    assert stats["engine_calls"]["force"] == len(forced_batches) == stats["engine_calls"]["judge"]
+    # the same verdicts as a verifier that writes them: the same transition points
+    assert _transitions(forced) == _transitions(parsed)
+    assert stats["verdicts"] == parsed.stats["verdicts"]
+
+
+def test_forced_only_asks_for_the_verdict_without_reasons(tmp_path):
+    from agentr.search.critique import FORCED_ASK
+
+    _, parsed = _collect(tmp_path / "parsed")
+    engine = ScriptedEngine(toy_policy(), judge=lambda c: pytest.fail("no reasons under verdict: forced"),
+                            force=force_bad_on(*BAD_ACTIONS))
+    _, forced = _collect(tmp_path / "forced", engine=engine, verdict="forced")
+    batches = [b for b, c in zip(engine.batches, engine.calls) if c[0] == "force"]
+    assert batches and not any(c[0] == "judge" for c in engine.calls)
+    for conversation, prefix in (row for batch in batches for row in batch):
+        assert conversation[0]["content"].endswith(FORCED_ASK) and prefix == "Judgment:"
+    assert _transitions(forced) == _transitions(parsed)
+    assert forced.stats["critique_tokens"] == 0 and forced.stats["unparsed_verdicts"] == 0
+
+
+def test_accuracy_figures_are_absent_without_mistake_labels(tmp_path):
+    _, result = _collect(tmp_path)
+    assert "transition_accuracy" not in result.stats
+    assert all("mistake_step" not in t.meta for t in read_jsonl(result.dataset))
+    with pytest.raises(ValueError, match="transition 'oracle' needs an environment that labels mistakes"):
+        _collect(tmp_path / "oracle", transition="oracle")
+    assert not (tmp_path / "oracle" / "tasks").exists()  # refused before any search
+
+
+def test_oracle_transition_is_the_first_labelled_mistake(tmp_path):
+    _, result = _collect(tmp_path, env=LabelledToyEnv, transition="oracle")
+    revisions = [t for t in read_jsonl(result.dataset) if t.kind == "revision"]
+    assert revisions
+    for t in revisions:
+        after = _bad_actions(t)[t.meta["divergence_step"]:]
+        # the toy labels every action but `good`: t' is the first of them after the divergence
+        assert after[-1] in BAD_ACTIONS and all(a == "good" for a in after[:-1])
+        assert t.meta["transition_step"] == t.meta["mistake_step"]
+        assert t.meta["transition_source"] == "oracle"
+    assert result.stats["transition_sources"] == {"oracle": len(revisions)}
+    assert "model" not in result.stats["transition_accuracy"]
+
+
+def _placement(steps, references):
+    pairs = [(s, r) for s, r in zip(steps, references) if r is not None]
+    return {"equal": sum(s == r for s, r in pairs) / len(pairs), "before": sum(s < r for s, r in pairs) / len(pairs),
+            "after": sum(s > r for s, r in pairs) / len(pairs),
+            "mean_distance": sum(abs(s - r) for s, r in pairs) / len(pairs)}
+
+
+def test_accuracy_of_model_end_and_random_rules_on_the_same_pairs(tmp_path):
+    # a verifier that is right only about `noop`: it misses lose/half/boom, so t' falls late
+    engine = ScriptedEngine(toy_policy(), judge_bad_on("noop"))
+    _, result = _collect(tmp_path, engine=engine, env=LabelledToyEnv)
+    accuracy = result.stats["transition_accuracy"]
+    revisions = [t for t in read_jsonl(result.dataset) if t.kind == "revision"]
+    mistakes = [t.meta["mistake_step"] for t in revisions]
+    per_task = [json.loads((tmp_path / "tasks" / f"{t}.stats.json").read_text()) for t in TASKS]
+    assert mistakes == [m for s in per_task for m in s["mistake_steps"]]
+    assert accuracy["pairs"] == len(revisions) and accuracy["pairs_with_mistake"] == sum(m is not None for m in mistakes)
+    model = [t.meta["transition_step"] for t in revisions]
+    end = [t.meta["bad_turns"] for t in revisions]
+    random_steps = [r for s in per_task for r in s["random_steps"]]
+    for rule, steps in (("model", model), ("end", end), ("random", random_steps)):
+        assert accuracy[rule] == pytest.approx(_placement(steps, mistakes), abs=1e-4), rule
+    assert accuracy["end"]["before"] == 0  # the end of the path never comes before a mistake
+    assert accuracy["model"]["equal"] >= accuracy["end"]["equal"]
+    assert any(s != e for s, e in zip(random_steps, end))
+    assert all(t.meta["divergence_step"] < r <= t.meta["bad_turns"] for t, r in zip(revisions, random_steps))
+    # a perfect verifier finds every labelled mistake
+    _, perfect = _collect(tmp_path / "perfect", env=LabelledToyEnv)
+    assert perfect.stats["transition_accuracy"]["model"]["equal"] == 1.0
+
+
+def test_placement_on_hand_built_pairs():
+    from agentr.search.collect import placement, transition_accuracy
+
+    assert placement([3, 2, 5, 4], [3, 4, 4, None]) == {
+        "equal": 0.3333, "before": 0.3333, "after": 0.3333, "mean_distance": 1.0}
+    assert placement([1], [None]) == {"equal": None, "before": None, "after": None, "mean_distance": None}
+    tasks = [{"mistake_steps": [2, None], "transition_steps": [2, 3], "bad_path_ends": [4, 3], "random_steps": [1, 2]},
+             {"mistake_steps": [1], "transition_steps": [3], "bad_path_ends": [3], "random_steps": [1]}]
+    accuracy = transition_accuracy(tasks, "model")
+    assert (accuracy["pairs"], accuracy["pairs_with_mistake"], accuracy["mean_mistake_step"]) == (3, 2, 1.5)
+    assert accuracy["model"] == {"equal": 0.5, "before": 0.0, "after": 0.5, "mean_distance": 1.0}
+    assert accuracy["end"] == {"equal": 0.0, "before": 0.0, "after": 1.0, "mean_distance": 2.0}
+    assert accuracy["random"] == {"equal": 0.5, "before": 0.5, "after": 0.0, "mean_distance": 0.5}
+    assert "model" not in transition_accuracy(tasks, "end")
+    assert transition_accuracy([{"transition_steps": [1]}], "model") is None

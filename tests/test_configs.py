@@ -33,11 +33,13 @@ def test_fit_config_parses(path, capsys):
     assert "model" not in config["data"]["init_args"]
 
 
-@pytest.mark.parametrize("mode", ["direct_revision", "optimal"])
-def test_baseline_overlays_switch_the_search_mode(mode, capsys):
+@pytest.mark.parametrize("baseline, setting", [("direct_revision", {"transition": "end"}),
+                                               ("optimal", {"mode": "optimal"})])
+def test_baseline_overlays_switch_the_search_mode(baseline, setting, capsys):
     config = resolved(["fit", "--config", str(CONFIGS / "quickstart.yaml"),
-                       "--config", str(CONFIGS / "baselines" / f"{mode}.yaml")], capsys)
-    assert config["data"]["init_args"]["search"]["mode"] == mode
+                       "--config", str(CONFIGS / "baselines" / f"{baseline}.yaml")], capsys)
+    search = config["data"]["init_args"]["search"]
+    assert {k: search[k] for k in setting} == setting
     assert config["data"]["init_args"]["num_tasks"] == 16  # the rest of the quickstart is kept
 
 

@@ -1,10 +1,18 @@
-"""Model-guided critique (DESIGN 1.3): verdict parsing, verifier prompts, the transition point."""
+"""Model-guided critique: verdict parsing, verifier prompts, the transition point."""
 
 from __future__ import annotations
 
 import pytest
 
-from agentr.search.critique import CritiqueWalk, parse_judgment, step_conversation, verifier_conversation
+from agentr.search.critique import (
+    FORCED_ASK,
+    CritiqueWalk,
+    StepVerdict,
+    forced_prefix,
+    parse_judgment,
+    step_conversation,
+    verifier_conversation,
+)
 from agentr.search.mcts import Node
 from agentr.search.pairing import Pair
 
@@ -20,6 +28,17 @@ from agentr.search.pairing import Pair
     ("Judgment: maybe", None),
     ("", None),
     ("Judgment: Badly phrased", None),
+    ("**Judgment**: Bad", "Bad"),                        # markdown label
+    ("**Judgment:** Uncertain", "Uncertain"),
+    ("Judgment: **Bad**", "Bad"),
+    ("Judgment: <Bad>", "Bad"),                          # the instruction's placeholder form
+    ("Judgment: [Good]", "Good"),
+    ("Judgement - good", "Good"),
+    ("It is not good, not bad.\nJudgment: Uncertain", "Uncertain"),  # words before the label
+    # an echo of the instruction names all three verdicts: no verdict
+    ('Then end with one line: "Judgment: Good", "Judgment: Bad" or "Judgment: Uncertain".', None),
+    ("Judgment: Good|Bad|Uncertain", None),
+    ('"Judgment: Good", "Judgment: Bad" or "Judgment: Uncertain"\nIt fails.\nJudgment: Bad', "Bad"),
 ])
 def test_parse_judgment(text, verdict):
     assert parse_judgment(text) == verdict
@@ -44,6 +63,24 @@ def test_verifier_prompt_has_task_history_and_step():
     assert text.endswith("Latest action: inventory\nObservation: after inventory")
     assert "Judgment: Good" in text and "Judgment: Bad" in text and "Judgment: Uncertain" in text
     assert "(none yet)" in verifier_conversation("task", [], "a", "o")[0]["content"]
+
+
+def test_direct_prompt_asks_for_the_verdict_last_and_forced_verdicts_continue_the_reply():
+    path = _path(["get 1 log", "inventory"])
+    direct = step_conversation(path, 2, direct=True)[0]["content"]
+    reasons = step_conversation(path, 2)[0]["content"]
+    assert direct.endswith("Observation: after inventory\n\n" + FORCED_ASK)
+    assert "reasons" in reasons and "reasons" not in direct
+    assert direct.split("Task:")[1].split("\n\n" + FORCED_ASK)[0] == reasons.split("Task:")[1]
+    assert forced_prefix(None) == "Judgment:"
+    assert forced_prefix("It does nothing.\n\n") == "It does nothing.\nJudgment:"
+
+
+def test_step_verdicts_record_their_source():
+    assert StepVerdict("Bad", "parsed", "r").to_dict() == {"verdict": "Bad", "source": "parsed", "reply": "r"}
+    forced = StepVerdict("Good", "forced", None, {"Good": -0.123456, "Bad": -2.0, "Uncertain": -3.0})
+    assert forced.to_dict() == {"verdict": "Good", "source": "forced",
+                                "logprobs": {"Good": -0.1235, "Bad": -2.0, "Uncertain": -3.0}}
 
 
 def test_verifier_prompt_drops_oldest_history_to_fit():
@@ -80,6 +117,10 @@ def test_no_bad_step_means_end_of_bad_path():
     pair = _pair(["s1", "b2", "b3"], divergence=1)
     transition, asked = _walk_with({}, pair)
     assert (transition, asked) == (3, ["b2", "b3"])
+    walk = CritiqueWalk(pair)
+    assert walk.advance({2: "Good", 3: "Uncertain"}) is None and walk.source == "end"
+    walk = CritiqueWalk(pair)
+    assert walk.advance({2: "Bad"}) is None and (walk.transition, walk.source) == (2, "model")
 
 
 def test_cached_verdicts_are_not_asked_again():

@@ -133,6 +133,51 @@ def check_context_limit(engine):
     long = [{"role": "user", "content": "craft " * (engine.max_model_len + 10)}]
     with pytest.raises(ContextLengthError, match="max_model_len"):
         engine.generate([long], GREEDY)
+    with pytest.raises(ContextLengthError, match="max_model_len"):
+        engine.choose([long], ["Judgment:"], CHOICES)
+
+
+CHOICES = (" Good", " Bad", " Uncertain", " stick")
+#: Partial assistant replies that `choose` continues: none, reasons, reasons cut mid-word.
+PREFIXES = ("Judgment:", "The action helps.\nJudgment:", "It is inval\nJudgment:")
+
+
+@pytest.fixture(scope="module")
+def reference_logprobs(tiny_engine_model_dir):
+    """Per (conversation, prefix): each choice's log-probability by a plain, unbatched forward
+    pass of `transformers` over the chat template + prefix + choice tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_engine_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_engine_model_dir, dtype="auto").eval()
+    out = {}
+    for c, conversation in enumerate((CONV, CONV2)):
+        prompt = render_prompt_ids(tokenizer, conversation)
+        for prefix in PREFIXES:
+            scores = []
+            for choice in CHOICES:
+                ids = prompt + tokenizer.encode(prefix + choice, add_special_tokens=False)
+                ctx = len(prompt) + len(tokenizer.encode(prefix, add_special_tokens=False))
+                with torch.inference_mode():
+                    logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+                scores.append(sum(float(logprobs[p - 1, ids[p]]) for p in range(ctx, len(ids))))
+            out[c, prefix] = scores
+    return out
+
+
+def check_choose(engine, reference, atol):
+    rows = [(c, prefix) for c in (0, 1) for prefix in PREFIXES]
+    choices = engine.choose([(CONV, CONV2)[c] for c, _ in rows], [p for _, p in rows], CHOICES)
+    assert len(choices) == len(rows)
+    for row, choice in zip(rows, choices):
+        expected = reference[row]
+        assert choice.logprobs == pytest.approx(expected, abs=atol)
+        assert choice.index == max(range(len(CHOICES)), key=expected.__getitem__)
+        assert choice.text == CHOICES[choice.index]
+    assert engine.choose([], [], CHOICES) == []
+    with pytest.raises(ValueError, match="two choices"):
+        engine.choose([CONV], ["Judgment:"], [" Good"])
 
 
 # ---- the Hugging Face engine --------------------------------------------------------------------
@@ -167,6 +212,10 @@ def test_make_engine_opens_an_adapter_and_closes_on_exit(hf_engine, tiny_engine_
     with pytest.raises(ValueError, match="another base model"):
         make_engine("hf", tiny_engine_model_dir, adapter=foreign_adapter_dir, max_model_len=512)
     assert len(closed) == 2  # a failed load does not leak the engine
+
+
+def test_hf_choose_is_the_argmax_of_the_continuations_log_probabilities(hf_engine, reference_logprobs):
+    check_choose(hf_engine, reference_logprobs, atol=2e-3)
 
 
 def test_hf_context_limit(hf_engine):
@@ -288,6 +337,11 @@ def test_vllm_seeded_sampling_of_a_batch_longer_than_one_prefill_step(vllm_engin
     first = vllm_engine.generate(batch, sampling)
     assert vllm_engine.generate(batch, sampling) == first
     assert sum(len(render_prompt_ids(vllm_engine.tokenizer, c)) for c in batch) > 4096
+
+
+@pytest.mark.vllm
+def test_vllm_choose_is_the_argmax_of_the_continuations_log_probabilities(vllm_engine, reference_logprobs):
+    check_choose(vllm_engine, reference_logprobs, atol=3e-2)
 
 
 @pytest.mark.vllm

@@ -34,3 +34,14 @@ def test_bad_schedules_are_rejected(iterations, epochs):
 ])
 def test_iteration_steps_count_optimizer_steps_per_rank(epochs, batches, world, accumulate, steps):
     assert iteration_steps(epochs, batches, world, accumulate) == steps
+
+
+def test_phase1_stats_are_logged_as_flat_numbers():
+    from agentr.callbacks.iteration import numeric_items
+
+    stats = {"trees_searched": 4, "mode": "agent_r", "mean_transition_step": None, "verdicts": {"Bad": 3},
+             "transition_accuracy": {"pairs": 5, "model": {"equal": 0.4, "before": None}},
+             "transition_step_histogram": {"2": 1}, "flag": True}
+    assert numeric_items(stats, "phase1") == {
+        "phase1/trees_searched": 4, "phase1/verdicts/Bad": 3, "phase1/transition_accuracy/pairs": 5,
+        "phase1/transition_accuracy/model/equal": 0.4, "phase1/transition_step_histogram/2": 1}

@@ -385,3 +385,46 @@ def test_oracle_reading_only_the_first_observation_solves_99_percent(options):
     test = env.task_ids("test")
     solved = sum(play(env, t, oracle_actions(env.reset(t)))[0] == 1.0 for t in test)
     assert solved >= 0.99 * len(test), f"{solved}/{len(test)}"
+
+
+# ---- mistake labels (ground truth for transition points) --------------------------------------
+def test_mistake_labels_on_hand_built_paths(env):
+    planks = task_of(env, "acacia planks")  # expert: get 1 acacia logs, craft 4 acacia planks ...
+    craft = "craft 4 acacia planks using 1 acacia logs"
+    path = ["inventory",            # no effect
+            "get 1 dirt",           # an item the plan does not use
+            craft,                  # rejected: no logs yet
+            "get 1 acacia logs",    # progress
+            "get 1 acacia logs",    # a second log the plan does not need
+            craft]                  # crafts the goal
+    assert env.label_mistakes(planks, path) == [True, True, True, False, True, False]
+    wood = task_of(env, "acacia wood")  # needs 4 acacia log in one craft
+    assert env.expert_actions(wood)[0] == "get 4 acacia log"
+    assert env.label_mistakes(wood, ["get 2 acacia log", "get 2 acacia log", "get 1 acacia log"]) == [
+        True, False, True]  # half a get is still one get to go; then the plan is one craft
+    assert env.label_mistakes(planks, []) == []
+
+
+def test_expert_paths_have_no_mistake_and_labels_leave_the_episode_alone(env):
+    for task_id in env.task_ids("train")[:40] + env.task_ids("test")[-10:]:
+        assert not any(env.label_mistakes(task_id, env.expert_actions(task_id))), task_id
+    task = task_of(env, "acacia planks")
+    env.reset(task)
+    env.step("get 1 acacia logs")
+    inventory = env.step("inventory")
+    assert env.label_mistakes(task, ["inventory"]) == [True]
+    assert env.step("inventory") == inventory and env.task_id == task
+    assert env.labels_mistakes and not Environment.labels_mistakes
+
+
+def test_solver_plans_from_a_held_inventory(env):
+    from agentr.envs.textcraft import solve
+
+    goal = env.tasks.task(task_of(env, "acacia planks")).goal
+    assert solve(env.book, goal, {"minecraft:acacia_logs": 1}) == ["craft 4 acacia planks using 1 acacia logs"]
+    for task_id in env.task_ids("train")[:20]:
+        expert = env.expert_actions(task_id)
+        env.reset(task_id)
+        env.step(expert[0])
+        assert env.steps_to_goal() == len(expert) - 1
+        assert solve(env.book, env.tasks.task(task_id).goal, {}) == expert

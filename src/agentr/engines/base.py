@@ -37,6 +37,21 @@ class Generation:
     num_tokens: int
 
 
+@dataclass(frozen=True)
+class Choice:
+    """The scores of a fixed set of continuations of one conversation (see `Engine.choose`).
+
+    Attributes:
+        text: the continuation with the highest log-probability (the first one on a tie).
+        index: its position in the choices.
+        logprobs: the total log-probability of each choice's tokens, in the choices' order.
+    """
+
+    text: str
+    index: int
+    logprobs: tuple[float, ...]
+
+
 @dataclass
 class EngineStats:
     """Counters an engine keeps across calls."""
@@ -73,6 +88,20 @@ class Engine(ABC):
         self, conversations: Sequence[Conversation], sampling: SamplingConfig
     ) -> list[list[Generation]]:
         """`sampling.n` replies for each conversation, in input order."""
+
+    @abstractmethod
+    def choose(
+        self, conversations: Sequence[Conversation], prefixes: Sequence[str],
+        choices: Sequence[str],
+    ) -> list[Choice]:
+        """Score `choices` as continuations of each conversation's partial assistant reply.
+
+        Conversation i is rendered for generation (chat template plus generation prompt), then
+        continued with `prefixes[i]` as the start of the assistant's reply (not a new turn).
+        Each choice is scored by the summed log-probability of its tokens after that text, the
+        tokens being those of `prefix + choice` (see `agentr.engines.common.continuation_ids`).
+        No sampling: the result depends on the weights and the text only.
+        """
 
     @abstractmethod
     def load_adapter(self, path: str | None) -> None:

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from agentr.engines.base import Conversation
+from agentr.engines.base import Choice, Conversation
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,37 @@ def render_prompt_ids(tokenizer, conversation: Conversation) -> list[int]:
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # older/newer transformers
         ids = ids["input_ids"]
     return [int(i) for i in ids]
+
+
+def continuation_ids(tokenizer, conversation: Conversation, prefix: str,
+                     choices: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+    """The token ids that `Engine.choose` scores: a context and one continuation per choice.
+
+    The context is `conversation` rendered for generation followed by the tokens that every
+    `prefix + choice` shares; each choice's ids are the rest of its `prefix + choice`. Splitting
+    the texts after tokenizing them whole keeps each scored sequence the exact tokens the model
+    would read (a tokenizer may merge the prefix's last characters with the choice's first).
+
+    Raises:
+        ValueError: fewer than two choices, or one whose tokens add nothing to the shared part.
+    """
+    if len(choices) < 2:
+        raise ValueError(f"choose() needs at least two choices, got {list(choices)}")
+    encoded = [tokenizer.encode(prefix + c, add_special_tokens=False) for c in choices]
+    shared = 0
+    while all(len(e) > shared for e in encoded) and len({e[shared] for e in encoded}) == 1:
+        shared += 1
+    tails = [e[shared:] for e in encoded]
+    if not all(tails):
+        raise ValueError(f"the choices {list(choices)} are not distinguishable after {prefix!r}: "
+                         "one of them tokenizes to a prefix of the others")
+    return render_prompt_ids(tokenizer, conversation) + encoded[0][:shared], tails
+
+
+def best_choice(choices: Sequence[str], logprobs: Sequence[float]) -> Choice:
+    """The `Choice` of the highest log-probability (the first one on a tie)."""
+    index = max(range(len(choices)), key=lambda i: (logprobs[i], -i))
+    return Choice(choices[index], index, tuple(float(x) for x in logprobs))
 
 
 def check_prompt_length(num_prompt_tokens: int, max_model_len: int) -> None:

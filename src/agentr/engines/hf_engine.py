@@ -14,10 +14,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from agentr.engines.base import Conversation, Engine, Generation, SamplingConfig
+from agentr.engines.base import Choice, Conversation, Engine, Generation, SamplingConfig
 from agentr.engines.common import (
+    best_choice,
     check_adapter,
     check_prompt_length,
+    continuation_ids,
     cut_at_stop,
     fit_model_len,
     render_prompt_ids,
@@ -160,6 +162,51 @@ class HFEngine(Engine):
             if t in eos:
                 return tokens[:j + 1]
         return tokens
+
+    def choose(
+        self, conversations: Sequence[Conversation], prefixes: Sequence[str],
+        choices: Sequence[str],
+    ) -> list[Choice]:
+        """See `Engine.choose`: one forward pass per batch of (conversation, choice) rows."""
+        start = time.perf_counter()
+        rows: list[tuple[list[int], int]] = []  # (context + choice ids, number of choice ids)
+        for conversation, prefix in zip(conversations, prefixes, strict=True):
+            context, tails = continuation_ids(self._tokenizer, conversation, prefix, choices)
+            for tail in tails:
+                check_prompt_length(len(context) + len(tail), self._max_model_len)
+                rows.append((context + tail, len(tail)))
+        scores: list[float] = []
+        for b in range(0, len(rows), self.batch_size):
+            scores.extend(self._score_batch(rows[b:b + self.batch_size]))
+        k = len(choices)
+        self.stats.requests += len(conversations)
+        self.stats.prompt_tokens += sum(len(ids) for ids, _ in rows)
+        self.stats.seconds += time.perf_counter() - start
+        return [best_choice(choices, scores[i * k:(i + 1) * k]) for i in range(len(conversations))]
+
+    def _score_batch(self, rows: list[tuple[list[int], int]]) -> list[float]:
+        """The summed log-probability of the last `n` tokens of each row, given the rest."""
+        import torch
+
+        pad = self._tokenizer.pad_token_id
+        width = max(len(ids) for ids, _ in rows)
+        keep = max(n for _, n in rows) + 1  # logits only where a choice token is predicted
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids, _ in rows])
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in rows])
+        # positions as in an unpadded pass (left padding would shift them otherwise)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            logits = self.model(
+                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
+                position_ids=positions.to(self.device), logits_to_keep=keep,
+            ).logits.float()
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1).cpu()  # predicts the last keep-1
+        scores = []
+        for row, (ids, n) in enumerate(rows):
+            targets = torch.tensor(ids[-n:])
+            predicted = logprobs[row, keep - 1 - n:]
+            scores.append(float(predicted.gather(-1, targets[:, None]).sum()))
+        return scores
 
     def load_adapter(self, path: str | None) -> None:
         """Generate with the PEFT LoRA adapter in `path` from now on (None: the base model).

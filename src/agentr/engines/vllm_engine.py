@@ -39,11 +39,13 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from agentr.engines.base import Conversation, Engine, Generation, SamplingConfig
+from agentr.engines.base import Choice, Conversation, Engine, Generation, SamplingConfig
 from agentr.engines.common import (
     EngineError,
+    best_choice,
     check_adapter,
     check_prompt_length,
+    continuation_ids,
     fit_model_len,
     render_prompt_ids,
     request_seed,
@@ -275,16 +277,7 @@ class VLLMEngine(Engine):
                 stop=list(sampling.stop) or None,
                 seed=self._request_seed(sampling, i),
             ))
-        try:
-            outputs = self._llm.generate(
-                prompts, params, use_tqdm=False, lora_request=self._lora_request)
-        except Exception as error:
-            if self._is_engine_death(error):
-                self._dead = f"{type(error).__name__}: {error}"
-                raise EngineError(
-                    "the vLLM engine died while generating (see its log above for the cause); "
-                    "build a new engine to continue") from error
-            raise
+        outputs = self._run(prompts, params)
         results = []
         for prompt, output in zip(prompts, outputs):
             samples = sorted(output.outputs, key=lambda o: o.index)
@@ -295,6 +288,68 @@ class VLLMEngine(Engine):
         self.stats.requests += len(conversations)
         self.stats.seconds += time.perf_counter() - start
         return results
+
+    def choose(
+        self, conversations: Sequence[Conversation], prefixes: Sequence[str],
+        choices: Sequence[str],
+    ) -> list[Choice]:
+        """See `Engine.choose`. A choice's tokens are scored one position at a time: a one-token
+        request per distinct token prefix of the choices (the context alone, then the context
+        plus each multi-token choice's first tokens) returns the log-probabilities of exactly
+        the next tokens wanted (`logprob_token_ids`), so the prefix cache serves the context.
+
+        Not vLLM's `prompt_logprobs`: with LoRA enabled it crashes on CPU and drops the LoRA
+        delta of `lm_head` on GPU (vLLM issues 29955, 51594).
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        self._check_alive()
+        if self._asleep:
+            raise EngineError("the vLLM engine is asleep; call wake_up() before choose()")
+        if not conversations:
+            return []
+        start = time.perf_counter()
+        prompts, params = [], []
+        plans = []  # per conversation, per choice: the (request, token id) of each of its tokens
+        for conversation, prefix in zip(conversations, prefixes, strict=True):
+            context, tails = continuation_ids(self._tokenizer, conversation, prefix, choices)
+            wanted: dict[tuple[int, ...], set[int]] = {}  # tokens so far -> next tokens to score
+            for tail in tails:
+                check_prompt_length(len(context) + len(tail), self._max_model_len)
+                for j, token in enumerate(tail):
+                    wanted.setdefault(tuple(tail[:j]), set()).add(token)
+            request = {}
+            for head, tokens in wanted.items():
+                request[head] = len(prompts)
+                prompts.append(TokensPrompt(prompt_token_ids=context + list(head)))
+                params.append(SamplingParams(max_tokens=1, temperature=0.0,
+                                             logprob_token_ids=sorted(tokens)))
+            plans.append([[(request[tuple(tail[:j])], token) for j, token in enumerate(tail)]
+                          for tail in tails])
+        outputs = self._run(prompts, params)
+        scored = [output.outputs[0].logprobs[0] for output in outputs]
+        results = []
+        for plan in plans:
+            logprobs = [sum(scored[r][token].logprob for r, token in steps) for steps in plan]
+            results.append(best_choice(choices, logprobs))
+        self.stats.requests += len(conversations)
+        self.stats.prompt_tokens += sum(len(p["prompt_token_ids"]) for p in prompts)
+        self.stats.seconds += time.perf_counter() - start
+        return results
+
+    def _run(self, prompts: list, params: list) -> list:
+        """`LLM.generate` with the engine's adapter; a dead engine becomes an `EngineError`."""
+        try:
+            return self._llm.generate(
+                prompts, params, use_tqdm=False, lora_request=self._lora_request)
+        except Exception as error:
+            if self._is_engine_death(error):
+                self._dead = f"{type(error).__name__}: {error}"
+                raise EngineError(
+                    "the vLLM engine died while generating (see its log above for the cause); "
+                    "build a new engine to continue") from error
+            raise
 
     def load_adapter(self, path: str | None) -> None:
         """Generate with the LoRA adapter in `path` from now on (None: the base model).

@@ -10,6 +10,7 @@ actions taken since the last reset.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import ClassVar
 
 SPLITS = ("train", "test")
@@ -27,12 +28,16 @@ class Environment(ABC):
 
     Subclasses implement `_reset`, `_step`, `instruction` and `task_ids`, and set `name`.
     They override `clone` when they can copy their state without replaying (and set
-    `cheap_clone = True`), and `expert_actions` when they can produce a correct solution.
+    `cheap_clone = True`), `expert_actions` when they can produce a correct solution, and
+    `label_mistakes` (setting `labels_mistakes = True`) when they can tell a mistake from a good
+    step: the ground truth that Phase I measures transition points against.
     """
 
     name: ClassVar[str] = "environment"
     #: True when `clone()` copies state directly; False means reset + replay (O(steps)).
     cheap_clone: ClassVar[bool] = False
+    #: True when `label_mistakes` labels steps; False means no ground truth for critiques.
+    labels_mistakes: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.task_id: str | None = None
@@ -73,6 +78,12 @@ class Environment(ABC):
 
     def expert_actions(self, task_id: str) -> list[str] | None:
         """A correct action sequence for `task_id`, or None where the environment has no expert."""
+        return None
+
+    def label_mistakes(self, task_id: str, actions: Sequence[str]) -> list[bool] | None:
+        """Ground truth for critiques: for each of `actions`, played in order from the start of
+        `task_id`, whether that step is a mistake; None where the environment has no labels
+        (the default). Leaves this environment's own episode untouched."""
         return None
 
     def close(self) -> None:

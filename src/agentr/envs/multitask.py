@@ -6,7 +6,7 @@ rest is that environment's own id.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from agentr.envs.base import Environment, UnknownTaskError
@@ -114,6 +114,11 @@ class MultiTaskEnv(Environment):
     def cheap_clone(self) -> bool:
         return self._active is not None and self.active.cheap_clone
 
+    @property  # type: ignore[override]
+    def labels_mistakes(self) -> bool:
+        """Whether every sub-environment labels mistakes (builds them all on first use)."""
+        return all(self.sub_env(n).labels_mistakes for n in self._factories)
+
     @property
     def instruction(self) -> str:
         """The active sub-environment's instruction (valid after `reset`)."""
@@ -153,6 +158,10 @@ class MultiTaskEnv(Environment):
     def expert_actions(self, task_id: str) -> list[str] | None:
         env_name, sub_id = self.split_id(task_id)
         return self.sub_env(env_name).expert_actions(sub_id)
+
+    def label_mistakes(self, task_id: str, actions: Sequence[str]) -> list[bool] | None:
+        env_name, sub_id = self.split_id(task_id)
+        return self.sub_env(env_name).label_mistakes(sub_id, actions)
 
     def close(self) -> None:
         envs, self._envs, self._active = self._envs, {}, None

@@ -14,7 +14,7 @@ import math
 import os
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -413,14 +413,17 @@ def task_set(recipe_dir: str | None = None, scheme: SplitScheme = "agentr") -> T
 # ------------------------------------------------------------------------------------------------
 # The solver behind expert demonstrations
 # ------------------------------------------------------------------------------------------------
-def solve(book: RecipeBook, goal: str) -> list[str]:
-    """A short, correct command sequence that crafts `goal` from an empty inventory.
+def solve(book: RecipeBook, goal: str, inventory: Mapping[str, int] | None = None) -> list[str]:
+    """A short, correct command sequence that crafts `goal` from `inventory` (item id -> count;
+    None: empty).
 
     A plan picks one recipe per craftable item and one member per tag. Its commands: total the
-    quantities top-down in topological order (batches rounded up), get every base item once,
-    then craft bottom-up, the goal last. The search starts from the shallowest recipes and
-    switches single choices while that shortens the sequence.
+    quantities top-down in topological order (batches rounded up), using held items before
+    making or getting more, get every base item still needed once, then craft bottom-up, the
+    goal last. The search starts from the shallowest recipes and switches single choices while
+    that shortens the sequence.
     """
+    held = dict(inventory or {})
     recipe_of: dict[str, Recipe] = {
         item: min(recipes, key=lambda r: (max(book.depth(i.name) for i in r.inputs), r.order))
         for item, recipes in book.recipes.items()
@@ -458,6 +461,7 @@ def solve(book: RecipeBook, goal: str) -> list[str]:
         need[goal] = 1
         batches: dict[str, int] = {}
         for name in reversed(order):  # every consumer of an item comes before the item
+            need[name] = max(0, need[name] - held.get(name, 0))
             recipe = recipe_of.get(name)
             if recipe is None or need[name] == 0:
                 continue
@@ -587,11 +591,13 @@ class TextCraftEnv(Environment):
         test_goals: the test goals, replacing the scheme's test split (None: keep it).
 
     `reset` accepts every id "0"..."543" whatever the depth options; `clone()` copies the
-    inventory (O(inventory), no replay); `expert_actions` returns a correct solution.
+    inventory (O(inventory), no replay); `expert_actions` returns a correct solution;
+    `label_mistakes` labels the steps of a path (see there).
     """
 
     name: ClassVar[str] = "textcraft"
     cheap_clone: ClassVar[bool] = True
+    labels_mistakes: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -713,6 +719,35 @@ class TextCraftEnv(Environment):
     def expert_actions(self, task_id: str) -> list[str]:
         """A command sequence that crafts the goal of `task_id` from an empty inventory."""
         return solve(self.book, self.tasks.task(task_id).goal)
+
+    def steps_to_goal(self) -> int:
+        """How many commands the solver still needs to craft the goal from the current
+        inventory (`solve(book, goal, inventory)`; 0 once the goal is crafted)."""
+        if self.goal is None:
+            raise RuntimeError("steps_to_goal() needs an episode in progress: call reset() first")
+        return 0 if self._won else len(solve(self.book, self.goal, self.inventory))
+
+    def label_mistakes(self, task_id: str, actions: Sequence[str]) -> list[bool]:
+        """For each action played in order from the start of `task_id`: is it a mistake?
+
+        A step is a mistake when it does not bring the goal closer: the number of commands the
+        task's own solver needs from the inventory after the step (`steps_to_goal`) is not
+        smaller than before it. So every command the game rejects ("Could not ...", "Wrong item
+        format"), `inventory`, getting an item the solver's plan does not use, getting fewer
+        of a needed item than the plan's single `get` takes, and crafting something the plan
+        does not need are mistakes; a step that crafts the goal never is. The solver picks the
+        shortest plan it finds from the inventory at hand, so a step onto an alternative recipe
+        counts as progress once that recipe's plan is the shorter one.
+        """
+        replay = self.spawn()
+        replay.reset(task_id)
+        labels, before = [], replay.steps_to_goal()
+        for action in actions:
+            replay.step(action)
+            after = replay.steps_to_goal()
+            labels.append(after >= before)
+            before = after
+        return labels
 
     def reset(self, task_id: str) -> str:
         observation = super().reset(task_id)

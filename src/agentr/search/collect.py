@@ -3,16 +3,20 @@
 `collect()` keeps up to `max_concurrent_trees` tasks in flight. Each round it asks every tree in
 its search stage for the node it waits on and sends all of them to the engine in ONE
 `engine.generate` call (n = `n_expand`, sampled); every tree in its critique stage contributes
-the next bad-path steps to judge, and those go out together in one greedy call. A finished task
-is written at once, so a run killed at any point loses only the tasks in flight.
+the next bad-path steps to judge, and those go out together in one greedy call, followed (under
+`verdict: parsed_then_forced` or `forced`) by one `engine.choose` call for the steps that still
+lack a verdict. A finished task is written at once, so a run killed at any point loses only the
+tasks in flight.
 
 Output directory:
 
     collect.json            the settings of the run; a re-run with other settings refuses to mix
     tasks/<task>.jsonl      the task's trajectories (written last, atomically: the "done" mark)
     tasks/<task>.stats.json the task's counters
-    trees/<task>.json       the task's search tree, compact JSON (see `Node.to_dict`), and the
-                            verifier's reply and verdict for each judged node ("critiques")
+    trees/<task>.json       the task's search tree, compact JSON (see `Node.to_dict`), and for
+                            each judged node ("critiques") its verdict, the verdict's source,
+                            the verifier's reply and, for forced verdicts, the log-probabilities
+                            of the three verdicts (`StepVerdict.to_dict`)
     dataset.jsonl           all tasks' trajectories in task order (`agentr.trajectory` schema)
     stats.json              totals over all tasks, plus this run's wall time and rates
 
@@ -22,10 +26,21 @@ Each line of `dataset.jsonl` is an `agentr.trajectory.Trajectory` (schema in tha
   (train **true**: the model learns to produce the revision signal, as the paper and its code
   do) + `OK.` + good turns t+1..end (train true); observations never trained. `meta`:
   good_reward, bad_reward, divergence_step (t, turns shared), transition_step (t', bad turns
-  kept), revision_signal, mode, bad_turns, good_turns (lengths of the two paths).
+  kept), transition_source ("model", "end" or "oracle": see `CritiqueWalk`), revision_signal,
+  mode, bad_turns, good_turns (lengths of the two paths), and mistake_step (the first step
+  after t that the environment labels a mistake, null if none) where the environment labels
+  mistakes.
 - kind "good": header + a good path, every assistant turn trained; `meta`: good_reward,
   good_turns. Written when `include_good` is set, and always in mode "optimal"; at most
   `max_good_per_task` per task, the shortest first.
+
+Transition-point accuracy. Where the environment labels mistakes
+(`Environment.label_mistakes`), every pair's first labelled mistake after the divergence step is
+the reference, and `stats.json` holds "transition_accuracy": for the model's t' (under
+`transition: model`), for the end-of-path rule (Direct-Revision) and for a uniformly random step
+after the divergence (seeded per task), on the same pairs, the fractions of pairs whose t' equals
+the reference, lies before it or after it, and the mean absolute distance (pairs whose bad path
+has no labelled mistake are left out and counted apart). Without labels the key is absent.
 
 Revision trajectories of a task come first (in the seeded pair order), then its good ones
 (shortest first, ties in tree order); tasks follow the order of `task_ids`.
@@ -45,6 +60,7 @@ import json
 import logging
 import os
 import random
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -52,11 +68,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from agentr.agent.conversation import truncate_history
+from agentr.agent.conversation import is_wait, truncate_history
 from agentr.engines.base import Conversation, Engine, SamplingConfig
 from agentr.envs.base import Environment
 from agentr.search.config import SearchConfig
-from agentr.search.critique import CritiqueWalk, parse_judgment, step_conversation
+from agentr.search.critique import (
+    VERDICT_CHOICES,
+    VERDICT_SOURCES,
+    VERDICTS,
+    CritiqueWalk,
+    StepVerdict,
+    forced_prefix,
+    parse_judgment,
+    step_conversation,
+)
 from agentr.search.mcts import Node, SearchTree
 from agentr.search.pairing import good_paths, leaf_paths, make_pairs
 from agentr.search.splicing import draw_signal, good_conversation, splice
@@ -66,6 +91,8 @@ log = logging.getLogger(__name__)
 
 #: Chat-template tokens per message, a generous bound used to skip exact counting.
 _TEMPLATE_BYTES_PER_MESSAGE = 32
+#: Room kept in a verifier prompt for a forced verdict: the judgment label and the verdict.
+_VERDICT_TOKENS = 16
 
 
 @dataclass
@@ -122,11 +149,13 @@ def _write_json_atomic(path: Path, data: object, **kwargs) -> None:
 
 
 class _Job:
-    """One task on its way: search, then critique (mode agent_r), then done."""
+    """One task on its way: search, then critique (`transition: model`), then done."""
 
     def __init__(self, task_id: str, env: Environment, config: SearchConfig, alpha: float,
                  seed: int, iteration: int):
         self.task_id = task_id
+        self.env = env
+        self.seed = seed
         self.config = config
         self.alpha = alpha
         self.iteration = iteration
@@ -136,9 +165,12 @@ class _Job:
         self.stage = "search"
         self.walks: list[CritiqueWalk] = []
         self.verdicts: dict[int, str] = {}
-        self.replies: dict[int, str] = {}  # node id -> the verifier's reply
+        self.critiques: dict[int, StepVerdict] = {}  # node id -> its verdict and source
         self.verdict_counts: Counter[str] = Counter()
-        self.unparsed = 0
+        self.source_counts: Counter[str] = Counter()
+        self.unparsed = 0  # replies without a verdict (forced afterwards, or counted Uncertain)
+        self.mistakes: list[int | None] | None = None  # per walk; None: the env has no labels
+        self.random_steps: list[int] = []
         self.critique_tokens = 0
         self.critique_requests = 0
 
@@ -154,10 +186,48 @@ class _Job:
                 self.paths, self.alpha, self.config.beta, self.rng, self.config.max_pairs_per_task
             )
         self.walks = [CritiqueWalk(pair) for pair in pairs]
-        if self.config.mode == "direct_revision":
-            for walk in self.walks:
-                walk.transition = len(walk.pair.bad) - 1
-        self.stage = "critique" if self.config.mode == "agent_r" and self.walks else "done"
+        self.mistakes = self._first_mistakes()
+        # the random baseline has its own stream, so that it does not shift the data's draws
+        baseline = random.Random(task_seed(self.seed, f"{self.task_id}\x00random-transition"))
+        self.random_steps = [baseline.randint(w.pair.divergence + 1, len(w.pair.bad) - 1)
+                             for w in self.walks]
+        for i, walk in enumerate(self.walks):
+            end = len(walk.pair.bad) - 1
+            if self.config.transition == "end":
+                walk.settle(end, "end")
+            elif self.config.transition == "oracle":
+                mistake = self.mistakes[i] if self.mistakes is not None else None
+                walk.settle(*((mistake, "oracle") if mistake is not None else (end, "end")))
+        self.stage = "critique" if self.config.transition == "model" and self.walks else "done"
+
+    def _first_mistakes(self) -> list[int | None] | None:
+        """Per walk, the first step after the divergence that the environment labels a mistake
+        (None: no such step); None when the environment has no labels."""
+        if not self.env.labels_mistakes or not self.walks:
+            return None
+        labelled: dict[int, list[bool]] = {}  # leaf id -> one label per turn
+        out = []
+        for walk in self.walks:
+            bad = walk.pair.bad
+            if bad[-1].id not in labelled:
+                labels = self._labels(bad)
+                if labels is None:
+                    return None
+                labelled[bad[-1].id] = labels
+            labels = labelled[bad[-1].id]
+            out.append(next((k for k in range(walk.pair.divergence + 1, len(bad)) if labels[k - 1]),
+                            None))
+        return out
+
+    def _labels(self, path: list[Node]) -> list[bool] | None:
+        """The environment's label of every turn of `path`. A `wait` turn never reached the
+        environment (the agent answers it itself): it makes no progress, a mistake."""
+        stepped = [n for n in path[1:] if not is_wait(n.action or "")]
+        labels = self.env.label_mistakes(self.task_id, [n.action or "" for n in stepped])
+        if labels is None:
+            return None
+        by_node = {n.id: label for n, label in zip(stepped, labels, strict=True)}
+        return [by_node.get(n.id, True) for n in path[1:]]
 
     def nodes_to_judge(self) -> list[Node]:
         """The bad-path steps whose verdicts the walks wait on (none: the critique is over)."""
@@ -170,16 +240,17 @@ class _Job:
             self.stage = "done"
         return list(nodes.values())
 
-    def record_verdict(self, node: Node, text: str, num_tokens: int) -> None:
-        verdict = parse_judgment(text)
-        if verdict is None:
-            self.unparsed += 1
-            verdict = "Uncertain"
-        self.verdicts[node.id] = verdict
-        self.replies[node.id] = text
-        self.verdict_counts[verdict] += 1
+    def record_reply(self, num_tokens: int, parsed: bool) -> None:
+        """Count one verifier reply (its verdict is recorded by `record_verdict`)."""
         self.critique_tokens += num_tokens
         self.critique_requests += 1
+        self.unparsed += not parsed
+
+    def record_verdict(self, node: Node, verdict: StepVerdict) -> None:
+        self.verdicts[node.id] = verdict.verdict
+        self.critiques[node.id] = verdict
+        self.verdict_counts[verdict.verdict] += 1
+        self.source_counts[verdict.source] += 1
 
     # ---- results -----------------------------------------------------------------------------
     def trajectories(self) -> list[Trajectory]:
@@ -193,17 +264,21 @@ class _Job:
         for i, walk in enumerate(self.walks):
             pair = walk.pair
             signal = draw_signal(self.rng)
-            out.append(record("revision", i, splice(header, pair.bad, pair.good, pair.divergence,
-                                                    walk.transition, signal), {
+            meta = {
                 "good_reward": pair.good_reward,
                 "bad_reward": pair.bad_reward,
                 "divergence_step": pair.divergence,
                 "transition_step": walk.transition,
+                "transition_source": walk.source,
                 "revision_signal": signal,
                 "mode": self.config.mode,
                 "bad_turns": len(pair.bad) - 1,
                 "good_turns": len(pair.good) - 1,
-            }))
+            }
+            if self.mistakes is not None:
+                meta["mistake_step"] = self.mistakes[i]
+            out.append(record("revision", i, splice(header, pair.bad, pair.good, pair.divergence,
+                                                    walk.transition, signal), meta))
         if self.config.include_good or self.config.mode == "optimal":
             good = sorted(self.good, key=len)[:self.config.max_good_per_task]  # stable: tree order
             for i, path in enumerate(good):
@@ -227,7 +302,12 @@ class _Job:
             "good": kinds["good"],
             "divergence_steps": [w.pair.divergence for w in self.walks],
             "transition_steps": [w.transition for w in self.walks],
-            "verdicts": {v: self.verdict_counts[v] for v in ("Good", "Bad", "Uncertain")},
+            "transition_sources": [w.source for w in self.walks],
+            "bad_path_ends": [len(w.pair.bad) - 1 for w in self.walks],
+            "random_steps": self.random_steps,
+            **({"mistake_steps": self.mistakes} if self.mistakes is not None else {}),
+            "verdicts": {v: self.verdict_counts[v] for v in VERDICTS},
+            "verdict_sources": {s: self.source_counts[s] for s in VERDICT_SOURCES},
             "unparsed_verdicts": self.unparsed,
             "expansions": c.expansions,
             "samples": c.samples,
@@ -240,6 +320,75 @@ class _Job:
             "critique_tokens": self.critique_tokens,
             "seconds": round(time.perf_counter() - self.started, 3),
         }
+
+
+def check_transition_source(config: SearchConfig, env: Environment) -> None:
+    """Refuse `transition: oracle` for an environment without mistake labels."""
+    if config.mode == "agent_r" and config.transition == "oracle" and not env.labels_mistakes:
+        raise ValueError(
+            f"search.transition 'oracle' needs an environment that labels mistakes "
+            f"(Environment.label_mistakes); {type(env).__name__} has none: use transition "
+            "'model' or 'end'")
+
+
+def _judge(engine: Engine, judgments: list[tuple[_Job, Node]], config: SearchConfig,
+           sampling: SamplingConfig, fits: Callable[[Conversation], bool],
+           calls: Counter, seconds: Counter) -> None:
+    """Give every step in `judgments` a verdict by `config.verdict` (see `agentr.search.critique`):
+    one batched `generate` for the reasons, then one batched `choose` for the steps still
+    without a verdict."""
+    direct = config.verdict == "forced"
+    prompts = [step_conversation(node.path(), node.depth, fits, direct) for _, node in judgments]
+    to_force: list[tuple[_Job, Node, Conversation, str | None]] = []
+    if direct:
+        to_force = [(job, node, prompt, None) for (job, node), prompt in zip(judgments, prompts)]
+    else:
+        start = time.perf_counter()
+        replies = engine.generate(prompts, sampling)
+        seconds["judge"] += time.perf_counter() - start
+        calls["judge"] += 1
+        for (job, node), prompt, (reply, *_) in zip(judgments, prompts, replies):
+            verdict = parse_judgment(reply.text)
+            job.record_reply(reply.num_tokens, parsed=verdict is not None)
+            if verdict is not None:
+                job.record_verdict(node, StepVerdict(verdict, "parsed", reply.text))
+            elif config.verdict == "parsed":
+                job.record_verdict(node, StepVerdict("Uncertain", "none", reply.text))
+            else:
+                to_force.append((job, node, prompt, reply.text))
+    if to_force:
+        start = time.perf_counter()
+        choices = engine.choose([p for _, _, p, _ in to_force],
+                                [forced_prefix(reply) for *_, reply in to_force], VERDICT_CHOICES)
+        seconds["force"] += time.perf_counter() - start
+        calls["force"] += 1
+        for (job, node, _, reply), choice in zip(to_force, choices):
+            job.record_verdict(node, StepVerdict(VERDICTS[choice.index], "forced", reply,
+                                                 dict(zip(VERDICTS, choice.logprobs))))
+
+
+def phase1_report(stats: dict) -> str:
+    """A few lines on a finished Phase I: trajectories, verdicts and where t' came from, and
+    (with mistake labels) the transition-point accuracy of each rule."""
+    sources = ", ".join(f"{k} {v}" for k, v in stats["verdict_sources"].items())
+    verdicts = ", ".join(f"{k} {v}" for k, v in stats["verdicts"].items())
+    lines = [
+        f"Phase I: {stats['trees_searched']} trees, {stats['revision_trajectories']} revision + "
+        f"{stats['good_trajectories']} good trajectories, {stats['wall_seconds']:.0f} s",
+        f"  verdicts: {verdicts} (by source: {sources})",
+        f"  t' sources: {stats['transition_sources']}; t' histogram: "
+        f"{stats['transition_step_histogram']}",
+    ]
+    accuracy = stats.get("transition_accuracy")
+    if accuracy is not None:
+        lines.append(f"  t' against the first labelled mistake ({accuracy['pairs_with_mistake']} of "
+                     f"{accuracy['pairs']} pairs have one):")
+        for rule in ("model", "end", "random"):
+            if rule in accuracy and accuracy[rule]["equal"] is not None:
+                a = accuracy[rule]
+                lines.append(f"    {rule:>6}: equal {a['equal']:.0%}, before {a['before']:.0%}, "
+                             f"after {a['after']:.0%}, mean distance {a['mean_distance']:.2f}")
+    return "\n".join(lines)
 
 
 def _check_run_settings(out_dir: Path, settings: dict) -> None:
@@ -256,8 +405,44 @@ def _check_run_settings(out_dir: Path, settings: dict) -> None:
         _write_json_atomic(path, settings, indent=2)
 
 
-def summarize(per_task: list[dict]) -> dict:
-    """Totals over per-task stats."""
+def placement(steps: Sequence[int], references: Sequence[int | None]) -> dict:
+    """How transition points `steps` lie against `references` (the first labelled mistake of
+    each pair; None: the pair's bad path has none, left out): the fractions of pairs where they
+    are equal, before, after, and the mean absolute distance (all None without a pair)."""
+    pairs = [(s, r) for s, r in zip(steps, references, strict=True) if r is not None]
+    if not pairs:
+        return dict.fromkeys(("equal", "before", "after", "mean_distance"))
+    share = lambda hit: round(sum(map(hit, pairs)) / len(pairs), 4)  # noqa: E731
+    return {
+        "equal": share(lambda p: p[0] == p[1]),
+        "before": share(lambda p: p[0] < p[1]),
+        "after": share(lambda p: p[0] > p[1]),
+        "mean_distance": round(sum(abs(s - r) for s, r in pairs) / len(pairs), 4),
+    }
+
+
+def transition_accuracy(per_task: list[dict], transition: str) -> dict | None:
+    """The "transition_accuracy" figures of `stats.json` (see the module doc); None when no task
+    has mistake labels."""
+    labelled = [s for s in per_task if "mistake_steps" in s]
+    if not labelled:
+        return None
+    gather = lambda key: [x for s in labelled for x in s[key]]  # noqa: E731
+    mistakes = gather("mistake_steps")
+    rules = {"end": gather("bad_path_ends"), "random": gather("random_steps")}
+    if transition == "model":
+        rules = {"model": gather("transition_steps"), **rules}
+    found = [m for m in mistakes if m is not None]
+    return {
+        "pairs": len(mistakes),
+        "pairs_with_mistake": len(found),
+        "mean_mistake_step": round(sum(found) / len(found), 4) if found else None,
+        **{rule: placement(steps, mistakes) for rule, steps in rules.items()},
+    }
+
+
+def summarize(per_task: list[dict], transition: str = "model") -> dict:
+    """Totals over per-task stats (`transition`: the run's `SearchConfig.transition`)."""
     transitions = [t for s in per_task for t in s["transition_steps"]]
     offsets = [t - d for s in per_task for t, d in zip(s["transition_steps"], s["divergence_steps"])]
     total = lambda key: sum(s[key] for s in per_task)  # noqa: E731
@@ -273,7 +458,9 @@ def summarize(per_task: list[dict]) -> dict:
         "mean_transition_step": sum(transitions) / len(transitions) if transitions else None,
         "mean_steps_after_divergence": sum(offsets) / len(offsets) if offsets else None,
         "transition_step_histogram": dict(sorted(Counter(transitions).items())),
-        "verdicts": {v: sum(s["verdicts"][v] for s in per_task) for v in ("Good", "Bad", "Uncertain")},
+        "transition_sources": dict(sorted(Counter(x for s in per_task for x in s["transition_sources"]).items())),
+        "verdicts": {v: sum(s["verdicts"][v] for s in per_task) for v in VERDICTS},
+        "verdict_sources": {v: sum(s["verdict_sources"][v] for s in per_task) for v in VERDICT_SOURCES},
         "unparsed_verdicts": total("unparsed_verdicts"),
         "env_steps": total("env_steps"),
         "replay_steps": total("replay_steps"),
@@ -282,6 +469,9 @@ def summarize(per_task: list[dict]) -> dict:
         "tokens_generated": total("search_tokens") + total("critique_tokens"),
         "search_tokens": total("search_tokens"),
         "critique_tokens": total("critique_tokens"),
+        "critique_requests": total("critique_requests"),
+        **({"transition_accuracy": accuracy}
+           if (accuracy := transition_accuracy(per_task, transition)) is not None else {}),
     }
 
 
@@ -315,6 +505,11 @@ def collect(
     if len(set(task_ids)) != len(task_ids):
         raise ValueError("task_ids has duplicates")
     tasks_dir, trees_dir = out_dir / "tasks", out_dir / "trees"
+    probe = make_env()
+    try:
+        check_transition_source(config, probe)
+    finally:
+        probe.close()
     tasks_dir.mkdir(parents=True, exist_ok=True)
     trees_dir.mkdir(parents=True, exist_ok=True)
     # everything that shapes the data (the concurrency bound does not)
@@ -325,7 +520,8 @@ def collect(
     todo = deque(t for t in task_ids if not done_file(t).exists())
     resumed = len(task_ids) - len(todo)
     started = time.perf_counter()
-    calls = Counter()
+    calls: Counter[str] = Counter()
+    seconds: Counter[str] = Counter()  # engine time per kind of call
     finished_now: list[dict] = []
     written: Counter[str] = Counter()  # trajectories written by this run
 
@@ -336,7 +532,8 @@ def collect(
                                      max_tokens=config.max_tokens)
     judge_sampling = SamplingConfig(n=1, temperature=0.0, max_tokens=config.critique_max_tokens, seed=seed)
     expand_limit = engine.max_model_len - config.max_tokens
-    judge_limit = engine.max_model_len - config.critique_max_tokens
+    reasons = 0 if config.verdict == "forced" else config.critique_max_tokens
+    judge_limit = engine.max_model_len - reasons - _VERDICT_TOKENS
     judge_fits = lambda c: fits(engine, c, judge_limit)  # noqa: E731
 
     active: list[_Job] = []
@@ -364,13 +561,13 @@ def collect(
                 # a fresh seed per call, so that rounds do not replay the same random stream
                 sampling = dataclasses.replace(expand_sampling, seed=call_seed(seed, calls["expand"]))
                 calls["expand"] += 1
-                for (job, node), generations in zip(expansions, engine.generate(prompts, sampling)):
+                start = time.perf_counter()
+                replies = engine.generate(prompts, sampling)
+                seconds["expand"] += time.perf_counter() - start
+                for (job, node), generations in zip(expansions, replies):
                     job.tree.expand(node, generations)
             if judgments:
-                prompts = [step_conversation(node.path(), node.depth, judge_fits) for _, node in judgments]
-                calls["judge"] += 1
-                for (job, node), generations in zip(judgments, engine.generate(prompts, judge_sampling)):
-                    job.record_verdict(node, generations[0].text, generations[0].num_tokens)
+                _judge(engine, judgments, config, judge_sampling, judge_fits, calls, seconds)
 
             for job in active:
                 if job.stage == "done":
@@ -393,10 +590,12 @@ def collect(
         trajectories.extend(read_jsonl(tasks_dir / f"{name}.jsonl"))
     dataset = write_jsonl_atomic(out_dir / "dataset.jsonl", trajectories)
 
-    stats = summarize(per_task)
+    stats = summarize(per_task, config.transition)
     this_run = summarize(finished_now) if finished_now else {"trees_searched": 0, "env_steps": 0}
     stats.update(
         mode=config.mode,
+        transition=config.transition,
+        verdict=config.verdict,
         alpha=alpha,
         seed=seed,
         iteration=iteration,
@@ -405,16 +604,26 @@ def collect(
         wall_seconds=round(wall, 3),
         trees_per_minute=round(60 * this_run["trees_searched"] / wall, 3) if wall > 0 else None,
         env_steps_per_second=round(this_run["env_steps"] / wall, 3) if wall > 0 else None,
-        engine_calls={"expand": calls["expand"], "judge": calls["judge"]},
+        engine_calls={k: calls[k] for k in ("expand", "judge", "force")},
+        engine_seconds={k: round(seconds[k], 3) for k in ("expand", "judge", "force")},
     )
     _write_json_atomic(out_dir / "stats.json", stats, indent=2)
-    judged = sum(stats["verdicts"].values())
-    if judged and stats["unparsed_verdicts"] > judged / 2:
+    replies = stats["critique_requests"]
+    if replies and stats["unparsed_verdicts"] > replies / 2:
+        forced = stats["verdict_sources"]["forced"]
         log.warning(
             "%d of %d critique replies had no 'Judgment: Good|Bad|Uncertain' line: the policy "
-            "cannot act as its own verifier yet, so those transition points fall back to the end "
-            "of the bad path (as in direct_revision). Replies are in %s/*.json ('critiques').",
-            stats["unparsed_verdicts"], judged, trees_dir)
+            "cannot write its own verdicts yet; %d verdicts were forced by the model's "
+            "log-probabilities%s. Replies are in %s/*.json ('critiques').",
+            stats["unparsed_verdicts"], replies, forced,
+            "" if config.verdict != "parsed" else
+            " (none: verdict 'parsed' counts them as Uncertain, so those transition points fall "
+            "back to the end of the bad path, as with transition 'end')", trees_dir)
+    report = phase1_report(stats)
+    if progress:
+        print(report, file=sys.stderr)
+    else:
+        log.info("%s", report)
     return CollectResult(dataset=dataset, trees=trees_dir, stats=stats)
 
 
@@ -425,7 +634,7 @@ def _write_task(job: _Job, tasks_dir: Path, trees_dir: Path) -> dict:
     stats = job.stats(trajectories)
     tree = {"task_id": job.task_id, "env": job.tree.env_name, "header": job.tree.header,
             "root": job.tree.root.to_dict(),
-            "critiques": {i: {"verdict": job.verdicts[i], "reply": r} for i, r in job.replies.items()}}
+            "critiques": {i: v.to_dict() for i, v in job.critiques.items()}}
     _write_json_atomic(trees_dir / f"{name}.json", tree, separators=(",", ":"))
     _write_json_atomic(tasks_dir / f"{name}.stats.json", stats)
     write_jsonl_atomic(tasks_dir / f"{name}.jsonl", trajectories)
@@ -481,6 +690,8 @@ def collect_command(
         result = collect(policy, env_factory, task_ids, search, out_dir,
                          iteration=iteration, alpha=alpha, seed=seed, progress=progress)
     keys = ("trees_searched", "revision_trajectories", "good_trajectories", "mean_transition_step",
-            "transition_step_histogram", "verdicts", "unparsed_verdicts", "env_steps",
-            "tokens_generated", "wall_seconds")
-    print(json.dumps({"dataset": str(result.dataset), **{k: result.stats[k] for k in keys}}, indent=2))
+            "transition_step_histogram", "transition_sources", "verdicts", "verdict_sources",
+            "unparsed_verdicts", "transition_accuracy", "env_steps", "tokens_generated",
+            "wall_seconds", "engine_seconds")
+    print(json.dumps({"dataset": str(result.dataset),
+                      **{k: result.stats[k] for k in keys if k in result.stats}}, indent=2))

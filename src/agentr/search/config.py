@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-MODES = ("agent_r", "direct_revision", "optimal")
+MODES = ("agent_r", "optimal")
+TRANSITIONS = ("model", "end", "oracle")
+VERDICT_POLICIES = ("parsed", "parsed_then_forced", "forced")
 
 
 @dataclass
 class SearchConfig:
-    """How Phase I searches each task and which trajectories it keeps (DESIGN 1.1-1.4).
+    """How Phase I searches each task and which trajectories it keeps.
 
     Attributes:
         num_simulations: descents from the root per tree (the official code's ITERA). Each
@@ -31,10 +33,20 @@ class SearchConfig:
             Sampled successes can carry redundant repeated actions, and many of them teach a
             small model dead loops (README results: 25% repeated actions in 44 good paths, and
             the model trained on them fell to 0% success).
-        mode: "agent_r": the policy itself judges the bad path and the first Bad step is the
-            transition point t'; "direct_revision": t' = end of the bad path (the paper's
-            Direct-Revision baseline); "optimal": no revision trajectories, good paths only.
-        critique_max_tokens: new tokens per verifier answer (reasons first, then the judgment).
+        mode: "agent_r": revision trajectories (t' chosen by `transition`), plus good ones where
+            `include_good`; "optimal": good paths only, no revision trajectories.
+        transition: where the transition point t' of a bad path comes from. "model": the first
+            step the policy itself judges Bad, else the end of the bad path (Agent-R);
+            "end": the end of the bad path (the paper's Direct-Revision baseline); "oracle":
+            the first step after the divergence that the environment labels a mistake
+            (`Environment.label_mistakes`; an upper bound for a perfect critic), else the end.
+        verdict: how the policy's verdicts are obtained under `transition: model`. "parsed":
+            reasons, then a `Judgment:` line parsed from the reply (none counts as Uncertain);
+            "parsed_then_forced": the same, and a reply without a verdict is continued with
+            `Judgment:` and the model's most likely verdict taken; "forced": the verdict alone,
+            by the model's log-probabilities, without reasons (the cheapest).
+        critique_max_tokens: new tokens per verifier answer (reasons first, then the judgment;
+            unused under `verdict: forced`).
         max_concurrent_trees: trees searched together; bounds the engine batch and so the KV
             cache it needs. Each batched engine call carries at most this many conversations.
     """
@@ -49,13 +61,23 @@ class SearchConfig:
     max_pairs_per_task: int = 4
     include_good: bool = True
     max_good_per_task: int | None = None
-    mode: Literal["agent_r", "direct_revision", "optimal"] = "agent_r"
+    mode: Literal["agent_r", "optimal"] = "agent_r"
+    transition: Literal["model", "end", "oracle"] = "model"
+    verdict: Literal["parsed", "parsed_then_forced", "forced"] = "parsed_then_forced"
     critique_max_tokens: int = 256
     max_concurrent_trees: int = 32
 
     def __post_init__(self) -> None:
+        if self.mode == "direct_revision":
+            raise ValueError(
+                "SearchConfig.mode 'direct_revision' was replaced by transition: 'end' "
+                "(Direct-Revision: t' = the end of the bad path); set mode: agent_r, transition: end")
         if self.mode not in MODES:
             raise ValueError(f"unknown search mode {self.mode!r}; expected one of {MODES}")
+        if self.transition not in TRANSITIONS:
+            raise ValueError(f"SearchConfig.transition must be one of {TRANSITIONS}, got {self.transition!r}")
+        if self.verdict not in VERDICT_POLICIES:
+            raise ValueError(f"SearchConfig.verdict must be one of {VERDICT_POLICIES}, got {self.verdict!r}")
         for name in ("num_simulations", "n_expand", "max_depth", "max_tokens",
                      "critique_max_tokens", "max_concurrent_trees"):
             if getattr(self, name) < 1:
