@@ -39,7 +39,7 @@ def run(model: str, adapter: str | None, env_factory, tasks, train_tasks, args, 
         results = evaluate(engine, env_factory, tasks, max_turns=args.turns, max_tokens=args.max_tokens,
                            progress=False)
         search = SearchConfig(num_simulations=4, n_expand=4, max_depth=6, max_tokens=40,
-                              mode="direct_revision", max_concurrent_trees=len(train_tasks))
+                              transition="end", max_concurrent_trees=len(train_tasks))
         with tempfile.TemporaryDirectory() as out:
             tokens0 = engine.stats.generated_tokens
             phase1 = collect(engine, env_factory, train_tasks, search, out, progress=False).stats
@@ -91,7 +91,7 @@ def main(argv=None) -> None:
         f"Model {args.model}, adapter {args.adapter}; evaluation: TextCraft depth-1 test tasks "
         f"{tasks[0]}..{tasks[-1]} ({len(tasks)}), {args.turns} turns, greedy, max_tokens={args.max_tokens}; "
         f"Phase I: the quickstart's search (4 simulations x 4 samples, depth 6, 40 tokens) on "
-        f"{len(train_tasks)} depth-1 train tasks, all in flight, direct_revision; "
+        f"{len(train_tasks)} depth-1 train tasks, all in flight, transition end (Direct-Revision); "
         f"{machine()}, "
         f"load average before/after: {load_before} / {load_average()}.",
         "",

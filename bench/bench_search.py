@@ -10,7 +10,8 @@ TextCraft tasks) in one process, one after the other:
   of the n_expand samples of an expansion is its own request (n = 1); before every sample the
   environment is reset and all actions of the path replayed (O(depth^2) env steps per path).
 
-Mode "direct_revision" is used so that neither side runs the verifier: this measures search.
+`transition: end` (Direct-Revision) is used so that neither side runs the verifier: this
+measures search.
 Trees differ between the two runs (sampling), so the table also reports work done (expansions,
 samples, generated tokens) next to the rates.
 
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     make_env = lambda: TextCraftEnv(**env_options)  # noqa: E731
     task_ids = make_env().task_ids("train")[: args.tasks]
     config = SearchConfig(num_simulations=args.num_simulations, n_expand=args.n_expand,
-                          max_depth=args.max_depth, max_tokens=args.max_tokens, mode="direct_revision",
+                          max_depth=args.max_depth, max_tokens=args.max_tokens, transition="end",
                           max_concurrent_trees=max(1, len(task_ids)))
     engine_options = {"kv_cache_gb": args.kv_cache_gb} if args.kv_cache_gb else {}
     t0 = time.perf_counter()

@@ -24,7 +24,7 @@ from search_fakes import (
 )
 
 from agentr.envs import textcraft
-from agentr.search.collect import collect, task_seed
+from agentr.search.collect import collect, phase1_report, task_seed
 from agentr.search.config import SearchConfig
 from agentr.trajectory import read_jsonl
 
@@ -412,6 +412,9 @@ def test_accuracy_of_model_end_and_random_rules_on_the_same_pairs(tmp_path):
     # a perfect verifier finds every labelled mistake
     _, perfect = _collect(tmp_path / "perfect", env=LabelledToyEnv)
     assert perfect.stats["transition_accuracy"]["model"]["equal"] == 1.0
+    report = phase1_report(perfect.stats)  # what the end of Phase I prints
+    assert "model: equal 100%, before 0%, after 0%, mean distance 0.00" in report
+    assert f"verdicts: Good {perfect.stats['verdicts']['Good']}" in report
 
 
 def test_placement_on_hand_built_pairs():
@@ -429,3 +432,10 @@ def test_placement_on_hand_built_pairs():
     assert accuracy["random"] == {"equal": 0.5, "before": 0.5, "after": 0.0, "mean_distance": 0.5}
     assert "model" not in transition_accuracy(tasks, "end")
     assert transition_accuracy([{"transition_steps": [1]}], "model") is None
+
+
+def test_old_direct_revision_mode_names_the_setting_that_replaced_it():
+    with pytest.raises(ValueError, match="transition: 'end'"):
+        SearchConfig(mode="direct_revision")
+    with pytest.raises(ValueError, match="SearchConfig.verdict must be one of"):
+        SearchConfig(verdict="sometimes")

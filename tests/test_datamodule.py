@@ -183,3 +183,11 @@ def test_http_datamodule_builds_the_remote_environment():
                         instruction="Craft.")
     env = dm.make_env()
     assert env.url == "http://localhost:9" and env.task_ids("train") == ["1", "2"] and env.instruction == "Craft."
+
+
+def test_oracle_transition_is_refused_at_setup_for_an_environment_without_labels(tiny_model_dir):
+    oracle = SearchConfig(num_simulations=1, transition="oracle")
+    with pytest.raises(ValueError, match="transition 'oracle' needs an environment that labels mistakes"):
+        ToyDataModule(model=tiny_model_dir, search=oracle).setup("fit")
+    TextCraftDataModule(model=tiny_model_dir, max_depth=1, search=oracle).setup("fit")  # TextCraft labels
+    ToyDataModule(model=tiny_model_dir, search=SearchConfig(transition="end")).setup("fit")

@@ -203,7 +203,7 @@ class _Job:
     def _first_mistakes(self) -> list[int | None] | None:
         """Per walk, the first step after the divergence that the environment labels a mistake
         (None: no such step); None when the environment has no labels."""
-        if not self.env.labels_mistakes or not self.walks:
+        if not self.env.labels_mistakes:
             return None
         labelled: dict[int, list[bool]] = {}  # leaf id -> one label per turn
         out = []
