@@ -335,11 +335,7 @@ class AgentRDataModule(pl.LightningDataModule):
         if stage == "fit":  # refuse settings the environment cannot serve before any work
             from agentr.search.collect import check_transition_source
 
-            env = self.make_env()
-            try:
-                check_transition_source(self.search, env)
-            finally:
-                env.close()
+            check_transition_source(self.search, self.make_env)
         if self.train_examples is None and self.data_files:
             self.set_trajectories(t for path in self.data_files for t in read_jsonl(path))
 

@@ -202,9 +202,11 @@ class _Job:
 
     def _first_mistakes(self) -> list[int | None] | None:
         """Per walk, the first step after the divergence that the environment labels a mistake
-        (None: no such step); None when the environment has no labels."""
-        if not self.env.labels_mistakes:
-            return None
+        (None: no such step); None when the environment has no labels for this task. Asks
+        `label_mistakes` itself rather than `labels_mistakes`, which a multi-task environment
+        answers by building every sub-environment."""
+        if not self.walks:
+            return None if self.env.label_mistakes(self.task_id, []) is None else []
         labelled: dict[int, list[bool]] = {}  # leaf id -> one label per turn
         out = []
         for walk in self.walks:
@@ -322,9 +324,17 @@ class _Job:
         }
 
 
-def check_transition_source(config: SearchConfig, env: Environment) -> None:
-    """Refuse `transition: oracle` for an environment without mistake labels."""
-    if config.mode == "agent_r" and config.transition == "oracle" and not env.labels_mistakes:
+def check_transition_source(config: SearchConfig, make_env: Callable[[], Environment]) -> None:
+    """Refuse `transition: oracle` for an environment without mistake labels (an environment is
+    built to ask only under that setting)."""
+    if config.mode != "agent_r" or config.transition != "oracle":
+        return
+    env = make_env()
+    try:
+        labels = env.labels_mistakes
+    finally:
+        env.close()
+    if not labels:
         raise ValueError(
             f"search.transition 'oracle' needs an environment that labels mistakes "
             f"(Environment.label_mistakes); {type(env).__name__} has none: use transition "
@@ -505,11 +515,7 @@ def collect(
     if len(set(task_ids)) != len(task_ids):
         raise ValueError("task_ids has duplicates")
     tasks_dir, trees_dir = out_dir / "tasks", out_dir / "trees"
-    probe = make_env()
-    try:
-        check_transition_source(config, probe)
-    finally:
-        probe.close()
+    check_transition_source(config, make_env)
     tasks_dir.mkdir(parents=True, exist_ok=True)
     trees_dir.mkdir(parents=True, exist_ok=True)
     # everything that shapes the data (the concurrency bound does not)
