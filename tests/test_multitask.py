@@ -136,3 +136,16 @@ def test_list_of_children_is_named_by_environment(tiny_model_dir):
     assert list(dm.children) == ["textcraft"]
     with pytest.raises(ValueError, match="mapping"):
         MultiTaskDataModule([TextCraftDataModule(max_depth=1), TextCraftDataModule(max_depth=2)])
+
+
+def test_mistake_labels_come_from_the_task_s_environment():
+    from search_fakes import ToyEnv
+
+    env = MultiTaskEnv({"easy": lambda: TextCraftEnv(max_depth=1), "toy": ToyEnv})
+    textcraft = TextCraftEnv(max_depth=1)
+    task = textcraft.task_ids("train")[0]
+    path = ["inventory", *textcraft.expert_actions(task)]
+    assert env.label_mistakes(f"easy/{task}", path) == textcraft.label_mistakes(task, path) == [True, False, False]
+    assert env.label_mistakes("toy/t0", ["good"]) is None  # ToyEnv has no labels
+    assert not env.labels_mistakes  # so transition: oracle is refused for the mix
+    assert MultiTaskEnv({"easy": lambda: TextCraftEnv(max_depth=1)}).labels_mistakes
