@@ -14,13 +14,21 @@ Run directory layout (`trainer.default_root_dir`):
     iteration_1/phase1/            Phase I output: dataset, trees, stats (resumable)
     iteration_1/adapter/           the LoRA adapter after this iteration (PEFT format)
     iteration_1/eval.json
+    iteration_1/training.json      wall time of the iteration's training epochs (seconds)
     checkpoints/last.ckpt          Lightning checkpoint (trainable weights only)
+    report.html                    the run's report (`agentr.report`), written at the end
+
+At the end of the fit the report is written, logged to W&B as an artifact of type "report"
+when a `WandbLogger` is on, and the summary table is printed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,9 +156,47 @@ class AgentRIterations(Callback):
             )
         datamodule.set_epoch_hook(lambda: self.prepare_epoch(trainer))
 
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            stage = self.plan[trainer.current_epoch]
+            self._record_training_time(stage, time.perf_counter() - self._epoch_started)
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._save_adapter(trainer, self.plan[-1].iteration)
         self._evaluate_finished(trainer, upto=self.plan[-1].iteration)
+        if trainer.is_global_zero:
+            self._report(trainer)
+
+    def _record_training_time(self, stage: Stage, seconds: float) -> None:
+        """Add an epoch's wall time to `iteration_<k>/training.json` (a resumed epoch replaces
+        the entry of its interrupted run)."""
+        path = self.iteration_dir(stage.iteration) / "training.json"
+        record = json.loads(path.read_text()) if path.exists() else {}
+        epochs = (record.get("epoch_seconds") or []) + [None] * stage.epochs
+        epochs = epochs[: stage.epochs]
+        epochs[stage.epoch] = round(seconds, 3)
+        record = {"seconds": round(sum(e for e in epochs if e is not None), 3), "epoch_seconds": epochs}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(record, indent=2))
+        os.replace(tmp, path)
+
+    def _report(self, trainer: pl.Trainer) -> None:
+        """Write the run's report, log it to W&B, print the summary."""
+        from agentr.report import format_summary, write_report
+
+        path, run = write_report(self.run_dir)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                artifact = wandb.Artifact(f"report-{logger.experiment.id}", type="report")
+                artifact.add_file(str(path), name=path.name)
+                logger.experiment.log_artifact(artifact)
+        print("\n" + format_summary(run, path), flush=True)
 
     # ---- the loop ---------------------------------------------------------------------------
     def prepare_epoch(self, trainer: pl.Trainer) -> None:
@@ -226,8 +272,6 @@ class AgentRIterations(Callback):
         self.generation.release()
 
     def _log_phase1(self, trainer: pl.Trainer, iteration: int, dataset: Path) -> None:
-        import json
-
         stats_path = Path(dataset).parent / "stats.json"
         if stats_path.exists() and trainer.is_global_zero:
             numbers = numeric_items(json.loads(stats_path.read_text()), "phase1")

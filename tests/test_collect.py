@@ -308,9 +308,11 @@ def test_collect_subcommand_runs_phase_one(tmp_path, monkeypatch, capsys):
           "--num_tasks", "2", "--env_options", '{"min_depth": 1, "max_depth": 1}',
           "--search.num_simulations", "1", "--search.max_depth", "2", "--search.mode", "optimal",
           "--progress", "false"])
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["trees_searched"] == 2 and summary["env_steps"] > 0
-    assert (tmp_path / "dataset.jsonl").exists()
+    printed = capsys.readouterr().out
+    assert f"report:        {tmp_path / 'report.html'}" in printed
+    assert f"dataset:       {tmp_path / 'dataset.jsonl'}" in printed
+    assert json.loads((tmp_path / "stats.json").read_text())["env_steps"] > 0
+    assert (tmp_path / "dataset.jsonl").exists() and (tmp_path / "report.html").exists()
     settings = json.loads((tmp_path / "collect.json").read_text())
     assert settings["config"]["num_simulations"] == 1 and settings["config"]["mode"] == "optimal"
     assert len(engines) == 1 and all(c[2].n == 4 for c in engines[0].calls)

@@ -113,11 +113,12 @@ def no_crash():
     LuckyEnv.crash_once_exists = None
 
 
-def test_fit_runs_both_phases_on_a_user_environment(tmp_path, tiny_model_dir, no_crash):
+def test_fit_runs_both_phases_on_a_user_environment(tmp_path, tiny_model_dir, no_crash, capsys):
     from peft import PeftConfig
 
     fit(write_config(tmp_path, tiny_model_dir))
     run = tmp_path / "run"
+    _check_summary_and_report(capsys.readouterr().out, run)
 
     data = list(read_jsonl(run / "iteration_1" / "phase1" / "dataset.jsonl"))
     kinds = {t.kind for t in data}
@@ -144,6 +145,94 @@ def test_fit_runs_both_phases_on_a_user_environment(tmp_path, tiny_model_dir, no
     schedule = ckpt["agentr_schedule"]
     assert schedule["restarted"] and 0 < schedule["start"] < ckpt["global_step"]
     assert schedule["start"] + schedule["total"] == ckpt["global_step"]
+
+
+def _check_summary_and_report(printed: str, run: Path) -> None:
+    """The fit ended with a summary row per stage and the report of the run."""
+    summary = printed[printed.rindex("stage "):].splitlines()
+    for stage in ("base", "iteration_1", "iteration_2"):
+        row = next(line for line in summary if line.startswith(stage + " "))
+        results = json.loads((run / stage / "eval.json").read_text())
+        successes = sum(e["success"] for e in results["episodes"])
+        assert f"{100 * results['metrics']['success_rate']:.0f}% ({successes}/2)" in row
+        if stage != "base":
+            stats = json.loads((run / stage / "phase1" / "stats.json").read_text())
+            assert f"{stats['revision_trajectories']} + {stats['good_trajectories']}" in row
+    training = json.loads((run / "iteration_1" / "training.json").read_text())
+    assert len(training["epoch_seconds"]) == 2 and all(s > 0 for s in training["epoch_seconds"])
+    assert training["seconds"] == pytest.approx(sum(training["epoch_seconds"]), abs=1e-2)
+    assert summary[-2:] == [f"report:        {run / 'report.html'}", f"run directory: {run}"]
+    page = (run / "report.html").read_text()
+    data = json.loads(page.split("id='agentr-data'>", 1)[1].split("</script>", 1)[0])
+    assert [s["name"] for s in data["stages"]] == ["base", "iteration_1", "iteration_2"]
+    assert all(s["phase1"]["trees"] for s in data["stages"][1:])
+
+
+def _wandb_records(path: Path):
+    """The protobuf records of an offline run's `.wandb` file (a LevelDB-style log: 32 KiB
+    blocks, each record chunk behind a 7-byte header: crc32, length, type)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, pending = path.read_bytes(), 7, b""  # 7: the file header (":W&B", magic, version)
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):  # a full record, or the last chunk of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            yield record
+
+
+def test_fit_with_the_wandb_logger_offline_in_a_sweep(tmp_path, tiny_model_dir, no_crash, monkeypatch):
+    """A sweep run logs offline: per-stage metrics, the Phase I samples and the report, in its
+    own run directory."""
+    import wandb
+
+    logs = tmp_path / "wandb"
+    for key, value in {"WANDB_MODE": "offline", "WANDB_DIR": logs, "WANDB_DATA_DIR": logs / "data",
+                       "WANDB_CACHE_DIR": logs / "cache", "WANDB_CONFIG_DIR": logs / "config",
+                       "WANDB_SILENT": "true", "WANDB_SWEEP_ID": "sweep1", "WANDB_RUN_ID": "run1"}.items():
+        monkeypatch.setenv(key, str(value))
+    config_path = write_config(tmp_path, tiny_model_dir)
+    config = yaml.safe_load(config_path.read_text())
+    config["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.WandbLogger",
+                                   "init_args": {"project": "agentr-test", "save_dir": str(logs)}}
+    config["trainer"]["callbacks"][1]["init_args"].update(iterations=1, epochs=[1])
+    config_path.write_text(yaml.safe_dump(config))
+    try:
+        fit(config_path)
+    finally:  # the console script's exit does this; the test process lives on
+        wandb.finish()
+        wandb.teardown()  # stops W&B's service process, which writes the run file
+
+    run = tmp_path / "run" / "sweep1" / "run1"  # a sweep's runs never share a run directory
+    assert (run / "iteration_1" / "eval.json").exists() and not (tmp_path / "run" / "checkpoints").exists()
+    offline = next(logs.glob("wandb/offline-run-*-run1"))
+    records = list(_wandb_records(offline / "run-run1.wandb"))
+    history = [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+               for r in records if r.WhichOneof("record_type") == "history"]
+    stages = sorted(h["stage"] for h in history if "eval/success_rate" in h)
+    assert stages == [0, 1]  # base and iteration 1
+    logged = next(h for h in history if "eval/success_rate" in h and h["stage"] == 1)
+    results = json.loads((run / "iteration_1" / "eval.json").read_text())
+    assert logged["eval/success_rate"] == pytest.approx(results["metrics"]["success_rate"])
+    assert any(h.get("phase1/revision_trajectories") is not None for h in history)
+    key = "phase1/iteration_1_samples/"  # a table's fields are logged as nested keys
+    table = next({k[len(key):]: v for k, v in h.items() if k.startswith(key)} for h in history if key + "path" in h)
+    assert table["_type"] == "table-file" and table["nrows"] > 0
+    rows = json.loads((offline / "files" / table["path"]).read_text())
+    assert rows["columns"] == ["task", "kind", "conversation"] and rows["data"]
+    artifact = next(r.artifact for r in records if r.WhichOneof("record_type") == "artifact"
+                    and r.artifact.type == "report")  # (tables travel as artifacts too)
+    assert artifact.name == "report-run1"
+    entry = next(e for e in artifact.manifest.contents if e.path == "report.html")
+    assert Path(entry.local_path).read_text() == (run / "report.html").read_text()
 
 
 @pytest.mark.vllm

@@ -6,20 +6,28 @@ each a typed function whose docstring is its `--help`:
 
     agentr collect    Phase I only: MCTS revision data for a model, written as JSONL
     agentr evaluate   success rate, reward and loop metric of a model or adapter on a split
+    agentr report     the HTML report of a run directory (trees, trajectories, learning curve)
     agentr serve-env  serve an agentr environment over HTTP (AgentGym protocol)
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+from collections.abc import Mapping
+from pathlib import Path
 
 #: Subcommands outside LightningCLI: name -> "module:function".
 STAGE_COMMANDS = {
     "collect": "agentr.search.collect:collect_command",
     "evaluate": "agentr.evaluation:evaluate_command",
+    "report": "agentr.report:report_command",
     "serve-env": "agentr.envs.server:serve_command",
 }
+
+#: Subcommands whose required arguments are positional (`agentr report RUN_DIR`).
+POSITIONAL = {"report"}
 
 
 def _stage_function(name: str):
@@ -27,22 +35,42 @@ def _stage_function(name: str):
     return getattr(importlib.import_module(module), function)
 
 
+def sweep_run_dir(root: str | None, environ: Mapping[str, str]) -> str | None:
+    """The run's own directory under a W&B sweep agent, `<root>/<sweep id>/<run id>` (None
+    outside a sweep): every run of a sweep starts from the same config, and sharing its
+    `default_root_dir` would make each run resume the previous one's checkpoint."""
+    sweep, run = environ.get("WANDB_SWEEP_ID"), environ.get("WANDB_RUN_ID")
+    if not sweep or not run:
+        return None
+    return str(Path(root or ".") / sweep / run)
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the `agentr` console script; `args` defaults to `sys.argv[1:]`."""
-    argv = list(sys.argv[1:] if args is None else args)
+    from agentr.verbosity import configure_logging, verbose_requested
+
+    verbose, argv = verbose_requested(list(sys.argv[1:] if args is None else args))
+    configure_logging(verbose)
+    if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
+        sys.argv[1:] = argv
     if argv and argv[0] in STAGE_COMMANDS:
         from jsonargparse import CLI
 
-        CLI(_stage_function(argv[0]), args=argv[1:], as_positional=False)
+        CLI(_stage_function(argv[0]), args=argv[1:], as_positional=argv[0] in POSITIONAL)
         return  # the console script passes main()'s result to sys.exit: None exits 0
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip() + "\n", file=sys.stderr)
-    _lightning_cli(args)
+    _lightning_cli(None if args is None else argv, verbose)
 
 
-def _lightning_cli(args: list[str] | None):
+def _lightning_cli(args: list[str] | None, verbose: bool = False):
     """LightningCLI over the module and any DataModule subclass; `args` None reads `sys.argv`."""
     from lightning.pytorch.cli import LightningCLI
+
+    from agentr.verbosity import quiet_libraries
+
+    if not verbose:
+        quiet_libraries()  # importing Lightning set its own level to INFO
 
     from agentr.data.datamodule import AgentRDataModule
     from agentr.training.module import AgentRModule
@@ -54,9 +82,13 @@ def _lightning_cli(args: list[str] | None):
             # The data is rendered with the trained model's tokenizer: one setting, not two.
             parser.link_arguments("model.model", "data.init_args.model")
 
-        def before_fit(self) -> None:
-            from pathlib import Path
+        def before_instantiate_classes(self) -> None:
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            own_dir = sweep_run_dir(config.trainer.default_root_dir, os.environ)
+            if own_dir is not None:
+                config.trainer.default_root_dir = own_dir
 
+        def before_fit(self) -> None:
             checkpoint = self.trainer.checkpoint_callback
             if checkpoint is not None and checkpoint.dirpath is None:
                 checkpoint.dirpath = str(Path(self.trainer.default_root_dir) / "checkpoints")

@@ -13,10 +13,12 @@ Output directory:
     collect.json            the settings of the run; a re-run with other settings refuses to mix
     tasks/<task>.jsonl      the task's trajectories (written last, atomically: the "done" mark)
     tasks/<task>.stats.json the task's counters
-    trees/<task>.json       the task's search tree, compact JSON (see `Node.to_dict`), and for
+    trees/<task>.json       the task's search tree, compact JSON (see `Node.to_dict`), for
                             each judged node ("critiques") its verdict, the verdict's source,
                             the verifier's reply and, for forced verdicts, the log-probabilities
-                            of the three verdicts (`StepVerdict.to_dict`)
+                            of the three verdicts (`StepVerdict.to_dict`), and the pairs spliced
+                            ("pairs": good and bad leaf node ids, divergence_step,
+                            transition_step and its source, the revision trajectory's id)
     dataset.jsonl           all tasks' trajectories in task order (`agentr.trajectory` schema)
     stats.json              totals over all tasks, plus this run's wall time and rates
 
@@ -638,9 +640,14 @@ def _write_task(job: _Job, tasks_dir: Path, trees_dir: Path) -> dict:
     name = task_filename(job.task_id)
     trajectories = job.trajectories()
     stats = job.stats(trajectories)
+    revisions = [t for t in trajectories if t.kind == "revision"]  # one per walk, in walk order
+    pairs = [{"good": walk.pair.good[-1].id, "bad": walk.pair.bad[-1].id,
+              "divergence_step": walk.pair.divergence, "transition_step": walk.transition,
+              "transition_source": walk.source, "trajectory": revision.id} for walk, revision in zip(job.walks, revisions)]
     tree = {"task_id": job.task_id, "env": job.tree.env_name, "header": job.tree.header,
             "root": job.tree.root.to_dict(),
-            "critiques": {i: v.to_dict() for i, v in job.critiques.items()}}
+            "critiques": {i: v.to_dict() for i, v in job.critiques.items()},
+            "pairs": pairs}
     _write_json_atomic(trees_dir / f"{name}.json", tree, separators=(",", ":"))
     _write_json_atomic(tasks_dir / f"{name}.stats.json", stats)
     write_jsonl_atomic(tasks_dir / f"{name}.jsonl", trajectories)
@@ -667,8 +674,9 @@ def collect_command(
     """Phase I alone: search tasks with a model, critique, splice, and write the dataset as JSONL.
 
     Writes OUT_DIR/dataset.jsonl (trajectories, see agentr.trajectory), OUT_DIR/trees/ (one
-    search tree per task), OUT_DIR/tasks/ (per-task results) and OUT_DIR/stats.json. Running
-    again with the same OUT_DIR resumes: finished tasks are skipped.
+    search tree per task), OUT_DIR/tasks/ (per-task results), OUT_DIR/stats.json and
+    OUT_DIR/report.html (see `agentr report`), and prints a summary. Running again with the
+    same OUT_DIR resumes: finished tasks are skipped.
 
     Args:
         model: Hugging Face id, model directory or .gguf file of the policy.
@@ -695,9 +703,8 @@ def collect_command(
                      **(engine_options or {})) as policy:
         result = collect(policy, env_factory, task_ids, search, out_dir,
                          iteration=iteration, alpha=alpha, seed=seed, progress=progress)
-    keys = ("trees_searched", "revision_trajectories", "good_trajectories", "mean_transition_step",
-            "transition_step_histogram", "transition_sources", "verdicts", "verdict_sources",
-            "unparsed_verdicts", "transition_accuracy", "env_steps", "tokens_generated",
-            "wall_seconds", "engine_seconds")
-    print(json.dumps({"dataset": str(result.dataset),
-                      **{k: result.stats[k] for k in keys if k in result.stats}}, indent=2))
+    from agentr.report import format_summary, write_report
+
+    report, run = write_report(out_dir)
+    print(format_summary(run, report))
+    print(f"dataset:       {result.dataset}")
