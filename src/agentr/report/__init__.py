@@ -6,9 +6,10 @@ point, the verifier's replies), the training trajectories with their bad prefix,
 and good suffix apart, and the evaluation episodes, filterable to failures and to episodes with
 a revision turn. It opens from disk in any browser; nothing is fetched at view time.
 
-Size: `ReportLimits` bounds what is embedded, by default 200 trees per iteration, 200
-training trajectories per iteration, 200 episode conversations per stage and 2000 characters
-per message; the page says where a list was cut. `agentr fit` and `agentr collect` write the
+Size: `ReportLimits` bounds what is embedded, by default 30 trees per iteration (those that
+produced revision data first), 100 training trajectories per iteration, 50 episode
+conversations per stage (every episode's outcome is listed) and 1000 characters per message;
+the page says where a list was cut, and builds a tree only when its task is opened. `agentr fit` and `agentr collect` write the
 report at their end; `agentr report RUN_DIR` rewrites it, e.g. with other limits.
 """
 

@@ -266,7 +266,7 @@ SCRIPT = r"""
       clear(detail).appendChild(el("div", {}, items));
     }
     function nodeElement(n) {
-      var label = [n.action === undefined ? "root" : "#" + n.id + " " + n.action];
+      var label = [n.action === undefined ? "root" : "#" + n.id + " " + (n.action === null ? "(no action)" : n.action)];
       var box = el("span", {cls: "node " + (n.marks || []).join(" "), "data-node": n.id,
         title: "reward " + num(n.reward) + ", N " + n.N + ", W " + num(n.W)}, label.concat([
         el("span", {cls: "stat", text: "r " + num(n.reward, 2) + " · N " + n.N + " · W " + num(n.W, 2)}),

@@ -30,6 +30,10 @@ from agentr.agent.conversation import HEADER_LEN, is_wait, parse_action
 class ReportLimits:
     """How much of a run the report embeds (0: none of that kind).
 
+    A paper-scale tree (8 simulations x 4 samples, 15-30 turns deep) holds a few hundred nodes,
+    each with a reply and an observation, so trees dominate the page's size; the defaults keep
+    a three-iteration paper-scale report within tens of megabytes.
+
     Attributes:
         max_trees: search trees per iteration; trees that produced revision trajectories come
             first, then those with a good path, then the rest, each group in task order.
@@ -39,10 +43,10 @@ class ReportLimits:
         max_text: characters kept of each message, observation and verifier reply.
     """
 
-    max_trees: int = 200
-    max_trajectories: int = 200
-    max_episodes: int = 200
-    max_text: int = 2000
+    max_trees: int = 30
+    max_trajectories: int = 100
+    max_episodes: int = 50
+    max_text: int = 1000
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
