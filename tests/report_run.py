@@ -32,8 +32,9 @@ def make_run(root: Path) -> Path:
     (run / "iteration_1" / "training.json").write_text(json.dumps({"seconds": 75.0, "epoch_seconds": [75.0]}))
     evaluate(ScriptedEngine(revising_policy), env, [f"x{i}" for i in range(6)], max_turns=4,
              out_dir=run / "iteration_1", progress=False)
-    # An evaluation that reports an interval (newer eval.json files carry `<metric>_ci`).
+    # Fields of newer eval.json files: intervals (`<metric>_ci`), histograms, a fingerprint.
     results = json.loads((run / "iteration_1" / "eval.json").read_text())
-    results["metrics"]["success_rate_ci"] = [0.1, 0.7]
+    results["metrics"].update(success_rate_ci=[0.1, 0.7], loop_count_by_length={"1": 0.5})
+    results["fingerprint"] = "f1ng3rpr1nt"
     (run / "iteration_1" / "eval.json").write_text(json.dumps(results))
     return run

@@ -99,6 +99,8 @@ def test_report_page_has_every_section_and_the_run_data(run_dir):
     rate = evaluation["metrics"]["success_rate"]
     assert f"{100 * rate:.0f}% ({successes}/{len(evaluation['episodes'])}) [10-70%]" in page.cells
     assert "1:15" in page.cells
+    # every metric of eval.json, including fields this version does not know, with intervals
+    assert f"{rate:.3g} [0.1, 0.7]" in page.cells and "1: 0.5" in page.cells and "f1ng3rpr1nt" in page.cells
     assert "<script>" in path.read_text() and "http" not in path.read_text().replace("http://www.w3.org/2000/svg", "")
 
 

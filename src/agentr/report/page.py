@@ -38,6 +38,7 @@ def render(run: dict) -> str:
         "<section id='curve'><h2>Learning curve</h2>",
         learning_curve_svg(stages),
         stage_table(stages),
+        evaluation_table(stages),
         phase1_table(stages),
         "</section>",
         "<section id='trees'><h2>Search trees</h2><p class='muted'>Per iteration, every task "
@@ -124,6 +125,33 @@ def stage_table(stages: list[dict]) -> str:
             + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
 
 
+def evaluation_table(stages: list[dict]) -> str:
+    """Every metric of every evaluation (whatever eval.json holds), intervals beside values."""
+    evaluated = [s for s in stages if "eval" in s]
+    if not evaluated:
+        return ""
+    keys: list[str] = []
+    for stage in evaluated:
+        e = stage["eval"]
+        keys += [k for k in [*e["metrics"], *e["extra"]] if k not in keys]
+    head = "".join(f"<th>{_e(s['name'])}</th>" for s in evaluated)
+    rows = []
+    for key in keys:
+        cells = []
+        for stage in evaluated:
+            e = stage["eval"]
+            text = _plain(e["metrics"].get(key, e["extra"].get(key)))
+            if key in e["intervals"]:
+                text += f" [{_plain(e['intervals'][key][0])}, {_plain(e['intervals'][key][1])}]"
+            cells.append(f"<td>{_e(text)}</td>")
+        rows.append(f"<tr><th>{_e(key)}</th>{''.join(cells)}</tr>")
+    if any("fingerprint" in s["eval"] for s in evaluated):
+        cells = "".join(f"<td>{_e(_plain(s['eval'].get('fingerprint')))}</td>" for s in evaluated)
+        rows.append(f"<tr><th>fingerprint</th>{cells}</tr>")
+    return (f"<details><summary>Evaluation metrics (eval.json)</summary><table id='evaluation-table'>"
+            f"<thead><tr><th></th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></details>")
+
+
 def phase1_table(stages: list[dict]) -> str:
     """Every numeric Phase I statistic per iteration (whatever stats.json holds)."""
     with_phase1 = [s for s in stages if "phase1" in s]
@@ -137,6 +165,9 @@ def phase1_table(stages: list[dict]) -> str:
     for key in keys:
         cells = "".join(f"<td>{_e(_plain(s['phase1']['stats'].get(key)))}</td>" for s in with_phase1)
         rows.append(f"<tr><th>{_e(key)}</th>{cells}</tr>")
+    if any("fingerprint" in s["phase1"] for s in with_phase1):
+        cells = "".join(f"<td>{_e(_plain(s['phase1'].get('fingerprint')))}</td>" for s in with_phase1)
+        rows.append(f"<tr><th>fingerprint</th>{cells}</tr>")
     return (f"<details><summary>Phase I statistics (stats.json)</summary><table id='phase1-table'>"
             f"<thead><tr><th></th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></details>")
 
