@@ -68,13 +68,12 @@ def read_run(run_dir: str | Path, limits: ReportLimits | None = None) -> dict:
         kind, stages = "fit", []
         if (run_dir / "base").is_dir():
             stages.append(_read_stage(run_dir / "base", "base", None, limits))
-        for path in sorted(run_dir.glob("iteration_*"), key=_iteration_number):
-            if path.is_dir() and _iteration_number(path) is not None:
-                stages.append(_read_stage(path, path.name, _iteration_number(path), limits,
-                                          phase1=path / "phase1"))
+        iterations = [p for p in run_dir.glob("iteration_*") if p.is_dir() and _iteration_number(p) is not None]
+        for path in sorted(iterations, key=_iteration_number):
+            stages.append(_read_stage(path, path.name, _iteration_number(path), limits, phase1=path / "phase1"))
         if not stages:
-            raise ValueError(f"{run_dir} is not an agentr run directory (no base/, iteration_*/, "
-                             "eval.json or collect stats.json)")
+            raise ValueError(f"{run_dir} is not an agentr run directory (it has no base/, iteration_<k>/, "
+                             "eval.json, trees/ or collect.json)")
     return {"run_dir": str(run_dir), "kind": kind, "limits": asdict(limits), "stages": stages}
 
 
