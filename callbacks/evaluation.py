@@ -20,8 +20,10 @@ class EvaluationCallback(Callback):
 
     `AgentRIterations` calls `evaluate_stage` at the right moments; results are cached in the
     stage's directory (`eval.json`, `trajectories.jsonl`), so a resumed run does not redo them.
-    Metrics go to every logger (`eval/success_rate`, `eval/avg_reward`, `eval/loop_count`) and
-    a plot of success rate per stage is written to `<run dir>/success_rate.png`.
+    Metrics go to every logger (`eval/success_rate` with `eval/success_rate_ci_low` and
+    `_ci_high`, `eval/avg_reward`, `eval/loop_count`, `eval/revision_rate`, ...; the sampled
+    evaluation's as `eval_sampled/...`) and a plot of success rate per stage with its 95%
+    interval is written to `<run dir>/success_rate.png`.
 
     Args:
         split: the task split to evaluate on.
@@ -29,6 +31,10 @@ class EvaluationCallback(Callback):
         max_turns: turn limit per episode (the paper uses 100).
         temperature: 0 for greedy decoding, as in the paper.
         max_tokens: tokens per reply.
+        episodes_per_task: sampled episodes per task, played after the greedy ones, for
+            narrower intervals where tasks are few (0: none).
+        sample_temperature: temperature of the sampled episodes.
+        seed: base of the sampled episodes' seeds (each derives from it, its task and index).
     """
 
     def __init__(
@@ -38,12 +44,22 @@ class EvaluationCallback(Callback):
         max_turns: int = 100,
         temperature: float = 0.0,
         max_tokens: int = 128,
+        episodes_per_task: int = 0,
+        sample_temperature: float = 1.0,
+        seed: int = 0,
     ) -> None:
+        if episodes_per_task < 0:
+            raise ValueError(f"episodes_per_task must be >= 0 (0: no sampled evaluation), got {episodes_per_task}")
+        if episodes_per_task and sample_temperature <= 0:
+            raise ValueError(f"sample_temperature must be > 0 for sampled evaluation, got {sample_temperature}")
         self.split = split
         self.num_tasks = num_tasks
         self.max_turns = max_turns
         self.temperature = temperature
         self.max_tokens = max_tokens
+        self.episodes_per_task = episodes_per_task
+        self.sample_temperature = sample_temperature
+        self.seed = seed
         self.history: dict[str, dict] = {}
 
     def evaluate_stage(
@@ -63,10 +79,12 @@ class EvaluationCallback(Callback):
         results = json.loads(results_path.read_text())
         if name not in self.history and trainer.is_global_zero:
             self.history[name] = results
-            metrics = {f"eval/{k}": v for k, v in results["metrics"].items()}
+            metrics = loggable_metrics(results["metrics"], "eval/")
+            if "sampled" in results:
+                metrics.update(loggable_metrics(results["sampled"]["metrics"], "eval_sampled/"))
             for logger in trainer.loggers:
                 logger.log_metrics({**metrics, "stage": index}, step=trainer.global_step)
-            log.info("%s: %s", name, ", ".join(f"{k}={v:.3f}" for k, v in results["metrics"].items()))
+            log.info("%s: %s", name, ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
             self._plot(Path(trainer.default_root_dir) / "success_rate.png")
         return results
 
@@ -83,6 +101,9 @@ class EvaluationCallback(Callback):
             max_turns=self.max_turns,
             temperature=self.temperature,
             max_tokens=self.max_tokens,
+            episodes_per_task=self.episodes_per_task,
+            sample_temperature=self.sample_temperature,
+            seed=self.seed,
         )
 
     def _plot(self, path: Path) -> None:
@@ -92,12 +113,39 @@ class EvaluationCallback(Callback):
         import matplotlib.pyplot as plt
 
         names = list(self.history)
-        rates = [self.history[n]["metrics"]["success_rate"] for n in names]
         fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3))
-        ax.plot(names, rates, marker="o")
+        series = [("greedy" if self.temperature == 0 else f"temperature {self.temperature}",
+                   [self.history[n] for n in names])]
+        if all("sampled" in self.history[n] for n in names) and names:
+            series.append((f"{self.episodes_per_task} sampled per task",
+                           [self.history[n]["sampled"] for n in names]))
+        top = 1e-3
+        for offset, (label, results) in zip((-0.05, 0.05), series):
+            rates = [r["metrics"]["success_rate"] for r in results]
+            cis = [r["metrics"].get("success_rate_ci") or [rate, rate] for r, rate in zip(results, rates)]
+            errors = [[rate - lo for rate, (lo, _) in zip(rates, cis)],
+                      [hi - rate for rate, (_, hi) in zip(rates, cis)]]
+            x = [i + (offset if len(series) > 1 else 0) for i in range(len(names))]
+            ax.errorbar(x, rates, yerr=errors, marker="o", capsize=3, label=label)
+            top = max(top, *(hi for _, hi in cis))
+        ax.set_xticks(range(len(names)), names)
         ax.set_ylabel(f"success rate ({self.split})")
-        ax.set_ylim(0, max(1e-3, max(rates)) * 1.15)
+        ax.set_ylim(0, min(1.0, top * 1.1) if top < 1 else 1.05)
+        ax.set_title("95% intervals", fontsize=9)
+        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
+
+
+def loggable_metrics(metrics: dict, prefix: str) -> dict[str, float]:
+    """The scalars of `episode_metrics` for a logger: each interval as `_ci_low`/`_ci_high`;
+    the per-length loop counts (in eval.json) and undefined rates (None) are left out."""
+    out = {}
+    for key, value in metrics.items():
+        if key.endswith("_ci") and value is not None:
+            out[f"{prefix}{key}_low"], out[f"{prefix}{key}_high"] = value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = float(value)
+    return out

@@ -8,16 +8,29 @@ import pytest
 import torch
 
 from agentr.agent import HEADER_LEN, Episode, RolloutError
-from agentr.evaluation import evaluate, read_episodes, revision_starts, revision_test
+from agentr.engines.base import Generation
+from agentr.evaluation import (
+    _result_rows,
+    evaluate,
+    format_table,
+    read_episodes,
+    revision_starts,
+    revision_test,
+    sample_seed,
+)
 from agentr.metrics import (
     AverageReward,
     LoopCount,
     RevisionReward,
     SuccessRate,
     episode_metrics,
+    interval_methods,
     loop_count,
+    loop_lengths,
     repeat_fraction,
 )
+from agentr.stats import wilson_interval
+from search_fakes import ScriptedEngine
 from test_rollout import CounterEnv, always, scripted, step_reply
 
 
@@ -57,12 +70,54 @@ def test_metrics_accumulate_like_torchmetrics():
     assert success.compute().item() == 0.0
 
 
+@pytest.mark.parametrize("actions, lengths", [
+    ([], {}),
+    (["a", "a", "a", "a"], {1: 3}),
+    (["a", "b", "a", "b", "a", "b"], {2: 3}),
+    (["a", "a", "b", "c", "b", "c", "d", "e", "f", "d", "e", "f"], {1: 1, 2: 1, 3: 1}),
+    (["x", "y", "x", "y", "y"], {2: 1, 1: 1}),
+])
+def test_loop_lengths_count_loop_turns_by_block_length(actions, lengths):
+    assert loop_lengths(actions) == lengths
+    assert sum(lengths.values()) == loop_count(actions)
+
+
 def test_episode_metrics():
     episodes = [Episode("1", actions=["a", "a"], reward=1.0, success=True, turns=2),
                 Episode("2", actions=["a", "b", "wait", "a", "b"], reward=0.5, success=False, turns=5)]
     m = episode_metrics(episodes)
-    assert m == pytest.approx({"success_rate": 0.5, "avg_reward": 0.75, "loop_count": 1.0,
-                               "repeat_fraction": 0.5, "avg_turns": 3.5, "revision_rate": 0.5})
+    assert {k: m[k] for k in ("success_rate", "avg_reward", "loop_count", "repeat_fraction",
+                              "avg_turns", "revision_rate", "recovery_rate")} == pytest.approx(
+        {"success_rate": 0.5, "avg_reward": 0.75, "loop_count": 1.0, "repeat_fraction": 0.5,
+         "avg_turns": 3.5, "revision_rate": 0.5, "recovery_rate": 0.0})
+    assert m["loop_count_by_length"] == {"1": 0.5, "2": 0.5}  # one of each over 2 episodes
+    assert m["success_rate_ci"] == pytest.approx(list(wilson_interval(1, 2)))
+    assert m["avg_reward_ci"][0] >= 0.5 and m["avg_reward_ci"][1] <= 1.0
+    assert interval_methods(episodes)["success_rate"].startswith("Wilson")
+
+
+def test_recovery_rate_is_the_success_share_of_revised_episodes():
+    revised = ["craft x", "wait", "craft y"]
+    episodes = [Episode("1", actions=revised, reward=1.0, success=True, turns=3),
+                Episode("2", actions=revised, reward=0.0, success=False, turns=3),
+                Episode("3", actions=revised, reward=1.0, success=True, turns=3),
+                Episode("4", actions=["craft y"], reward=1.0, success=True, turns=1)]
+    m = episode_metrics(episodes)
+    assert m["revision_rate"] == 0.75 and m["recovery_rate"] == pytest.approx(2 / 3)
+    assert episode_metrics(episodes[3:])["recovery_rate"] is None  # no episode revised
+    assert episode_metrics([])["success_rate_ci"] is None
+
+
+def test_several_episodes_per_task_get_a_bootstrap_over_tasks():
+    # Task "a" always succeeds, task "b" never: 4 episodes each. Resampling tasks, the mean is
+    # 0, 0.5 or 1; Wilson over 8 "independent" episodes would claim far more certainty.
+    episodes = [Episode(t, reward=float(t == "a"), success=t == "a", meta={"sample": j})
+                for t in "ab" for j in range(4)]
+    m = episode_metrics(episodes)
+    assert m["success_rate"] == 0.5 and m["success_rate_ci"] == [0.0, 1.0]
+    wilson = wilson_interval(4, 8)
+    assert wilson[1] - wilson[0] < 1.0
+    assert "bootstrap over tasks" in interval_methods(episodes)["success_rate"]
 
 
 def test_evaluate_writes_results_and_every_trajectory(tmp_path):
@@ -79,6 +134,71 @@ def test_evaluate_writes_results_and_every_trajectory(tmp_path):
     episodes = read_episodes(tmp_path / "trajectories.jsonl")
     assert sorted(e.task_id for e in episodes) == ["1", "3", "4"]
     assert all(len(e.messages) == HEADER_LEN + 2 * e.turns for e in episodes)
+
+
+class SeedPolicyEngine(ScriptedEngine):
+    """Steps when its request seed is even, else stalls: a sampled policy whose draw depends on
+    the seed alone. Records the seeds it was given."""
+
+    def __init__(self):
+        super().__init__(lambda c, n: [step_reply(c)] * n)
+        self.seeds: list[int] = []
+
+    def generate(self, conversations, sampling):
+        if sampling.request_seeds is None:
+            return super().generate(conversations, sampling)
+        self.seeds.extend(sampling.request_seeds)
+        return [[Generation("Action: step" if s % 2 == 0 else "Action: look", 0)]
+                for s in sampling.request_seeds]
+
+
+def test_sampled_evaluation_is_reported_apart_and_reproducible(tmp_path):
+    tasks = ["1", "2", "3"]
+    results = evaluate(SeedPolicyEngine(), CounterEnv, tasks, max_turns=3, episodes_per_task=4,
+                       seed=5, out_dir=tmp_path, progress=False)
+    sampled = results["sampled"]
+    assert results["num_episodes"] == 3 and results["metrics"]["success_rate"] == 1.0  # greedy
+    assert sampled["episodes_per_task"] == 4 and sampled["num_episodes"] == 12
+    assert sampled["num_tasks"] == 3 and sampled["settings"]["temperature"] == 1.0
+    pairs = [(e["task_id"], e["sample"]) for e in sampled["episodes"]]
+    assert pairs == [(t, j) for t in tasks for j in range(4)]
+    assert all(e["seed"] == sample_seed(5, e["task_id"], e["sample"]) for e in sampled["episodes"])
+    assert "bootstrap over tasks" in sampled["interval_method"]["success_rate"]
+    lo, hi = sampled["metrics"]["success_rate_ci"]
+    assert lo <= sampled["metrics"]["success_rate"] <= hi
+    assert len(read_episodes(tmp_path / "sampled_trajectories.jsonl")) == 12
+    # The same seed reproduces every sampled episode, however the episodes are batched ...
+    again = evaluate(SeedPolicyEngine(), CounterEnv, tasks, max_turns=3, episodes_per_task=4,
+                     seed=5, max_concurrent=1, progress=False)
+    assert again["sampled"]["episodes"] == sampled["episodes"]
+    # ... and a task's draws do not depend on the other tasks; another seed changes them.
+    alone = evaluate(SeedPolicyEngine(), CounterEnv, ["3"], max_turns=3, episodes_per_task=4,
+                     seed=5, progress=False)
+    assert alone["sampled"]["episodes"] == sampled["episodes"][8:]
+    other = evaluate(SeedPolicyEngine(), CounterEnv, tasks, max_turns=3, episodes_per_task=4,
+                     seed=6, progress=False)
+    assert [e["seed"] for e in other["sampled"]["episodes"]] != [e["seed"] for e in sampled["episodes"]]
+    table = format_table(_result_rows(results))
+    assert "sampled success_rate" in table and "Wilson" in table and "4 per task" in table
+
+
+def test_sampled_evaluation_checks_its_settings():
+    with pytest.raises(ValueError, match="episodes_per_task"):
+        evaluate(scripted(step_reply), CounterEnv, ["1"], episodes_per_task=-1, progress=False)
+    with pytest.raises(ValueError, match="sample_temperature"):
+        evaluate(scripted(step_reply), CounterEnv, ["1"], episodes_per_task=2,
+                 sample_temperature=0.0, progress=False)
+
+
+def test_result_table_shows_intervals_loops_by_length_and_recovery():
+    results = evaluate(scripted(always("Action: look")), CounterEnv, ["1", "2"], max_turns=3,
+                       progress=False)
+    rows = dict(_result_rows(results))
+    low, high = wilson_interval(0, 2)
+    assert rows["success_rate"] == f"0.000 [{low:.3f}, {high:.3f}]"
+    assert rows["loop_count_by_length"] == "1: 2.000"  # look, look, look: 2 loop turns of length 1
+    assert rows["recovery_rate"].startswith("- (no episode used a revision turn)")
+    assert results["episodes"][0]["loop_lengths"] == {"1": 2}
 
 
 def test_evaluate_keeps_finished_episodes_when_the_engine_dies(tmp_path):

@@ -253,3 +253,9 @@ def test_parse_action_is_what_the_loop_uses():
     reply = "Thought: go\nAction: step\nAction: inventory"
     [episode] = run_episodes(scripted(always(reply)), CounterEnv, ["1"], max_turns=2)
     assert episode.actions == [parse_action(reply)] == ["step"]
+
+
+def test_episode_seeds_are_all_or_none():
+    starts = [EpisodeStart("1", seed=3), EpisodeStart("2")]
+    with pytest.raises(ValueError, match="every EpisodeStart"):
+        run_episodes(scripted(step_reply), CounterEnv, starts)

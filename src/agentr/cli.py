@@ -8,6 +8,7 @@ each a typed function whose docstring is its `--help`:
     agentr evaluate   success rate, reward and loop metric of a model or adapter on a split
     agentr report     the HTML report of a run directory (trees, trajectories, learning curve)
     agentr serve-env  serve an agentr environment over HTTP (AgentGym protocol)
+    agentr compare    paired difference of two evaluations (or runs, stage by stage)
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ STAGE_COMMANDS = {
     "evaluate": "agentr.evaluation:evaluate_command",
     "report": "agentr.report:report_command",
     "serve-env": "agentr.envs.server:serve_command",
+    "compare": "agentr.compare:compare_command",
 }
 
-#: Subcommands whose required arguments are positional (`agentr report RUN_DIR`).
-POSITIONAL = {"report"}
+#: Subcommands whose required arguments are positional (`agentr report RUN_DIR`, `agentr compare A B`).
+POSITIONAL = {"report", "compare"}
 
 
 def _stage_function(name: str):

@@ -1,11 +1,28 @@
 """Evaluation: success rate, reward and loops on a split; the revision test; `agentr evaluate`.
 
-`evaluate` plays one greedy episode per task with the batched agent loop and writes, to
-`out_dir`:
+`evaluate` plays one greedy episode per task with the batched agent loop (the headline
+result) and, optionally, `episodes_per_task` sampled episodes per task (sampled evaluation: more
+episodes, hence narrower intervals, where tasks are few). It writes, to `out_dir`:
 
-    trajectories.jsonl   every episode (an `agentr.agent.Episode` per line), appended as each
-                         one ends, so an engine that dies mid-run leaves the finished ones
-    eval.json            metrics, timing, settings and a line per episode (only on success)
+    trajectories.jsonl          every headline episode (an `agentr.agent.Episode` per line),
+                                appended as each one ends, so a dead engine leaves the finished ones
+    sampled_trajectories.jsonl  every sampled episode (with `episodes_per_task`)
+    eval.json                   the results (only once everything finished)
+
+eval.json holds:
+
+    metrics          `agentr.metrics.episode_metrics`: success_rate, success_rate_ci [low, high],
+                     avg_reward, avg_reward_ci, loop_count, loop_count_by_length {"n": mean},
+                     repeat_fraction, avg_turns, revision_rate, recovery_rate (null: no revision)
+    interval_method  how each interval was computed (`agentr.metrics.interval_methods`)
+    num_episodes, num_tasks, num_errors, timing, settings
+    episodes         one summary per episode: task_id, reward, success, turns, done, loop_count,
+                     loop_lengths, revision, error (sampled episodes also: sample, seed)
+    sampled          the same keys for the sampled episodes, plus episodes_per_task (only with
+                     `episodes_per_task`)
+
+Sampled episode j of task t draws with its own seed, `sample_seed(seed, t, j)`, so a rerun
+reproduces it whatever the other tasks or the batch.
 
 `revision_test` continues *failed* trajectories of a reference model (a `trajectories.jsonl`
 written by `evaluate`) from a random, seeded cut point for at most 50 more turns and measures
@@ -21,14 +38,23 @@ import random
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 from agentr.agent.conversation import HEADER_LEN
 from agentr.agent.rollout import EnvFactory, Episode, EpisodeStart, run_episodes
 from agentr.engines.base import Engine, SamplingConfig
+from agentr.engines.common import derive_seed
 from agentr.envs.base import Environment
-from agentr.metrics import RevisionReward, episode_metrics, loop_count
+from agentr.metrics import (
+    RevisionReward,
+    episode_metrics,
+    has_revision,
+    interval_methods,
+    loop_count,
+    loop_lengths,
+)
 
 
 class _EpisodeWriter:
@@ -80,7 +106,9 @@ def _run_and_record(engine, env, starts, sampling: SamplingConfig, out_dir, json
     generated = engine.stats.generated_tokens - stats0[0]
     results = {
         "metrics": episode_metrics(episodes),
+        "interval_method": interval_methods(episodes),
         "num_episodes": len(episodes),
+        "num_tasks": len({e.task_id for e in episodes}),
         "num_errors": sum(e.error is not None for e in episodes),
         "timing": {
             "seconds": seconds,
@@ -101,7 +129,13 @@ def _run_and_record(engine, env, starts, sampling: SamplingConfig, out_dir, json
 def _summary(episode: Episode) -> dict:
     return {"task_id": episode.task_id, "reward": episode.reward, "success": episode.success,
             "turns": episode.turns, "done": episode.done, "loop_count": loop_count(episode.actions),
-            "error": episode.error}
+            "loop_lengths": {str(n): c for n, c in loop_lengths(episode.actions).items()},
+            "revision": has_revision(episode), "error": episode.error}
+
+
+def sample_seed(seed: int, task_id: str, sample: int) -> int:
+    """The seed of sampled episode `sample` of task `task_id` in an evaluation seeded `seed`."""
+    return derive_seed(seed, task_id, sample)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -121,12 +155,14 @@ def evaluate(
     max_tokens: int = 128,
     stop: Sequence[str] = (),
     seed: int = 0,
+    episodes_per_task: int = 0,
+    sample_temperature: float = 1.0,
     max_concurrent: int | None = None,
     success_threshold: float = 1.0,
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict:
-    """Play one episode per task and measure success rate, reward and loops.
+    """Play one episode per task (and optionally sampled ones) and measure success, reward, loops.
 
     Args:
         engine: the policy (with its adapter already loaded).
@@ -136,25 +172,42 @@ def evaluate(
         temperature: 0 is greedy, as in the paper.
         max_tokens: tokens per reply.
         stop: stop strings of each reply.
-        seed: sampling seed (matters only when temperature > 0).
+        seed: sampling seed (matters only when temperature > 0), and the base of the sampled
+            episodes' seeds.
+        episodes_per_task: sampled episodes per task played after the headline ones, at
+            `sample_temperature` (0: none); reported under "sampled".
+        sample_temperature: temperature of the sampled episodes (> 0).
         max_concurrent: live episodes at most (default: what the engine's KV cache holds).
         success_threshold: final reward that counts as success.
         out_dir: where `trajectories.jsonl` and `eval.json` go (None: write nothing).
         progress: show a progress bar.
 
     Returns:
-        {"metrics": {success_rate, avg_reward, loop_count, repeat_fraction, avg_turns},
-         "num_episodes", "num_errors", "timing", "settings", "episodes": [per-episode summary]}
+        The contents of eval.json (see the module docstring).
 
     Raises:
+        ValueError: `episodes_per_task` < 0, or sampled episodes at a temperature <= 0.
         agentr.agent.RolloutError: the engine failed; finished episodes are in the JSONL file.
     """
+    if episodes_per_task < 0:
+        raise ValueError(f"episodes_per_task must be >= 0 (0: no sampled evaluation), got {episodes_per_task}")
+    if episodes_per_task and sample_temperature <= 0:
+        raise ValueError(f"sample_temperature must be > 0 for sampled evaluation, got {sample_temperature}")
+    task_ids = [str(t) for t in task_ids]
     sampling = SamplingConfig(temperature=temperature, max_tokens=max_tokens, stop=tuple(stop),
                               seed=seed)
-    _, results = _run_and_record(
-        engine, env, list(task_ids), sampling, out_dir, "trajectories.jsonl",
-        {"max_turns": max_turns, "success_threshold": success_threshold}, max_turns=max_turns,
-        max_concurrent=max_concurrent, success_threshold=success_threshold, progress=progress)
+    settings = {"max_turns": max_turns, "success_threshold": success_threshold}
+    run = dict(max_turns=max_turns, max_concurrent=max_concurrent,
+               success_threshold=success_threshold, progress=progress)
+    _, results = _run_and_record(engine, env, task_ids, sampling, out_dir, "trajectories.jsonl",
+                                 settings, **run)
+    if episodes_per_task:
+        seeds = {(t, j): sample_seed(seed, t, j) for t in task_ids for j in range(episodes_per_task)}
+        starts = [EpisodeStart(t, seed=s, meta={"sample": j, "seed": s}) for (t, j), s in seeds.items()]
+        _, sampled = _run_and_record(
+            engine, env, starts, replace(sampling, temperature=sample_temperature), out_dir,
+            "sampled_trajectories.jsonl", settings, **run)
+        results["sampled"] = {"episodes_per_task": episodes_per_task, **sampled}
     if out_dir is not None:
         _write_json(Path(out_dir) / "eval.json", results)
     return results
@@ -228,13 +281,34 @@ def format_table(rows: list[tuple[str, str]]) -> str:
     return "\n".join([line, *(f"{k:<{width}} | {v}" for k, v in rows), line])
 
 
+def format_metric(name: str, metrics: dict) -> str:
+    """One metric of `episode_metrics` as text: its interval after it, where it has one."""
+    value = metrics[name]
+    if value is None:
+        return "- (no episode used a revision turn)" if name == "recovery_rate" else "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{n}: {v:.3f}" for n, v in value.items()) or "none"
+    ci = metrics.get(f"{name}_ci")
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
+
+
 def _result_rows(results: dict, prefix: str = "") -> list[tuple[str, str]]:
     m, t = results["metrics"], results["timing"]
-    rows = [(f"{prefix}{k}", f"{v:.3f}") for k, v in m.items()]
-    rows += [(f"{prefix}episodes", f"{results['num_episodes']} ({results['num_errors']} with errors)"),
+    rows = [(f"{prefix}{k}", format_metric(k, m)) for k in m if not k.endswith("_ci")]
+    methods = results.get("interval_method")
+    if methods:
+        rows.append((f"{prefix}intervals ({methods['confidence']})",
+                     f"success_rate: {methods['success_rate']}; avg_reward: {methods['avg_reward']}"))
+    episodes = f"{results['num_episodes']} ({results['num_errors']} with errors)"
+    if "episodes_per_task" in results:
+        episodes += (f", {results['episodes_per_task']} per task at temperature "
+                     f"{results['settings']['temperature']}")
+    rows += [(f"{prefix}episodes", episodes),
              (f"{prefix}wall time", f"{t['seconds']:.1f} s"),
              (f"{prefix}episodes/minute", f"{t['episodes_per_minute']:.2f}"),
              (f"{prefix}generated tokens/s", f"{t['generated_tokens_per_s']:.1f}")]
+    if "sampled" in results:
+        rows += _result_rows(results["sampled"], prefix=f"{prefix}sampled ")
     return rows
 
 
@@ -252,6 +326,8 @@ def evaluate_command(
     max_concurrent: int | None = None,
     max_model_len: int = 4096,
     seed: int = 0,
+    episodes_per_task: int = 0,
+    sample_temperature: float = 1.0,
     revision_from: str | None = None,
     revision_max_turns: int = 50,
     env_options: dict | None = None,
@@ -260,9 +336,11 @@ def evaluate_command(
 ) -> None:
     """Evaluate a model (or a LoRA adapter on it) on a task split: success rate, reward, loops.
 
-    Writes OUT_DIR/eval.json (metrics, timing, settings, per-episode summary) and
-    OUT_DIR/trajectories.jsonl (every episode), and prints a table. With --revision_from, also
-    runs the revision test on that file's failed trajectories (OUT_DIR/revision.json).
+    Writes OUT_DIR/eval.json (metrics with 95% intervals, timing, settings, per-episode
+    summary) and OUT_DIR/trajectories.jsonl (every episode), and prints a table. With
+    --episodes_per_task K, also plays K sampled episodes per task (reported apart, under
+    "sampled"). With --revision_from, also runs the revision test on that file's failed
+    trajectories (OUT_DIR/revision.json).
 
     Args:
         model: Hugging Face id, model directory or .gguf file.
@@ -277,7 +355,10 @@ def evaluate_command(
         max_tokens: tokens per reply.
         max_concurrent: live episodes at most (default: what the KV cache holds).
         max_model_len: context length (prompt + reply) of the engine.
-        seed: seed of sampling and of the revision test's cut points.
+        seed: seed of sampling (each sampled episode's seed derives from it, its task and its
+            index) and of the revision test's cut points.
+        episodes_per_task: sampled episodes per task, played after the greedy ones (0: none).
+        sample_temperature: temperature of the sampled episodes.
         revision_from: a reference model's trajectories.jsonl: run the revision test on it.
         revision_max_turns: turns allowed after the cut in the revision test.
         env_options: keyword arguments of the environment, e.g. {"max_depth": 2} for TextCraft.
@@ -292,7 +373,8 @@ def evaluate_command(
                      **(engine_options or {})) as policy:
         results = evaluate(policy, env_factory, task_ids, max_turns=max_turns,
                            temperature=temperature, max_tokens=max_tokens, seed=seed,
-                           max_concurrent=max_concurrent, out_dir=out_dir, progress=progress)
+                           episodes_per_task=episodes_per_task,
+                           sample_temperature=sample_temperature, max_concurrent=max_concurrent, out_dir=out_dir, progress=progress)
         rows = [("model", model), ("adapter", adapter or "-"), ("engine", type(policy).__name__),
                 ("env / split", f"{env} / {split} ({len(task_ids)} tasks)")]
         rows += _result_rows(results)

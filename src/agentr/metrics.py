@@ -7,37 +7,50 @@
   environment actions only; `wait` turns are skipped) is a loop turn when the actions of the n
   turns ending at t equal the n actions right before them, for some block length n >= 1.
   So `A A A A` has 3 loop turns, `A B A B` has 1, `A B A B A B` has 3, `A B C` has 0: every turn
-  that continues a cycle already performed once counts once.
+  that continues a cycle already performed once counts once. `loop_lengths` sorts the loop
+  turns by that block length (the shortest that matches), like the paper's counts of repeated
+  action sequences per length: `A A A A` has three of length 1, `A B A B A B` three of length 2.
 - `RevisionReward`: mean final reward of failed trajectories continued from a cut point (the
   revision test).
 
 Actions are compared after stripping, lower-casing and collapsing whitespace.
+
+`episode_metrics` summarises a set of episodes with 95% intervals (`agentr.stats`): Wilson for
+the success rate when every task has one episode, else a bootstrap over tasks; a bootstrap
+over tasks for the average reward. `interval_methods` says which, in words.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import torch
 from torchmetrics import MeanMetric
 
 from agentr.agent.conversation import is_wait
+from agentr.stats import BOOTSTRAP_RESAMPLES, CONFIDENCE, cluster_bootstrap_interval, wilson_interval
 
 
 def _normalise(actions: Iterable[str]) -> list[str]:
     return [" ".join(a.lower().split()) for a in actions if not is_wait(a)]
 
 
-def loop_count(actions: Sequence[str]) -> int:
-    """Loop turns of one episode: turns that repeat the block of actions right before them."""
+def loop_lengths(actions: Sequence[str]) -> dict[int, int]:
+    """Loop turns of one episode by block length: {n: turns that repeat the n actions before}."""
     acts = _normalise(actions)
-    count = 0
+    lengths: Counter[int] = Counter()
     for t in range(1, len(acts)):
         for n in range(1, (t + 1) // 2 + 1):
             if acts[t - n + 1:t + 1] == acts[t - 2 * n + 1:t - n + 1]:
-                count += 1
+                lengths[n] += 1
                 break
-    return count
+    return dict(sorted(lengths.items()))
+
+
+def loop_count(actions: Sequence[str]) -> int:
+    """Loop turns of one episode: turns that repeat the block of actions right before them."""
+    return sum(loop_lengths(actions).values())
 
 
 def repeat_fraction(actions: Sequence[str]) -> float:
@@ -82,22 +95,73 @@ class LoopCount(_Mean):
         super().update([loop_count(actions) for actions in action_sequences])
 
 
-def episode_metrics(episodes: Sequence) -> dict[str, float]:
-    """success_rate, avg_reward, loop_count, repeat_fraction, avg_turns and revision_rate (the
-    fraction of episodes with at least one revision turn, the `wait` action Agent-R teaches) of
-    `episodes` (objects with `success`, `reward`, `actions` and `turns`, e.g. `agentr.agent.Episode`)."""
+def has_revision(episode) -> bool:
+    """The episode took at least one revision turn (the `wait` action Agent-R teaches)."""
+    return any(is_wait(a) for a in episode.actions)
+
+
+def _by_task(episodes: Sequence, value) -> list[list[float]]:
+    groups: dict[str, list[float]] = {}
+    for e in episodes:
+        groups.setdefault(e.task_id, []).append(float(value(e)))
+    return list(groups.values())
+
+
+def _one_per_task(episodes: Sequence) -> bool:
+    return len({e.task_id for e in episodes}) == len(episodes)
+
+
+def episode_metrics(episodes: Sequence) -> dict:
+    """The evaluation metrics of `episodes` (objects with `task_id`, `success`, `reward`,
+    `actions` and `turns`, e.g. `agentr.agent.Episode`):
+
+    - success_rate, success_rate_ci ([low, high], 95%), avg_reward, avg_reward_ci;
+    - loop_count (mean loop turns per episode) and loop_count_by_length ({"n": mean loop turns
+      of block length n per episode}; its values sum to loop_count), repeat_fraction, avg_turns;
+    - revision_rate: the share of episodes with a revision turn; recovery_rate: the share of
+      those that succeeded (None without any).
+
+    No episodes: every number 0, intervals and recovery_rate None.
+    """
     if not episodes:
-        return {k: 0.0 for k in ("success_rate", "avg_reward", "loop_count", "repeat_fraction",
-                                 "avg_turns", "revision_rate")}
+        return {"success_rate": 0.0, "success_rate_ci": None, "avg_reward": 0.0,
+                "avg_reward_ci": None, "loop_count": 0.0, "loop_count_by_length": {},
+                "repeat_fraction": 0.0, "avg_turns": 0.0, "revision_rate": 0.0,
+                "recovery_rate": None}
+    n = len(episodes)
     success, reward, loops = SuccessRate(), AverageReward(), LoopCount()
     success.update([e.success for e in episodes])
     reward.update([e.reward for e in episodes])
     loops.update([e.actions for e in episodes])
+    if _one_per_task(episodes):
+        success_ci = wilson_interval(sum(bool(e.success) for e in episodes), n)
+    else:
+        success_ci = cluster_bootstrap_interval(_by_task(episodes, lambda e: e.success))
+    by_length: Counter[int] = Counter()
+    for e in episodes:
+        by_length.update(loop_lengths(e.actions))
+    revised = [e for e in episodes if has_revision(e)]
     return {
         "success_rate": float(success.compute()),
+        "success_rate_ci": list(success_ci),
         "avg_reward": float(reward.compute()),
+        "avg_reward_ci": list(cluster_bootstrap_interval(_by_task(episodes, lambda e: e.reward))),
         "loop_count": float(loops.compute()),
-        "repeat_fraction": sum(repeat_fraction(e.actions) for e in episodes) / len(episodes),
-        "avg_turns": sum(e.turns for e in episodes) / len(episodes),
-        "revision_rate": sum(any(is_wait(a) for a in e.actions) for e in episodes) / len(episodes),
+        "loop_count_by_length": {str(k): v / n for k, v in sorted(by_length.items())},
+        "repeat_fraction": sum(repeat_fraction(e.actions) for e in episodes) / n,
+        "avg_turns": sum(e.turns for e in episodes) / n,
+        "revision_rate": len(revised) / n,
+        "recovery_rate": sum(bool(e.success) for e in revised) / len(revised) if revised else None,
+    }
+
+
+def interval_methods(episodes: Sequence) -> dict[str, str]:
+    """How `episode_metrics(episodes)` computed its intervals, in words."""
+    bootstrap = f"bootstrap over tasks ({BOOTSTRAP_RESAMPLES} resamples, percentile)"
+    one_per_task = _one_per_task(episodes)
+    return {
+        "confidence": f"{CONFIDENCE:.0%}",
+        "success_rate": "Wilson (one episode per task)" if one_per_task else
+                        f"{bootstrap}: several episodes per task are correlated",
+        "avg_reward": bootstrap,
     }

@@ -39,6 +39,7 @@ from agentr.agent.conversation import (
     truncate_history,
 )
 from agentr.engines.base import Engine, SamplingConfig
+from agentr.engines.common import request_seed
 from agentr.envs.base import Environment
 
 log = logging.getLogger(__name__)
@@ -109,12 +110,15 @@ class EpisodeStart:
     """An episode to run: a task, optionally continued from a conversation prefix.
 
     `prefix` is a conversation (header included) whose assistant turns are replayed in the
-    environment; the episode continues after its last assistant turn.
+    environment; the episode continues after its last assistant turn. `seed` seeds this
+    episode's sampling alone: its turn k draws with `request_seed(seed, k)`, whichever
+    episodes share the batch (either every start of a run has a seed or none).
     """
 
     task_id: str
     prefix: list[dict] | None = None
     meta: dict = field(default_factory=dict)
+    seed: int | None = None
 
 
 class RolloutError(RuntimeError):
@@ -132,6 +136,7 @@ class _Live:
     index: int
     episode: Episode
     env: Environment
+    seed: int | None = None
     new_turns: int = 0
     #: Turns already dropped from the front of the history to fit the context (they stay dropped).
     dropped: int = 0
@@ -224,7 +229,8 @@ def run_episodes(
         tasks: task ids, or `EpisodeStart`s (task id + conversation prefix to continue).
         max_turns: turns generated per episode in this run (a replayed prefix does not count).
         sampling: how replies are drawn (default: greedy, 128 tokens). `n` must be 1. With a
-            seed, turn k of the run draws with seed `seed + k`.
+            seed, turn k of the run draws with seed `seed + k`; starts with their own seeds
+            override it (see `EpisodeStart`).
         max_concurrent: live episodes at most (default: `default_max_concurrent`).
         success_threshold: final reward at which an episode counts as a success.
         on_episode_end: called with each episode as it ends (e.g. to write it to disk).
@@ -248,6 +254,9 @@ def run_episodes(
             f"max_tokens={sampling.max_tokens} leaves no room for a prompt in "
             f"max_model_len={engine.max_model_len}")
     starts = [t if isinstance(t, EpisodeStart) else EpisodeStart(str(t)) for t in tasks]
+    episode_seeds = {s.seed is not None for s in starts}
+    if len(episode_seeds) > 1:
+        raise ValueError("either every EpisodeStart of a run has a seed or none has")
     max_concurrent = max_concurrent or default_max_concurrent(engine, len(starts))
     pending = deque(enumerate(starts))
     live: list[_Live] = []
@@ -287,8 +296,13 @@ def run_episodes(
             live = batch
             if not live:
                 continue
-            turn_sampling = sampling if sampling.seed is None else replace(
-                sampling, seed=sampling.seed + step)
+            if episode_seeds == {True}:
+                turn_sampling = replace(sampling, request_seeds=tuple(
+                    request_seed(item.seed, item.new_turns) for item in live))
+            elif sampling.seed is not None:
+                turn_sampling = replace(sampling, seed=sampling.seed + step)
+            else:
+                turn_sampling = sampling
             generations = engine.generate(prompts, turn_sampling)
             step += 1
             still_live = []
@@ -319,7 +333,7 @@ def run_episodes(
 def _start(index: int, start: EpisodeStart, env: Environment) -> _Live:
     """Reset `env` for the task and replay the prefix's turns, if any."""
     episode = Episode(task_id=start.task_id, env=getattr(env, "name", ""), meta=dict(start.meta))
-    item = _Live(index, episode, env)
+    item = _Live(index, episode, env, seed=start.seed)
     try:
         observation = env.reset(start.task_id)
     except Exception as error:

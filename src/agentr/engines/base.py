@@ -20,6 +20,8 @@ class SamplingConfig:
         max_tokens: new tokens per sample.
         stop: strings that end a sample (not included in the text).
         seed: base seed; engines derive per-request seeds from it where they can.
+        request_seeds: one seed per conversation of the batch, used as given instead of those
+            derived from `seed` (so a conversation's draw does not depend on its batch).
     """
 
     n: int = 1
@@ -27,6 +29,7 @@ class SamplingConfig:
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    request_seeds: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

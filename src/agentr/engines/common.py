@@ -93,6 +93,12 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
+def derive_seed(*parts: object) -> int:
+    """A seed determined by `parts` alone; a hash, so that near parts give unrelated seeds."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % (2**31 - 1)
+
+
 def request_seed(seed: int, index: int) -> int:
     """The seed of request `index` of a batch drawn with base seed `seed`.
 
@@ -100,8 +106,7 @@ def request_seed(seed: int, index: int) -> int:
     numbers, so consecutive request seeds would make request i's second sample equal request
     i+1's first.
     """
-    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % (2**31 - 1)
+    return derive_seed(seed, index)
 
 
 # ---- LoRA adapters -------------------------------------------------------------------------

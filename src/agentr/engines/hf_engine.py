@@ -103,9 +103,14 @@ class HFEngine(Engine):
         for ids in prompts:
             check_prompt_length(len(ids), self._max_model_len)
         results: list[list[Generation]] = []
-        for b in range(0, len(prompts), self.batch_size):
-            seed = self.seed if sampling.seed is None else sampling.seed
-            results.extend(self._generate_batch(prompts[b:b + self.batch_size], sampling, seed + b))
+        if sampling.request_seeds is not None and sampling.temperature > 0:
+            # One torch generator serves a whole batch: a prompt with its own seed goes alone.
+            for ids, seed in zip(prompts, sampling.request_seeds):
+                results.extend(self._generate_batch([ids], sampling, seed))
+        else:
+            for b in range(0, len(prompts), self.batch_size):
+                seed = self.seed if sampling.seed is None else sampling.seed
+                results.extend(self._generate_batch(prompts[b:b + self.batch_size], sampling, seed + b))
         self.stats.requests += len(prompts)
         self.stats.prompt_tokens += sum(map(len, prompts))
         self.stats.generated_tokens += sum(g.num_tokens for gs in results for g in gs)

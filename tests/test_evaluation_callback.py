@@ -1,0 +1,68 @@
+"""The evaluation callback: cached stage results, logged intervals, the plot with error bars."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from agentr.callbacks import EvaluationCallback
+from agentr.callbacks.evaluation import loggable_metrics
+from agentr.stats import wilson_interval
+from test_evaluation import SeedPolicyEngine
+from test_rollout import CounterEnv
+
+
+class RecordingLogger:
+    def __init__(self):
+        self.logged: list[dict] = []
+
+    def log_metrics(self, metrics, step):
+        self.logged.append(metrics)
+
+
+def fake_trainer(tmp_path, logger):
+    datamodule = SimpleNamespace(task_ids=lambda split: ["1", "2", "3", "4"], make_env=CounterEnv)
+    return SimpleNamespace(is_global_zero=True, strategy=SimpleNamespace(barrier=lambda: None),
+                           loggers=[logger], global_step=0, datamodule=datamodule,
+                           default_root_dir=str(tmp_path))
+
+
+def test_stages_log_intervals_and_sampled_metrics_and_plot_them(tmp_path):
+    logger = RecordingLogger()
+    trainer = fake_trainer(tmp_path, logger)
+    callback = EvaluationCallback(num_tasks=3, max_turns=2, episodes_per_task=2)
+    engines = []
+
+    def policy():
+        engines.append(SeedPolicyEngine())
+        return engines[-1]
+
+    results = callback.evaluate_stage(trainer, "base", 0, policy, tmp_path / "base")
+    assert results["sampled"]["num_episodes"] == 6
+    logged = logger.logged[-1]
+    # greedy steps every turn: tasks 1 and 2 are won in 2 turns, task 3 is not
+    assert logged["eval/success_rate"] == pytest.approx(2 / 3)
+    low, high = wilson_interval(2, 3)
+    assert (logged["eval/success_rate_ci_low"], logged["eval/success_rate_ci_high"]) == pytest.approx((low, high))
+    assert "eval_sampled/success_rate_ci_high" in logged and logged["stage"] == 0
+    assert "eval/recovery_rate" not in logged  # undefined without a revised episode
+    assert (tmp_path / "success_rate.png").stat().st_size > 0
+    # cached: a second call (e.g. a resumed run) reads eval.json and plays nothing
+    callback.evaluate_stage(trainer, "base", 0, policy, tmp_path / "base")
+    assert len(engines) == 1
+
+
+def test_loggable_metrics_keeps_scalars_and_splits_intervals():
+    metrics = {"success_rate": 0.5, "success_rate_ci": [0.2, 0.8], "recovery_rate": None,
+               "avg_reward_ci": None, "loop_count_by_length": {"1": 0.5}, "revision_rate": 0.0}
+    assert loggable_metrics(metrics, "eval/") == {
+        "eval/success_rate": 0.5, "eval/success_rate_ci_low": 0.2,
+        "eval/success_rate_ci_high": 0.8, "eval/revision_rate": 0.0}
+
+
+def test_sampled_settings_are_checked_when_configured():
+    with pytest.raises(ValueError, match="episodes_per_task"):
+        EvaluationCallback(episodes_per_task=-2)
+    with pytest.raises(ValueError, match="sample_temperature"):
+        EvaluationCallback(episodes_per_task=4, sample_temperature=0)

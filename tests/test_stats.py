@@ -1,0 +1,95 @@
+"""Intervals and paired tests (`agentr.stats`), against hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from agentr.stats import cluster_bootstrap_interval, mcnemar_exact_p, wilson_interval
+
+Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
+
+
+def wilson_by_formula(k: int, n: int) -> tuple[float, float]:
+    p = k / n
+    denominator = 1 + Z95**2 / n
+    centre = p + Z95**2 / (2 * n)
+    spread = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n**2))
+    return (centre - spread) / denominator, (centre + spread) / denominator
+
+
+@pytest.mark.parametrize("k, n", [(5, 20), (0, 20), (20, 20), (1, 3), (37, 100)])
+def test_wilson_matches_the_formula(k, n):
+    assert wilson_interval(k, n) == pytest.approx(wilson_by_formula(k, n), abs=1e-12)
+
+
+def test_wilson_5_of_20_by_hand():
+    # p = 0.25, z^2 = 3.8415: centre (0.25 + 0.09604) / 1.19207 = 0.29030; half-width
+    # 1.95996 * sqrt(0.009375 + 0.0024010) / 1.19207 = 0.17837
+    low, high = wilson_interval(5, 20)
+    assert low == pytest.approx(0.1119, abs=1e-4) and high == pytest.approx(0.4687, abs=1e-4)
+
+
+def test_wilson_is_narrower_with_more_episodes_and_never_empty():
+    assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(0, 20)[1] > 0.1
+    small, large = wilson_interval(5, 20), wilson_interval(50, 200)
+    assert large[1] - large[0] < small[1] - small[0]
+    wider = wilson_interval(5, 20, confidence=0.99)
+    assert wider[0] < small[0] and wider[1] > small[1]
+
+
+@pytest.mark.parametrize("k, n", [(-1, 5), (6, 5), (0, 0)])
+def test_wilson_rejects_bad_counts(k, n):
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(k, n)
+
+
+def test_bootstrap_of_constant_values_is_that_value():
+    assert cluster_bootstrap_interval([[0.0], [0.0], [0.0]]) == (0.0, 0.0)
+    assert cluster_bootstrap_interval([[1.0, 1.0], [1.0]]) == (1.0, 1.0)
+
+
+def binomial_quantile(n: int, p: float, q: float) -> int:
+    """Smallest k with P(Binomial(n, p) <= k) >= q."""
+    total = 0.0
+    for k in range(n + 1):
+        total += math.comb(n, k) * p**k * (1 - p) ** (n - k)
+        if total >= q:
+            return k
+    return n
+
+
+def test_bootstrap_of_zero_one_values_follows_the_binomial():
+    # 30 ones among 100 single-episode groups: a resample's mean is Binomial(100, 0.3) / 100,
+    # so the percentile interval is (close to) that distribution's 2.5% and 97.5% quantiles.
+    groups = [[1.0]] * 30 + [[0.0]] * 70
+    low, high = cluster_bootstrap_interval(groups, resamples=20000)
+    assert low == pytest.approx(binomial_quantile(100, 0.3, 0.025) / 100, abs=0.011)
+    assert high == pytest.approx(binomial_quantile(100, 0.3, 0.975) / 100, abs=0.011)
+
+
+def test_bootstrap_resamples_whole_groups():
+    # Two tasks, four episodes each, all alike within a task: only 3 resample means exist
+    # (0, 0.5, 1), so the interval spans them; resampled by episode it would be much narrower.
+    low, high = cluster_bootstrap_interval([[1.0] * 4, [0.0] * 4])
+    assert (low, high) == (0.0, 1.0)
+    assert cluster_bootstrap_interval([[1.0] * 4, [0.0] * 4], seed=1) == (0.0, 1.0)
+
+
+def test_bootstrap_is_seeded():
+    groups = [[0.0, 1.0], [1.0], [0.0], [0.5, 0.5, 1.0]]
+    assert cluster_bootstrap_interval(groups, seed=3) == cluster_bootstrap_interval(groups, seed=3)
+    with pytest.raises(ValueError, match="empty group"):
+        cluster_bootstrap_interval([[1.0], []])
+
+
+def test_mcnemar_exact_by_hand():
+    assert mcnemar_exact_p(0, 0) == 1.0
+    assert mcnemar_exact_p(5, 0) == pytest.approx(2 / 32)  # 2 * P(X <= 0), X ~ Bin(5, 1/2)
+    assert mcnemar_exact_p(0, 5) == pytest.approx(2 / 32)
+    assert mcnemar_exact_p(3, 3) == 1.0  # capped: the two tails overlap
+    # 8 vs 2 discordant pairs: 2 * (1 + 10 + 45) / 1024
+    assert mcnemar_exact_p(8, 2) == pytest.approx(2 * 56 / 1024)
+    with pytest.raises(ValueError):
+        mcnemar_exact_p(-1, 2)
