@@ -121,6 +121,9 @@ class AgentRIterations(Callback):
         alpha: the good-trajectory threshold per iteration; the last value repeats
             (paper: 0.5, 0.7, 1.0).
         warm_start: optional SFT on expert demonstrations before iteration 1.
+        stop_after: end the fit once this iteration is trained, saved and evaluated (0: right
+            after the warm start), e.g. to start several runs from one warm start; the same
+            command without it continues from there.
     """
 
     def __init__(
@@ -129,7 +132,13 @@ class AgentRIterations(Callback):
         epochs: list[int] = [3, 1],  # noqa: B006 (jsonargparse shows list defaults in --help)
         alpha: list[float] = [0.5, 0.7, 1.0],  # noqa: B006
         warm_start: WarmStart | None = None,
+        stop_after: int | None = None,
     ) -> None:
+        first = 0 if warm_start else 1
+        if stop_after is not None and not first <= stop_after <= iterations:
+            raise ValueError(f"stop_after must be an iteration of the run, {first}..{iterations}, "
+                             f"got {stop_after}")
+        self.stop_after = stop_after
         self.iterations = iterations
         self.alpha = per_iteration(list(alpha), iterations)
         self.warm_start = warm_start
@@ -160,13 +169,18 @@ class AgentRIterations(Callback):
         self._epoch_started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        stage = self.plan[trainer.current_epoch]
         if trainer.is_global_zero:
-            stage = self.plan[trainer.current_epoch]
             self._record_training_time(stage, time.perf_counter() - self._epoch_started)
+        if stage.iteration == self.stop_after and stage.is_last_epoch:
+            trainer.should_stop = True  # the checkpoint of this epoch is still written
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._save_adapter(trainer, self.plan[-1].iteration)
-        self._evaluate_finished(trainer, upto=self.plan[-1].iteration)
+        # The last finished iteration: the plan's, or an earlier one where the fit was stopped.
+        finished = self.plan[:trainer.current_epoch]
+        last = max((s.iteration for s in finished if s.is_last_epoch), default=-1)
+        self._save_adapter(trainer, last)
+        self._evaluate_finished(trainer, upto=last)
         if trainer.is_global_zero:
             self._report(trainer)
 

@@ -284,3 +284,45 @@ def test_a_run_killed_in_phase_one_continues_without_losing_work(tmp_path, tiny_
     assert (crashed_dir / "run" / "iteration_2" / "eval.json").exists()
     # Checkpoints hold the trainable weights only, never the frozen base model.
     assert all("lora_" in k for k in ckpt["state_dict"])
+
+
+def test_runs_branch_from_a_stopped_run(tmp_path, tiny_model_dir, no_crash):
+    """stop_after ends the fit after an iteration; a copy of it continues as another run."""
+    import shutil
+
+    config = write_config(tmp_path, tiny_model_dir)
+    data = yaml.safe_load(config.read_text())
+    data["trainer"]["callbacks"][1]["init_args"]["stop_after"] = 1
+    config.write_text(yaml.safe_dump(data))
+    fit(config)
+    run = tmp_path / "run"
+    assert (run / "iteration_1" / "adapter").is_dir() and (run / "iteration_1" / "eval.json").exists()
+    assert not (run / "iteration_2").exists()
+
+    branch = tmp_path / "branch"
+    for name in ("base", "iteration_1", "checkpoints"):
+        shutil.copytree(run / name, branch / name)
+    evaluated = (branch / "iteration_1" / "eval.json").stat().st_mtime_ns
+    del data["trainer"]["callbacks"][1]["init_args"]["stop_after"]
+    data["trainer"]["default_root_dir"] = str(branch)
+    data["trainer"]["logger"]["init_args"]["save_dir"] = str(branch)
+    config.write_text(yaml.safe_dump(data))
+    fit(config)
+    assert (branch / "iteration_2" / "adapter").is_dir() and (branch / "iteration_2" / "eval.json").exists()
+    assert (branch / "iteration_1" / "eval.json").stat().st_mtime_ns == evaluated  # not redone
+    # it went on from the stopped run's checkpoint: iteration 2's one epoch only
+    import torch
+
+    stopped = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    # (Lightning names the branch's own last checkpoint last-v1.ckpt; "last" resumes the newest)
+    newest = max(branch.glob("checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime_ns)
+    went_on = torch.load(newest, weights_only=False)
+    assert (stopped["epoch"], went_on["epoch"]) == (1, 2)
+    assert went_on["agentr_schedule"]["start"] == stopped["global_step"]
+
+
+def test_stop_after_must_be_an_iteration_of_the_run():
+    from agentr.callbacks import AgentRIterations
+
+    with pytest.raises(ValueError, match="stop_after must be an iteration of the run, 1..2, got 0"):
+        AgentRIterations(iterations=2, epochs=[1], stop_after=0)
