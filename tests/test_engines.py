@@ -185,6 +185,16 @@ def test_hf_results_contract(hf_engine):
     check_results_contract(hf_engine)
 
 
+def test_hf_request_seeds_make_each_draw_independent_of_its_batch(hf_engine):
+    sampling = SamplingConfig(temperature=1.0, max_tokens=6, request_seeds=(3, 4))
+    together = hf_engine.generate([CONV, CONV2], sampling)
+    alone = hf_engine.generate([CONV2], SamplingConfig(temperature=1.0, max_tokens=6, request_seeds=(4,)))
+    assert alone[0] == together[1]
+    others = [hf_engine.generate([CONV2], SamplingConfig(temperature=1.0, max_tokens=6, request_seeds=(s,)))[0][0].text
+              for s in (5, 6, 7)]
+    assert len({alone[0][0].text, *others}) > 1  # the seed is what decides
+
+
 def test_hf_stop_strings(hf_engine):
     check_stop_strings(hf_engine)
 
