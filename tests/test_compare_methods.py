@@ -72,10 +72,10 @@ def test_run_configs_parse_and_carry_the_scale(experiment, tmp_path, capsys):
         assert (evaluation_args["num_tasks"], evaluation_args["episodes_per_task"],
                 evaluation_args["max_turns"]) == (3, 2, 5)
         assert config["data"]["init_args"]["num_tasks"] == 4
-        expected_mode = {"direct_revision": "direct_revision", "optimal": "optimal"}.get(run, "agent_r")
-        assert config["data"]["init_args"]["search"]["mode"] == expected_mode
-        if run == "agent_r_oracle":
-            assert config["data"]["init_args"]["search"]["transition"] == "oracle"
+        search = config["data"]["init_args"]["search"]
+        assert search["mode"] == ("optimal" if run == "optimal" else "agent_r")
+        if run != "optimal":
+            assert search["transition"] == {"direct_revision": "end", "agent_r_oracle": "oracle"}.get(run, "model")
 
 
 def test_methods_without_their_setting_are_skipped_with_the_reason(experiment):
