@@ -89,10 +89,11 @@ def test_report_page_has_every_section_and_the_run_data(run_dir):
     assert page.ids["curve-chart"] == "svg" and page.ids["stage-table"] == "table"
     assert page.data == json.loads(json.dumps(run))  # the page embeds exactly what read_run gave
     assert [s["name"] for s in page.data["stages"]] == ["base", "iteration_1"]
-    # the curve: one series per metric, success with its interval drawn once (only iteration_1 has one)
+    # the curve: one series per metric, success with its interval drawn at both stages (evaluate
+    # writes a Wilson interval; the fixture replaces iteration_1's)
     series = {a["data-metric"] for t, a in page.svg if t == "polyline"}
     assert {"success_rate", "avg_reward", "repeat_fraction", "revision_rate"} <= series
-    assert sum(a.get("class") == "ci" for t, a in page.svg if t == "line") == 1
+    assert sum(a.get("class") == "ci" for t, a in page.svg if t == "line") == 2
     # the stage table shows success with its count and interval, and the recorded training time
     evaluation = json.loads((run_dir / "iteration_1" / "eval.json").read_text())
     successes = sum(e["success"] for e in evaluation["episodes"])
