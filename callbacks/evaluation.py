@@ -11,6 +11,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 from agentr.engines.base import Engine
+from agentr.errors import check_range
+from agentr.provenance import changed_keys
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +21,11 @@ class EvaluationCallback(Callback):
     """Evaluates the policy of every finished stage (base model, warm start, each iteration).
 
     `AgentRIterations` calls `evaluate_stage` at the right moments; results are cached in the
-    stage's directory (`eval.json`, `trajectories.jsonl`), so a resumed run does not redo them.
+    stage's directory (`eval.json`, `trajectories.jsonl`) with the fingerprint of what made them
+    (the weights' digests, environment, tasks and settings: `agentr.provenance`), so a resumed
+    run redoes only the evaluations whose fingerprint changed. An evaluation where more than
+    `max_error_rate` of the episodes ended in an environment error fails the fit (and is not
+    cached).
     Metrics go to every logger (`eval/success_rate` with `eval/success_rate_ci_low` and
     `_ci_high`, `eval/avg_reward`, `eval/loop_count`, `eval/revision_rate`, ...; the sampled
     evaluation's as `eval_sampled/...`) and a plot of success rate per stage with its 95%
@@ -35,6 +41,8 @@ class EvaluationCallback(Callback):
             narrower intervals where tasks are few (0: none).
         sample_temperature: temperature of the sampled episodes.
         seed: base of the sampled episodes' seeds (each derives from it, its task and index).
+        max_error_rate: the largest share of episodes that may end in an environment error (a
+            dead server); those are not scored.
     """
 
     def __init__(
@@ -47,19 +55,26 @@ class EvaluationCallback(Callback):
         episodes_per_task: int = 0,
         sample_temperature: float = 1.0,
         seed: int = 0,
+        max_error_rate: float = 0.1,
     ) -> None:
-        if episodes_per_task < 0:
-            raise ValueError(f"episodes_per_task must be >= 0 (0: no sampled evaluation), got {episodes_per_task}")
-        if episodes_per_task and sample_temperature <= 0:
-            raise ValueError(f"sample_temperature must be > 0 for sampled evaluation, got {sample_temperature}")
+        check_range("EvaluationCallback.num_tasks", num_tasks, 1, optional=True)
+        check_range("EvaluationCallback.max_turns", max_turns, 1)
+        check_range("EvaluationCallback.temperature", temperature, 0)
+        check_range("EvaluationCallback.max_tokens", max_tokens, 1)
+        check_range("EvaluationCallback.episodes_per_task", episodes_per_task, 0)
+        if episodes_per_task:
+            check_range("EvaluationCallback.sample_temperature", sample_temperature, 0, low_open=True)
+        check_range("EvaluationCallback.max_error_rate", max_error_rate, 0, 1)
         self.split = split
         self.num_tasks = num_tasks
-        self.max_turns = max_turns
         self.temperature = temperature
-        self.max_tokens = max_tokens
         self.episodes_per_task = episodes_per_task
-        self.sample_temperature = sample_temperature
-        self.seed = seed
+        self.max_error_rate = max_error_rate
+        #: `evaluate`'s settings, and so those of the evaluation's fingerprint.
+        self.settings = dict(max_turns=max_turns, temperature=temperature, max_tokens=max_tokens,
+                             stop=(), seed=seed, success_threshold=1.0,
+                             episodes_per_task=episodes_per_task,
+                             sample_temperature=sample_temperature)
         self.history: dict[str, dict] = {}
 
     def evaluate_stage(
@@ -69,15 +84,31 @@ class EvaluationCallback(Callback):
         index: int,
         policy: Callable[[], Engine],
         out_dir: Path,
+        provenance: dict,
     ) -> dict:
-        """Results of stage `name` (the `index`-th stage), computed once and cached in `out_dir`."""
+        """Results of stage `name` (the `index`-th stage), computed once and cached in `out_dir`.
+
+        `provenance` holds the digests of the weights `policy()` generates with
+        (`GenerationCallback.provenance`); cached results made from anything else are redone.
+        """
+        from agentr.evaluation import evaluation_fingerprint
+
         results_path = Path(out_dir) / "eval.json"
-        if not results_path.exists():
+        task_ids = trainer.datamodule.task_ids(self.split)[: self.num_tasks]
+        provenance = {**provenance, "env": trainer.datamodule.env_description(), "split": self.split}
+        expected = evaluation_fingerprint(provenance, task_ids, **self.settings)
+        cached = json.loads(results_path.read_text()) if results_path.exists() else None
+        fresh = cached is None or cached.get("fingerprint") != expected
+        if fresh:
+            if cached is not None:
+                log.warning("%s: evaluating again, %s changed since %s was written", name,
+                            ", ".join(changed_keys(cached.get("fingerprint") or {}, expected)), results_path)
+            trainer.strategy.barrier()  # every rank has read the old results before they go
             if trainer.is_global_zero:
-                self._run(trainer, policy(), Path(out_dir))
+                self._run(trainer, policy(), Path(out_dir), task_ids, provenance)
             trainer.strategy.barrier()
         results = json.loads(results_path.read_text())
-        if name not in self.history and trainer.is_global_zero:
+        if (fresh or name not in self.history) and trainer.is_global_zero:
             self.history[name] = results
             metrics = loggable_metrics(results["metrics"], "eval/")
             if "sampled" in results:
@@ -88,22 +119,18 @@ class EvaluationCallback(Callback):
             self._plot(Path(trainer.default_root_dir) / "success_rate.png")
         return results
 
-    def _run(self, trainer: pl.Trainer, engine: Engine, out_dir: Path) -> None:
+    def _run(self, trainer: pl.Trainer, engine: Engine, out_dir: Path, task_ids: list[str],
+             provenance: dict) -> None:
         from agentr.evaluation import evaluate
 
-        datamodule = trainer.datamodule
-        task_ids = datamodule.task_ids(self.split)[: self.num_tasks]
         evaluate(
             engine,
-            datamodule.make_env,
+            trainer.datamodule.make_env,
             task_ids,
             out_dir=out_dir,
-            max_turns=self.max_turns,
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-            episodes_per_task=self.episodes_per_task,
-            sample_temperature=self.sample_temperature,
-            seed=self.seed,
+            max_error_rate=self.max_error_rate,
+            provenance=provenance,
+            **self.settings,
         )
 
     def _plot(self, path: Path) -> None:

@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 from agentr.engines.base import Engine
+from agentr.errors import check_range
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,11 @@ class GenerationCallback(Callback):
         seed: int = 0,
         merge_lora: bool | None = None,
     ) -> None:
+        check_range("GenerationCallback.max_model_len", max_model_len, 1)
+        check_range("GenerationCallback.kv_cache_gb", kv_cache_gb, 0, low_open=True)
+        check_range("GenerationCallback.gpu_memory_utilization", gpu_memory_utilization, 0, 1,
+                    low_open=True)
+        check_range("GenerationCallback.max_num_seqs", max_num_seqs, 1)
         self.kind = engine
         self.common_kwargs = dict(max_model_len=max_model_len, dtype=dtype, seed=seed)
         self.vllm_kwargs = dict(
@@ -62,6 +68,7 @@ class GenerationCallback(Callback):
         hparams = pl_module.hparams
         self._module_kwargs = dict(model=hparams.model, trust_remote_code=hparams.trust_remote_code)
         self._lora_rank = int(hparams.lora_r)
+        self._base_model = hparams.model
 
     @property
     def engine(self) -> Engine:
@@ -86,7 +93,7 @@ class GenerationCallback(Callback):
         `weights` is a LoRA adapter directory, or a whole model directory (full fine-tuning),
         for which the engine is rebuilt on those weights.
         """
-        if weights is not None and (Path(weights) / "config.json").is_file():
+        if _is_model(weights):
             if self._module_kwargs.get("model") != str(weights):
                 self.close()
                 self._module_kwargs["model"] = str(weights)
@@ -95,6 +102,19 @@ class GenerationCallback(Callback):
         engine.wake_up()
         engine.load_adapter(str(weights) if weights is not None else None)
         return engine
+
+    def provenance(self, weights: str | Path | None) -> dict:
+        """The digests of what `policy(weights)` generates with, without starting the engine
+        (`agentr.provenance.policy_provenance` of that engine)."""
+        from agentr.engines import resolve_model
+        from agentr.provenance import weights_digest
+
+        if _is_model(weights):
+            return {"model": weights_digest(weights), "adapter": None}
+        if not self._module_kwargs:
+            raise RuntimeError("GenerationCallback used before Trainer.fit set it up")
+        return {"model": weights_digest(resolve_model(self._base_model)),
+                "adapter": weights_digest(weights)}
 
     def release(self) -> None:
         """Hand the accelerator back to training."""
@@ -109,3 +129,8 @@ class GenerationCallback(Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.close()
+
+
+def _is_model(weights: str | Path | None) -> bool:
+    """`weights` is a whole model directory (full fine-tuning), not a LoRA adapter."""
+    return weights is not None and (Path(weights) / "config.json").is_file()

@@ -38,6 +38,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from agentr.callbacks.evaluation import EvaluationCallback
 from agentr.callbacks.generation import GenerationCallback
+from agentr.errors import SettingError, check_range
 from agentr.trajectory import read_jsonl, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,10 @@ class WarmStart:
     num_demos: int = 100
     epochs: int = 2
 
+    def __post_init__(self) -> None:
+        check_range("warm_start.num_demos", self.num_demos, 1)
+        check_range("warm_start.epochs", self.epochs, 1)
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -72,23 +77,23 @@ class Stage:
         return self.epoch == self.epochs - 1
 
 
-def per_iteration(values: list, iterations: int) -> list:
+def per_iteration(values: list, iterations: int, name: str = "values") -> list:
     """`values` stretched to `iterations` entries by repeating the last one."""
     if not values:
-        raise ValueError("expected at least one value per iteration")
+        raise SettingError(f"{name}=[] is out of range: needs at least one value")
     return [values[min(i, len(values) - 1)] for i in range(iterations)]
 
 
 def epoch_plan(iterations: int, epochs: list[int], warm_start_epochs: int = 0) -> list[Stage]:
     """The stage of every training epoch of the fit, in order."""
-    if iterations < 1:
-        raise ValueError(f"iterations must be >= 1, got {iterations}")
-    counts = ([warm_start_epochs] if warm_start_epochs else []) + per_iteration(epochs, iterations)
+    check_range("AgentRIterations.iterations", iterations, 1)
+    for count in epochs:
+        check_range("AgentRIterations.epochs", count, 1)  # each iteration's
+    counts = ([warm_start_epochs] if warm_start_epochs else []) + per_iteration(
+        epochs, iterations, "AgentRIterations.epochs")
     first = 0 if warm_start_epochs else 1
     plan = []
     for iteration, count in enumerate(counts, start=first):
-        if count < 1:
-            raise ValueError(f"iteration {iteration} needs at least one epoch, got {count}")
         plan.extend(Stage(iteration, e, count) for e in range(count))
     return plan
 
@@ -136,13 +141,15 @@ class AgentRIterations(Callback):
     ) -> None:
         first = 0 if warm_start else 1
         if stop_after is not None and not first <= stop_after <= iterations:
-            raise ValueError(f"stop_after must be an iteration of the run, {first}..{iterations}, "
-                             f"got {stop_after}")
+            raise SettingError(f"AgentRIterations.stop_after={stop_after} is out of range: must be "
+                               f"an iteration of the run, in [{first}, {iterations}]")
         self.stop_after = stop_after
-        self.iterations = iterations
-        self.alpha = per_iteration(list(alpha), iterations)
-        self.warm_start = warm_start
         self.plan = epoch_plan(iterations, list(epochs), warm_start.epochs if warm_start else 0)
+        for value in alpha:
+            check_range("AgentRIterations.alpha", value, 0, 1, low_open=True)
+        self.iterations = iterations
+        self.alpha = per_iteration(list(alpha), iterations, "AgentRIterations.alpha")
+        self.warm_start = warm_start
         self._loaded: int | None = None  # iteration whose data the DataModule holds
         self.run_dir = Path(".")
 
@@ -281,7 +288,8 @@ class AgentRIterations(Callback):
         for index, name in enumerate(names):
             adapter = None if name == "base" else self.run_dir / name / "adapter"
             self.evaluation.evaluate_stage(
-                trainer, name, index, lambda a=adapter: self.generation.policy(a), self.run_dir / name
+                trainer, name, index, lambda a=adapter: self.generation.policy(a), self.run_dir / name,
+                self.generation.provenance(adapter),
             )
         self.generation.release()
 

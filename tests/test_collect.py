@@ -24,6 +24,7 @@ from search_fakes import (
 )
 
 from agentr.envs import textcraft
+from agentr.errors import ProvenanceError
 from agentr.search.collect import collect, phase1_report, task_seed
 from agentr.search.config import SearchConfig
 from agentr.trajectory import read_jsonl
@@ -218,25 +219,56 @@ def test_resume_after_a_kill_gives_the_same_dataset(tmp_path, kill_after):
     finished = sorted(p.name for p in (tmp_path / "run" / "tasks").glob("*.jsonl"))
     assert not list((tmp_path / "run").rglob("*.tmp"))  # no half-written file left behind
     engine, resumed = _collect(tmp_path / "run", max_concurrent_trees=2)
-    assert resumed.stats["tasks_resumed"] == len(finished)
+    assert resumed.stats["runs"][-1]["tasks_resumed"] == len(finished)
     assert resumed.dataset.read_bytes() == reference.dataset.read_bytes()
     assert resumed.stats["trees_searched"] == len(TASKS)
     for key in ("revision_trajectories", "good_trajectories", "env_steps", "verdicts", "tokens_generated"):
         assert resumed.stats[key] == reference.stats[key]
     # the resumed run searched only the unfinished tasks
-    assert resumed.stats["trees_this_run"] == len(TASKS) - len(finished)
+    assert resumed.stats["runs"][-1]["trees_searched"] == len(TASKS) - len(finished)
     unfinished = [t for t in TASKS if f"{t}.jsonl" not in finished]
     expansions = [json.loads((tmp_path / "run" / "tasks" / f"{t}.stats.json").read_text())["expansions"]
                   for t in unfinished]
     assert sum(c[1] for c in engine.calls if c[0] == "expand") == sum(expansions)
 
 
+def test_a_replay_of_a_finished_collection_keeps_its_statistics(tmp_path):
+    _, first = _collect(tmp_path)
+    assert first.stats["engine_calls"]["expand"] > 0 and len(first.stats["runs"]) == 1
+    engine, replay = _collect(tmp_path)  # what a resumed fit does once Phase I is done
+    assert not engine.calls
+    for key in ("wall_seconds", "engine_calls", "runs"):
+        assert replay.stats[key] == first.stats[key]
+    _, grown = _collect(tmp_path, tasks=[*TASKS, "extra"])  # a second run that searches adds its own
+    assert [r["trees_searched"] for r in grown.stats["runs"]] == [len(TASKS), 1]
+    assert grown.stats["wall_seconds"] == pytest.approx(sum(r["wall_seconds"] for r in grown.stats["runs"]), abs=1e-3)
+    assert grown.stats["engine_calls"]["expand"] == sum(r["engine_calls"]["expand"] for r in grown.stats["runs"])
+
+
+def test_resume_refuses_another_policy(tmp_path, tiny_model_dir):
+    """A collection resumed from another model (same files, other weights) refuses to mix."""
+    import shutil
+
+    other = tmp_path / "other-model"
+    shutil.copytree(tiny_model_dir, other)
+    weights = other / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # the same shapes, one weight bit apart
+    weights.write_bytes(bytes(data))
+    engine = ScriptedEngine(toy_policy(), judge_bad_on("noop", "lose", "half", "boom"))
+    engine.model_path = tiny_model_dir
+    collect(engine, lambda: CloneToyEnv(need=2), TASKS[:1], SearchConfig(), tmp_path / "out", progress=False)
+    engine.model_path = str(other)
+    with pytest.raises(ProvenanceError, match=r"provenance\.model.*delete .*out"):
+        collect(engine, lambda: CloneToyEnv(need=2), TASKS[:1], SearchConfig(), tmp_path / "out", progress=False)
+
+
 def test_resume_refuses_other_settings(tmp_path):
     _collect(tmp_path, tasks=TASKS[:2])
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ProvenanceError, match=r"other settings.*changed: config\.beta\)"):
         _collect(tmp_path, tasks=TASKS[:2], beta=0.5)
     _, result = _collect(tmp_path, tasks=TASKS, max_concurrent_trees=3)  # more tasks, same data settings
-    assert result.stats["tasks_resumed"] == 2
+    assert result.stats["runs"][-1]["tasks_resumed"] == 2
 
 
 # ---- TextCraft with a scripted policy ----------------------------------------------------------

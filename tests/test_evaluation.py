@@ -272,3 +272,146 @@ def test_evaluate_command_end_to_end_with_the_hf_engine(tiny_engine_model_dir, t
     assert revision["num_episodes"] == 2
     assert [e["cut_turn"] for e in revision["episodes"]] == [1, 1]  # 2-turn episodes cut at 1
     assert all(e["turns"] == 3 for e in revision["episodes"])  # 1 replayed + 2 new
+
+
+# ---- nothing silently wrong: stale results, dead environments, torn lines ----------------------
+
+class FlakyEnv(CounterEnv):
+    """CounterEnv whose steps fail (a dead server) on the tasks in `broken`."""
+
+    broken: set[str] = set()
+
+    def _reset(self, task_id):
+        self.task = task_id
+        return super()._reset(task_id)
+
+    def _step(self, action):
+        if self.task in FlakyEnv.broken:
+            raise ConnectionRefusedError("[Errno 111] Connection refused")
+        return super()._step(action)
+
+    def spawn(self):
+        return FlakyEnv()
+
+
+@pytest.fixture
+def flaky():
+    yield FlakyEnv
+    FlakyEnv.broken = set()
+
+
+def test_environment_errors_are_not_scored_and_fail_the_run_above_the_limit(tmp_path, flaky):
+    tasks = [str(k) for k in range(1, 6)] * 2  # ten episodes, all winnable
+    flaky.broken = {"5"}  # two of ten episodes meet a dead environment
+    results = evaluate(scripted(step_reply), flaky, tasks, max_turns=6, max_error_rate=0.2,
+                       out_dir=tmp_path, progress=False)
+    assert results["num_infrastructure_errors"] == 2 and results["num_errors"] == 2
+    assert results["metrics"]["success_rate"] == 1.0  # over the 8 scored episodes, not 8/10
+    failed = [e for e in results["episodes"] if e["error"]]
+    assert all(e["error"].startswith("environment: ConnectionRefusedError") for e in failed)
+
+    from agentr.errors import InfrastructureError
+
+    with pytest.raises(InfrastructureError, match=r"2 of 10 episodes ended in an environment error.*"
+                                                  r"max_error_rate=0\.1.*Connection refused"):
+        evaluate(scripted(step_reply), flaky, tasks, max_turns=6, out_dir=tmp_path, progress=False)
+    assert not (tmp_path / "eval.json").exists()  # neither the new result nor the old one
+
+
+def test_a_killed_evaluation_leaves_no_old_results_beside_new_trajectories(tmp_path):
+    evaluate(scripted(step_reply), CounterEnv, ["1", "2"], out_dir=tmp_path, progress=False)
+    assert (tmp_path / "eval.json").exists()
+    with pytest.raises(RolloutError):  # a second run in the same folder dies midway
+        evaluate(scripted(step_reply, fail_at_call=2), CounterEnv, ["3", "4"], out_dir=tmp_path,
+                 progress=False)
+    assert not (tmp_path / "eval.json").exists()
+
+
+def test_results_record_what_made_them(tmp_path):
+    fingerprint = evaluate(scripted(step_reply), CounterEnv, ["1", "2"], max_turns=4,
+                           provenance={"model": "m1", "adapter": None, "env": {"name": "counter"}},
+                           out_dir=tmp_path, progress=False)["fingerprint"]
+    assert fingerprint["model"] == "m1" and fingerprint["env"] == {"name": "counter"}
+    assert fingerprint["tasks"]["count"] == 2 and fingerprint["settings"]["max_turns"] == 4
+    saved = json.loads((tmp_path / "eval.json").read_text())["fingerprint"]
+    other = evaluate(scripted(step_reply), CounterEnv, ["1", "3"], max_turns=4,
+                     provenance={"model": "m1", "adapter": None, "env": {"name": "counter"}},
+                     progress=False)["fingerprint"]
+    assert saved == fingerprint and other["tasks"] != fingerprint["tasks"]
+
+
+def test_a_torn_last_line_is_skipped_with_a_warning(tmp_path, caplog):
+    reference = _failed_reference(tmp_path)
+    whole = reference.read_text()
+    reference.write_text(whole + whole.splitlines()[0][:57])  # a write cut short (full disk, kill)
+    with caplog.at_level("WARNING"):
+        episodes = read_episodes(reference)
+    assert len(episodes) == 4 and "torn last line" in caplog.text
+    assert revision_test(scripted(step_reply), CounterEnv, reference, progress=False)["num_episodes"] == 4
+    reference.write_text(whole.splitlines()[0][:57] + "\n" + whole)  # damage elsewhere is an error
+    with pytest.raises(ValueError, match=r"trajectories\.jsonl:1: not a JSON record"):
+        read_episodes(reference)
+
+
+def test_a_torn_last_line_of_a_dataset_is_skipped(tmp_path, caplog):
+    from agentr.trajectory import Trajectory, read_jsonl, write_jsonl_atomic
+
+    path = write_jsonl_atomic(tmp_path / "d.jsonl", [
+        Trajectory(id=f"t/{i}", env="t", task_id=str(i), iteration=1, kind="good", messages=[])
+        for i in range(3)])
+    path.write_text(path.read_text()[:-20])
+    with caplog.at_level("WARNING"):
+        assert [t.id for t in read_jsonl(path)] == ["t/0", "t/1"]
+    assert "torn last line" in caplog.text
+
+
+class _DataModule:
+    """What EvaluationCallback asks of a DataModule."""
+
+    def __init__(self, env):
+        self.make_env = env
+
+    def task_ids(self, split):
+        return ["1", "2", "3"]
+
+    def env_description(self):
+        return {"name": self.make_env.__name__, "options": {}}
+
+
+def _trainer(tmp_path, env=CounterEnv):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(is_global_zero=True, strategy=SimpleNamespace(barrier=lambda *a: None),
+                           loggers=[], global_step=0, default_root_dir=str(tmp_path),
+                           datamodule=_DataModule(env))
+
+
+def test_the_fit_evaluates_again_only_what_changed(tmp_path, flaky):
+    from agentr.callbacks import EvaluationCallback
+    from agentr.errors import InfrastructureError
+
+    trainer, built = _trainer(tmp_path), []
+
+    def policy():
+        built.append(1)
+        return scripted(step_reply)
+
+    def stage(callback, weights, out="base"):
+        return callback.evaluate_stage(trainer, "base", 0, policy, tmp_path / out,
+                                       {"model": weights, "adapter": None})
+
+    callback = EvaluationCallback(num_tasks=2, max_turns=3)
+    first = stage(callback, "digest-a")
+    assert len(built) == 1 and first["num_episodes"] == 2
+    assert stage(EvaluationCallback(num_tasks=2, max_turns=3), "digest-a") == first  # resumed: cached
+    assert len(built) == 1
+    stage(callback, "digest-b")  # another base model of the same shape
+    assert len(built) == 2
+    assert stage(EvaluationCallback(num_tasks=3, max_turns=3), "digest-b")["num_episodes"] == 3
+    assert len(built) == 3
+
+    flaky.broken = {"1", "2", "3"}
+    trainer.datamodule = _DataModule(flaky)  # the environment died
+    with pytest.raises(InfrastructureError):
+        stage(callback, "digest-b", out="dead")
+    assert not (tmp_path / "dead" / "eval.json").exists()  # never cached

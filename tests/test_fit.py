@@ -280,7 +280,8 @@ def test_a_run_killed_in_phase_one_continues_without_losing_work(tmp_path, tiny_
     assert ckpt["agentr_schedule"] == reference["agentr_schedule"]
     assert {p.name: p.stat().st_mtime_ns for p in tasks.glob("*.jsonl") if p.name in finished} == finished
     stats = json.loads((crashed_dir / "run" / "iteration_2" / "phase1" / "stats.json").read_text())
-    assert stats["tasks_resumed"] == len(finished) and stats["trees_this_run"] == 4 - len(finished)
+    assert stats["runs"][-1]["tasks_resumed"] == len(finished)
+    assert stats["runs"][-1]["trees_searched"] == 4 - len(finished)
     assert (crashed_dir / "run" / "iteration_2" / "eval.json").exists()
     # Checkpoints hold the trainable weights only, never the frozen base model.
     assert all("lora_" in k for k in ckpt["state_dict"])
@@ -324,5 +325,5 @@ def test_runs_branch_from_a_stopped_run(tmp_path, tiny_model_dir, no_crash):
 def test_stop_after_must_be_an_iteration_of_the_run():
     from agentr.callbacks import AgentRIterations
 
-    with pytest.raises(ValueError, match="stop_after must be an iteration of the run, 1..2, got 0"):
+    with pytest.raises(ValueError, match=r"AgentRIterations.stop_after=0 is out of range: must be an iteration of the run, in \[1, 2\]"):
         AgentRIterations(iterations=2, epochs=[1], stop_after=0)

@@ -146,6 +146,34 @@ def test_checkpoint_of_other_lora_settings_is_rejected(tiny_model_dir):
         other.on_load_checkpoint(checkpoint)
 
 
+def test_checkpoint_of_another_base_model_of_the_same_shape_is_rejected(tiny_model_dir, tmp_path):
+    import shutil
+
+    from agentr.errors import ProvenanceError
+
+    module = AgentRModule(tiny_model_dir)
+    module.configure_model()
+    checkpoint = {"state_dict": {k: v for k, v in module.state_dict().items() if "lora_" in k}}
+    module.on_save_checkpoint(checkpoint)
+    AgentRModule(tiny_model_dir).on_load_checkpoint(checkpoint)  # the same base resumes
+    other_dir = shutil.copytree(tiny_model_dir, tmp_path / "other")  # same names, shapes, config
+    weights = other_dir / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-2] ^= 0x40  # one weight changed
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ProvenanceError, match=r"another base model .*delete the run directory"):
+        AgentRModule(other_dir).on_load_checkpoint(checkpoint)
+
+
+@pytest.mark.parametrize("setting, value", [("lora_r", 0), ("learning_rate", 0.0), ("lora_dropout", 1.0),
+                                            ("warmup_ratio", 1.5), ("weight_decay", -0.1)])
+def test_module_settings_are_checked_when_built(setting, value):
+    from agentr.errors import SettingError
+
+    with pytest.raises(SettingError, match=rf"^model\.{setting}={value!r} is out of range"):
+        AgentRModule("no/such-model", **{setting: value})
+
+
 def test_warmup_cosine_schedule():
     factors = [warmup_cosine(s, 100, 0.1, 0.1) for s in range(120)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)

@@ -9,6 +9,10 @@ each a typed function whose docstring is its `--help`:
     agentr report     the HTML report of a run directory (trees, trajectories, learning curve)
     agentr serve-env  serve an agentr environment over HTTP (AgentGym protocol)
     agentr compare    paired difference of two evaluations (or runs, stage by stage)
+
+Errors a user can act on (a setting out of range, a malformed config file, an output directory
+made from another model, a dead environment) end the command with one line on stderr and exit
+status 2 (bad input) or 1, instead of a traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -49,20 +54,87 @@ def sweep_run_dir(root: str | None, environ: Mapping[str, str]) -> str | None:
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the `agentr` console script; `args` defaults to `sys.argv[1:]`."""
+    from agentr.errors import SettingError
     from agentr.verbosity import configure_logging, verbose_requested
 
     verbose, argv = verbose_requested(list(sys.argv[1:] if args is None else args))
     configure_logging(verbose)
     if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
         sys.argv[1:] = argv
+    try:  # the console script passes main()'s result to sys.exit: None exits 0
+        _check_config_files(argv)
+        _run(argv, args, verbose)
+    except Exception as error:
+        reported = _user_error(error)
+        if reported is None:
+            raise
+        print(f"agentr: error: {reported}", file=sys.stderr)
+        sys.exit(2 if isinstance(reported, SettingError) else 1)
+
+
+def _user_error(error: BaseException) -> Exception | None:
+    """The agentr error (`agentr.errors`) that caused `error`, if any: the parser and Lightning
+    wrap the errors of the classes they build in their own."""
+    from agentr.errors import InfrastructureError, ProvenanceError, SettingError
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (SettingError, ProvenanceError, InfrastructureError)):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _check_config_files(argv: list[str]) -> None:
+    """Raise `SettingError` naming the file when a `--config` file is not valid YAML (the
+    parser would report it as "<unicode string>")."""
+    import yaml
+
+    from agentr.errors import SettingError
+
+    paths = [b for a, b in zip(argv, argv[1:]) if a == "--config"]
+    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                yaml.safe_load(f)
+        except OSError:
+            continue  # not a file (a config given inline): the parser reports it
+        except yaml.YAMLError as error:
+            where = ""
+            mark = getattr(error, "problem_mark", None)
+            if mark is not None:
+                where = f":{mark.line + 1}:{mark.column + 1}"
+            problem = getattr(error, "problem", None) or str(error)
+            raise SettingError(f"{path}{where}: not valid YAML ({problem})") from None
+
+
+def _run(argv: list[str], args: list[str] | None, verbose: bool) -> None:
     if argv and argv[0] in STAGE_COMMANDS:
         from jsonargparse import CLI
 
         CLI(_stage_function(argv[0]), args=argv[1:], as_positional=argv[0] in POSITIONAL)
-        return  # the console script passes main()'s result to sys.exit: None exits 0
+        return
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip() + "\n", file=sys.stderr)
     _lightning_cli(None if args is None else argv, verbose)
+
+
+def check_checkpoint(path: Path, run_dir: str | Path) -> None:
+    """Raise `ProvenanceError` when the checkpoint a fit would resume from is truncated or
+    corrupt (torch checkpoints are zip files: a cut one has no central directory)."""
+    from agentr.errors import ProvenanceError
+
+    if not path.is_file():
+        return
+    try:
+        with zipfile.ZipFile(path):
+            pass
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ProvenanceError(
+            f"{path} is truncated or corrupt ({error}), so the run cannot continue from it; "
+            f"start afresh: delete {run_dir} or choose another trainer.default_root_dir") from None
 
 
 def _lightning_cli(args: list[str] | None, verbose: bool = False):
@@ -97,7 +169,13 @@ def _lightning_cli(args: list[str] | None, verbose: bool = False):
                 checkpoint.save_last = True
 
         def fit(self, model, datamodule=None, ckpt_path=None, **kwargs) -> None:
-            # Re-running the same command continues a killed run instead of starting over.
+            # Re-running the same command continues a killed run instead of starting over. The
+            # checkpoint holds tensors and plain data only: never unpickle code from it.
+            checkpoint = self.trainer.checkpoint_callback
+            if ckpt_path is None and checkpoint is not None and checkpoint.dirpath is not None:
+                check_checkpoint(Path(checkpoint.dirpath) / "last.ckpt", self.trainer.default_root_dir)
+            if kwargs.get("weights_only") is None:
+                kwargs["weights_only"] = True
             self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path or "last", **kwargs)
 
     return AgentRCLI(

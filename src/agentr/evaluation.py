@@ -7,7 +7,8 @@ episodes, hence narrower intervals, where tasks are few). It writes, to `out_dir
     trajectories.jsonl          every headline episode (an `agentr.agent.Episode` per line),
                                 appended as each one ends, so a dead engine leaves the finished ones
     sampled_trajectories.jsonl  every sampled episode (with `episodes_per_task`)
-    eval.json                   the results (only once everything finished)
+    eval.json                   the results (only once everything finished; a run first
+                                removes the eval.json of a previous one)
 
 eval.json holds:
 
@@ -15,7 +16,9 @@ eval.json holds:
                      avg_reward, avg_reward_ci, loop_count, loop_count_by_length {"n": mean},
                      repeat_fraction, avg_turns, revision_rate, recovery_rate (null: no revision)
     interval_method  how each interval was computed (`agentr.metrics.interval_methods`)
-    num_episodes, num_tasks, num_errors, timing, settings
+    num_episodes, num_tasks, num_errors, num_infrastructure_errors, timing, settings
+    fingerprint      what made the result (`agentr.provenance`): the digests of the model and
+                     adapter, the environment and split, the tasks and the settings
     episodes         one summary per episode: task_id, reward, success, turns, done, loop_count,
                      loop_lengths, revision, error (sampled episodes also: sample, seed)
     sampled          the same keys for the sampled episodes, plus episodes_per_task (only with
@@ -23,6 +26,10 @@ eval.json holds:
 
 Sampled episode j of task t draws with its own seed, `sample_seed(seed, t, j)`, so a rerun
 reproduces it whatever the other tasks or the batch.
+
+Episodes that ended because the environment failed (`is_infrastructure_error`: a dead server,
+a crashed simulator) are counted apart and left out of the metrics; when they are more than
+`max_error_rate` of the episodes, the evaluation fails instead of reporting a result.
 
 `revision_test` continues *failed* trajectories of a reference model (a `trajectories.jsonl`
 written by `evaluate`) from a random, seeded cut point for at most 50 more turns and measures
@@ -32,7 +39,6 @@ writes `revision.json` and `revision_trajectories.jsonl`.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import sys
@@ -47,6 +53,8 @@ from agentr.agent.rollout import EnvFactory, Episode, EpisodeStart, run_episodes
 from agentr.engines.base import Engine, SamplingConfig
 from agentr.engines.common import derive_seed
 from agentr.envs.base import Environment
+from agentr.errors import InfrastructureError, check_range
+from agentr.jsonfiles import RecordAppender, read_records, write_json
 from agentr.metrics import (
     RevisionReward,
     episode_metrics,
@@ -55,61 +63,77 @@ from agentr.metrics import (
     loop_count,
     loop_lengths,
 )
+from agentr.provenance import describe_env, env_description, policy_provenance, task_digest
 
 
-class _EpisodeWriter:
-    """Appends episodes to a JSONL file as they end (flushed, so a crash keeps them)."""
+#: Error prefixes of episodes stopped by a failing environment (not by the agent): see
+#: `agentr.agent.rollout`. They are reported apart and never scored as failures.
+INFRASTRUCTURE_ERRORS = ("environment:", "reset:", "replay:")
 
-    def __init__(self, path: Path | None):
-        self.path = path
-        self._file = None
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(path, "w", encoding="utf-8")
 
-    def __call__(self, episode: Episode) -> None:
-        if self._file is not None:
-            self._file.write(json.dumps(episode.to_dict(), ensure_ascii=False) + "\n")
-            self._file.flush()
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
+def is_infrastructure_error(episode: Episode) -> bool:
+    """The episode ended because the environment failed (a dead server, a crash), not the agent."""
+    return episode.error is not None and episode.error.startswith(INFRASTRUCTURE_ERRORS)
 
 
 def read_episodes(path: str | os.PathLike) -> list[Episode]:
-    """The episodes of a `trajectories.jsonl` file written by `evaluate`."""
+    """The episodes of a `trajectories.jsonl` file written by `evaluate` (a torn last line,
+    left by a run killed mid-write, is skipped with a warning)."""
     episodes = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    episodes.append(Episode.from_dict(json.loads(line)))
-                except (json.JSONDecodeError, TypeError) as e:
-                    raise ValueError(f"{path}:{lineno}: not an episode record ({e})") from e
+    for lineno, record in read_records(path):
+        try:
+            episodes.append(Episode.from_dict(record))
+        except TypeError as e:
+            raise ValueError(f"{path}:{lineno}: not an episode record ({e})") from e
     return episodes
+
+
+def evaluation_fingerprint(provenance: dict, task_ids: Sequence, *, max_turns: int,
+                           temperature: float, max_tokens: int, stop: Sequence[str], seed: int,
+                           success_threshold: float, episodes_per_task: int,
+                           sample_temperature: float) -> dict:
+    """What determines the result of `evaluate` (the keyword arguments are its own):
+    `provenance` (the policy's weights, the environment and split), the tasks and the settings."""
+    return {**provenance, "tasks": task_digest(task_ids),
+            "settings": {"max_turns": max_turns, "temperature": temperature,
+                         "max_tokens": max_tokens, "stop": list(stop), "seed": seed,
+                         "success_threshold": success_threshold,
+                         "episodes_per_task": episodes_per_task,
+                         "sample_temperature": sample_temperature}}
+
+
+def _check_infrastructure(episodes: Sequence[Episode], max_error_rate: float, provenance: dict) -> None:
+    failed = [e for e in episodes if is_infrastructure_error(e)]
+    if episodes and len(failed) > max_error_rate * len(episodes):
+        raise InfrastructureError(
+            f"{len(failed)} of {len(episodes)} episodes ended in an environment error, more than "
+            f"max_error_rate={max_error_rate:g} of them, in environment {describe_env(provenance.get('env'))}; "
+            f"first error: {failed[0].error}. No result was written: fix the environment (is its "
+            "server running?) and run again")
 
 
 def _run_and_record(engine, env, starts, sampling: SamplingConfig, out_dir, jsonl_name: str,
                     settings: dict, **run_kwargs) -> tuple[list[Episode], dict]:
     """Run the episodes, appending each to `out_dir/jsonl_name` as it ends; return them with
     the results dict (metrics, counts, timing, settings, per-episode summaries)."""
-    writer = _EpisodeWriter(Path(out_dir) / jsonl_name if out_dir is not None else None)
+    writer = RecordAppender(Path(out_dir) / jsonl_name if out_dir is not None else None)
     stats0 = (engine.stats.generated_tokens, engine.stats.prompt_tokens)
     start = time.perf_counter()
     try:
-        episodes = run_episodes(engine, env, starts, sampling=sampling, on_episode_end=writer,
-                                **run_kwargs)
+        episodes = run_episodes(engine, env, starts, sampling=sampling,
+                                on_episode_end=lambda e: writer.append(e.to_dict()), **run_kwargs)
     finally:
         writer.close()
     seconds = time.perf_counter() - start
     generated = engine.stats.generated_tokens - stats0[0]
+    scored = [e for e in episodes if not is_infrastructure_error(e)]
     results = {
-        "metrics": episode_metrics(episodes),
-        "interval_method": interval_methods(episodes),
+        "metrics": episode_metrics(scored),
+        "interval_method": interval_methods(scored),
         "num_episodes": len(episodes),
         "num_tasks": len({e.task_id for e in episodes}),
         "num_errors": sum(e.error is not None for e in episodes),
+        "num_infrastructure_errors": sum(is_infrastructure_error(e) for e in episodes),
         "timing": {
             "seconds": seconds,
             "episodes_per_minute": 60 * len(episodes) / seconds if seconds else 0.0,
@@ -138,11 +162,11 @@ def sample_seed(seed: int, task_id: str, sample: int) -> int:
     return derive_seed(seed, task_id, sample)
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    os.replace(tmp, path)
+def _start_output(out_dir: str | os.PathLike | None, results_name: str) -> None:
+    """Remove a previous run's results file first: a run killed before writing its own must not
+    leave old results beside new trajectories."""
+    if out_dir is not None:
+        (Path(out_dir) / results_name).unlink(missing_ok=True)
 
 
 def evaluate(
@@ -159,6 +183,8 @@ def evaluate(
     sample_temperature: float = 1.0,
     max_concurrent: int | None = None,
     success_threshold: float = 1.0,
+    max_error_rate: float = 0.1,
+    provenance: dict | None = None,
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict:
@@ -179,6 +205,10 @@ def evaluate(
         sample_temperature: temperature of the sampled episodes (> 0).
         max_concurrent: live episodes at most (default: what the engine's KV cache holds).
         success_threshold: final reward that counts as success.
+        max_error_rate: the largest share of episodes that may end in an environment error
+            (`is_infrastructure_error`); such episodes are left out of the metrics.
+        provenance: what made the policy and the tasks (`agentr.provenance.policy_provenance`,
+            environment, split), recorded in the results' "fingerprint" with the settings.
         out_dir: where `trajectories.jsonl` and `eval.json` go (None: write nothing).
         progress: show a progress bar.
 
@@ -188,28 +218,39 @@ def evaluate(
     Raises:
         ValueError: `episodes_per_task` < 0, or sampled episodes at a temperature <= 0.
         agentr.agent.RolloutError: the engine failed; finished episodes are in the JSONL file.
+        agentr.errors.InfrastructureError: more than `max_error_rate` of the episodes ended in an
+            environment error; `eval.json` is not written.
     """
     if episodes_per_task < 0:
         raise ValueError(f"episodes_per_task must be >= 0 (0: no sampled evaluation), got {episodes_per_task}")
     if episodes_per_task and sample_temperature <= 0:
         raise ValueError(f"sample_temperature must be > 0 for sampled evaluation, got {sample_temperature}")
+    check_range("max_error_rate", max_error_rate, 0, 1)
     task_ids = [str(t) for t in task_ids]
     sampling = SamplingConfig(temperature=temperature, max_tokens=max_tokens, stop=tuple(stop),
                               seed=seed)
+    provenance = provenance if provenance is not None else policy_provenance(engine)
+    _start_output(out_dir, "eval.json")
     settings = {"max_turns": max_turns, "success_threshold": success_threshold}
     run = dict(max_turns=max_turns, max_concurrent=max_concurrent,
                success_threshold=success_threshold, progress=progress)
-    _, results = _run_and_record(engine, env, task_ids, sampling, out_dir, "trajectories.jsonl",
-                                 settings, **run)
+    episodes, results = _run_and_record(engine, env, task_ids, sampling, out_dir,
+                                        "trajectories.jsonl", settings, **run)
+    _check_infrastructure(episodes, max_error_rate, provenance)
     if episodes_per_task:
         seeds = {(t, j): sample_seed(seed, t, j) for t in task_ids for j in range(episodes_per_task)}
         starts = [EpisodeStart(t, seed=s, meta={"sample": j, "seed": s}) for (t, j), s in seeds.items()]
-        _, sampled = _run_and_record(
+        sampled_episodes, sampled = _run_and_record(
             engine, env, starts, replace(sampling, temperature=sample_temperature), out_dir,
             "sampled_trajectories.jsonl", settings, **run)
+        _check_infrastructure(sampled_episodes, max_error_rate, provenance)
         results["sampled"] = {"episodes_per_task": episodes_per_task, **sampled}
+    results["fingerprint"] = evaluation_fingerprint(
+        provenance, task_ids, max_turns=max_turns, temperature=temperature, max_tokens=max_tokens,
+        stop=stop, seed=seed, success_threshold=success_threshold,
+        episodes_per_task=episodes_per_task, sample_temperature=sample_temperature)
     if out_dir is not None:
-        _write_json(Path(out_dir) / "eval.json", results)
+        write_json(Path(out_dir) / "eval.json", results, indent=2)
     return results
 
 
@@ -243,6 +284,7 @@ def revision_test(
     max_tokens: int = 128,
     max_concurrent: int | None = None,
     success_threshold: float = 1.0,
+    max_error_rate: float = 0.1,
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict:
@@ -253,6 +295,7 @@ def revision_test(
         max_turns: turns the model may add after the cut (the paper's 50).
         seed: seeds the cut points.
         num_tasks: use only the first N failed trajectories.
+        max_error_rate: as in `evaluate`.
 
     Returns:
         {"metrics": {revision_reward, success_rate, loop_count, ...}, ...}; written to
@@ -260,17 +303,21 @@ def revision_test(
     """
     if isinstance(reference, (str, os.PathLike)):
         reference = read_episodes(reference)
+    check_range("max_error_rate", max_error_rate, 0, 1)
     starts = revision_starts(reference, seed=seed, num_tasks=num_tasks)
+    _start_output(out_dir, "revision.json")
     episodes, results = _run_and_record(
         engine, env, starts, SamplingConfig(temperature=0.0, max_tokens=max_tokens), out_dir,
         "revision_trajectories.jsonl", {"max_turns": max_turns, "cut_seed": seed},
         max_turns=max_turns, max_concurrent=max_concurrent, success_threshold=success_threshold,
         progress=progress)
+    _check_infrastructure(episodes, max_error_rate, {})
+    episodes = [e for e in episodes if not is_infrastructure_error(e)]
     reward = RevisionReward()
     reward.update([e.reward for e in episodes])
     results["metrics"]["revision_reward"] = float(reward.compute()) if episodes else 0.0
     if out_dir is not None:
-        _write_json(Path(out_dir) / "revision.json", results)
+        write_json(Path(out_dir) / "revision.json", results, indent=2)
     return results
 
 
@@ -299,7 +346,8 @@ def _result_rows(results: dict, prefix: str = "") -> list[tuple[str, str]]:
     if methods:
         rows.append((f"{prefix}intervals ({methods['confidence']})",
                      f"success_rate: {methods['success_rate']}; avg_reward: {methods['avg_reward']}"))
-    episodes = f"{results['num_episodes']} ({results['num_errors']} with errors)"
+    episodes = (f"{results['num_episodes']} ({results['num_errors']} with errors, "
+                f"{results['num_infrastructure_errors']} of them environment errors, not scored)")
     if "episodes_per_task" in results:
         episodes += (f", {results['episodes_per_task']} per task at temperature "
                      f"{results['settings']['temperature']}")
@@ -330,6 +378,7 @@ def evaluate_command(
     sample_temperature: float = 1.0,
     revision_from: str | None = None,
     revision_max_turns: int = 50,
+    max_error_rate: float = 0.1,
     env_options: dict | None = None,
     engine_options: dict | None = None,
     progress: bool = True,
@@ -361,6 +410,8 @@ def evaluate_command(
         sample_temperature: temperature of the sampled episodes.
         revision_from: a reference model's trajectories.jsonl: run the revision test on it.
         revision_max_turns: turns allowed after the cut in the revision test.
+        max_error_rate: the largest share of episodes that may end in an environment error (a
+            dead server): those are not scored, and above this share the command fails.
         env_options: keyword arguments of the environment, e.g. {"max_depth": 2} for TextCraft.
         engine_options: keyword arguments of the engine, e.g. {"kv_cache_gb": 3}.
         progress: show a progress bar.
@@ -368,13 +419,24 @@ def evaluate_command(
     from agentr.engines import make_engine
     from agentr.envs import split_tasks
 
+    for name, value in (("max_turns", max_turns), ("max_tokens", max_tokens),
+                        ("max_model_len", max_model_len), ("revision_max_turns", revision_max_turns)):
+        check_range(name, value, 1)
+    check_range("num_tasks", num_tasks, 1, optional=True)
+    check_range("max_concurrent", max_concurrent, 1, optional=True)
+    check_range("temperature", temperature, 0)
+    check_range("max_error_rate", max_error_rate, 0, 1)
     env_factory, task_ids = split_tasks(env, split, num_tasks, env_options)
     with make_engine(engine, model, adapter=adapter, max_model_len=max_model_len, seed=seed,
                      **(engine_options or {})) as policy:
+        provenance = {**policy_provenance(policy), "env": env_description(env, env_options),
+                      "split": split}
         results = evaluate(policy, env_factory, task_ids, max_turns=max_turns,
                            temperature=temperature, max_tokens=max_tokens, seed=seed,
                            episodes_per_task=episodes_per_task,
-                           sample_temperature=sample_temperature, max_concurrent=max_concurrent, out_dir=out_dir, progress=progress)
+                           sample_temperature=sample_temperature, max_concurrent=max_concurrent,
+                           max_error_rate=max_error_rate, provenance=provenance, out_dir=out_dir,
+                           progress=progress)
         rows = [("model", model), ("adapter", adapter or "-"), ("engine", type(policy).__name__),
                 ("env / split", f"{env} / {split} ({len(task_ids)} tasks)")]
         rows += _result_rows(results)
@@ -382,7 +444,8 @@ def evaluate_command(
             revision = revision_test(policy, env_factory, revision_from,
                                      max_turns=revision_max_turns, seed=seed,
                                      max_tokens=max_tokens, max_concurrent=max_concurrent,
-                                     out_dir=out_dir, progress=progress)
+                                     max_error_rate=max_error_rate, out_dir=out_dir,
+                                     progress=progress)
             rows += _result_rows(revision, prefix="revision ")
     print(format_table(rows))
     print(f"results: {Path(out_dir) / 'eval.json'}; trajectories: "

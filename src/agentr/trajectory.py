@@ -31,6 +31,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from agentr.jsonfiles import read_records, write_records
+
 KINDS = ("revision", "good", "expert", "chat")
 
 
@@ -67,26 +69,15 @@ class Trajectory:
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[Trajectory]:
-    """Trajectories of a JSONL file; a malformed line raises with its line number."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield Trajectory.from_dict(json.loads(line))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise ValueError(f"{path}:{lineno}: not a trajectory record ({e})") from e
+    """Trajectories of a JSONL file; a malformed line raises with its line number (a torn last
+    line is skipped with a warning, see `agentr.jsonfiles.read_records`)."""
+    for lineno, record in read_records(path):
+        try:
+            yield Trajectory.from_dict(record)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}:{lineno}: not a trajectory record ({e})") from e
 
 
 def write_jsonl_atomic(path: str | os.PathLike, trajectories: Iterable[Trajectory]) -> Path:
     """Write a whole JSONL file at once: a crash leaves either the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for t in trajectories:
-            f.write(t.to_json() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return write_records(path, (asdict(t) for t in trajectories))

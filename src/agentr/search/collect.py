@@ -10,7 +10,9 @@ tasks in flight.
 
 Output directory:
 
-    collect.json            the settings of the run; a re-run with other settings refuses to mix
+    collect.json            what shapes the data: the settings, and the provenance of the policy
+                            (digests of its model and adapter, `agentr.provenance`), environment
+                            and split; a re-run from anything else refuses to mix with it
     tasks/<task>.jsonl      the task's trajectories (written last, atomically: the "done" mark)
     tasks/<task>.stats.json the task's counters
     trees/<task>.json       the task's search tree, compact JSON (see `Node.to_dict`), for
@@ -20,7 +22,9 @@ Output directory:
                             ("pairs": good and bad leaf node ids, divergence_step,
                             transition_step and its source, the revision trajectory's id)
     dataset.jsonl           all tasks' trajectories in task order (`agentr.trajectory` schema)
-    stats.json              totals over all tasks, plus this run's wall time and rates
+    stats.json              totals over all tasks; "runs": each run's wall time, engine calls
+                            and rates (a resumed run adds its own), "wall_seconds" and
+                            "engine_calls" their totals
 
 Each line of `dataset.jsonl` is an `agentr.trajectory.Trajectory` (schema in that module):
 
@@ -48,7 +52,7 @@ Revision trajectories of a task come first (in the seeded pair order), then its 
 (shortest first, ties in tree order); tasks follow the order of `task_ids`.
 
 A re-run skips the tasks whose `tasks/<task>.jsonl` exists and rebuilds `dataset.jsonl` from the
-per-task files. Every random choice of a task (UCT ties, the pair shuffle, revision signals) draws
+per-task files; it may add tasks (each task's data depends on the task alone, not on the others). Every random choice of a task (UCT ties, the pair shuffle, revision signals) draws
 from `random.Random` seeded by a stable hash of (seed, task id), so the dataset does not depend
 on which tasks shared a batch, nor on where a run was interrupted, given an engine whose replies
 depend only on the prompt (the same seed for a sampling engine; greedy decoding).
@@ -60,7 +64,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import random
 import sys
 import time
@@ -73,6 +76,9 @@ from urllib.parse import quote
 from agentr.agent.conversation import is_wait, truncate_history
 from agentr.engines.base import Conversation, Engine, SamplingConfig
 from agentr.envs.base import Environment
+from agentr.errors import ProvenanceError, check_range
+from agentr.jsonfiles import write_json
+from agentr.provenance import changed_keys, env_description, policy_provenance
 from agentr.search.config import SearchConfig
 from agentr.search.critique import (
     VERDICT_CHOICES,
@@ -138,16 +144,6 @@ def fit_conversation(engine: Engine, conversation: Conversation, limit: int) -> 
     if surely_fits(conversation, limit):
         return conversation
     return truncate_history(conversation, engine.count_tokens, limit)
-
-
-def _write_json_atomic(path: Path, data: object, **kwargs) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, ensure_ascii=False, **kwargs)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class _Job:
@@ -408,13 +404,28 @@ def _check_run_settings(out_dir: Path, settings: dict) -> None:
     if path.exists():
         previous = json.loads(path.read_text())
         if previous != settings:
-            changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
-            raise ValueError(
-                f"{out_dir} holds a collection made with other settings ({', '.join(changed)}); "
-                "resume with the same settings or choose another out_dir"
+            raise ProvenanceError(
+                f"{out_dir} holds Phase I data made with other settings or from another model, "
+                f"adapter, environment or split (changed: {', '.join(changed_keys(previous, settings))}); "
+                f"resume with the same ones, or start afresh: delete {out_dir} or write elsewhere "
+                "(--out_dir of `agentr collect`, trainer.default_root_dir of `agentr fit`)"
             )
     else:
-        _write_json_atomic(path, settings, indent=2)
+        write_json(path, settings, indent=2)
+
+
+#: The kinds of batched engine calls of a run (sampled expansions, critiques, forced verdicts).
+CALL_KINDS = ("expand", "judge", "force")
+
+
+def _runs(stats_path: Path, this_run: dict) -> list[dict]:
+    """The runs recorded in stats.json, plus `this_run` unless it searched nothing."""
+    runs = []
+    if stats_path.exists():
+        runs = json.loads(stats_path.read_text()).get("runs", [])
+    if this_run["trees_searched"] or not runs:  # a replay of finished tasks is no new run
+        runs.append(this_run)
+    return runs
 
 
 def placement(steps: Sequence[int], references: Sequence[int | None]) -> dict:
@@ -497,6 +508,7 @@ def collect(
     iteration: int = 1,
     alpha: float = 0.5,
     seed: int = 0,
+    provenance: dict | None = None,
     progress: bool = True,
 ) -> CollectResult:
     """Run Phase I on `task_ids` and write the dataset under `out_dir` (see the module doc).
@@ -510,8 +522,14 @@ def collect(
         iteration: the Agent-R iteration recorded in every trajectory.
         alpha: a path is good when its reward is `>= alpha`.
         seed: base seed of every per-task random choice.
+        provenance: what else shapes the data, e.g. {"env": ..., "split": ...}; recorded in
+            `collect.json` with the digests of the engine's model and adapter.
         progress: show a progress bar over tasks.
+
+    Raises:
+        agentr.errors.ProvenanceError: `out_dir` holds data made from something else.
     """
+    check_range("alpha", alpha, 0, 1, low_open=True)
     out_dir = Path(out_dir)
     task_ids = [str(t) for t in task_ids]
     if len(set(task_ids)) != len(task_ids):
@@ -522,7 +540,8 @@ def collect(
     trees_dir.mkdir(parents=True, exist_ok=True)
     # everything that shapes the data (the concurrency bound does not)
     shaping = {k: v for k, v in dataclasses.asdict(config).items() if k != "max_concurrent_trees"}
-    _check_run_settings(out_dir, {"config": shaping, "alpha": alpha, "seed": seed, "iteration": iteration})
+    _check_run_settings(out_dir, {"config": shaping, "alpha": alpha, "seed": seed, "iteration": iteration,
+                                  "provenance": {**policy_provenance(engine), **(provenance or {})}})
 
     done_file = lambda t: tasks_dir / f"{task_filename(t)}.jsonl"  # noqa: E731
     todo = deque(t for t in task_ids if not done_file(t).exists())
@@ -600,6 +619,15 @@ def collect(
 
     stats = summarize(per_task, config.transition)
     this_run = summarize(finished_now) if finished_now else {"trees_searched": 0, "env_steps": 0}
+    runs = _runs(out_dir / "stats.json", {
+        "tasks_resumed": resumed,
+        "trees_searched": this_run["trees_searched"],
+        "wall_seconds": round(wall, 3),
+        "trees_per_minute": round(60 * this_run["trees_searched"] / wall, 3) if wall > 0 else None,
+        "env_steps_per_second": round(this_run["env_steps"] / wall, 3) if wall > 0 else None,
+        "engine_calls": {k: calls[k] for k in CALL_KINDS},
+        "engine_seconds": {k: round(seconds[k], 3) for k in CALL_KINDS},
+    })
     stats.update(
         mode=config.mode,
         transition=config.transition,
@@ -607,15 +635,13 @@ def collect(
         alpha=alpha,
         seed=seed,
         iteration=iteration,
-        tasks_resumed=resumed,
-        trees_this_run=this_run["trees_searched"],
-        wall_seconds=round(wall, 3),
-        trees_per_minute=round(60 * this_run["trees_searched"] / wall, 3) if wall > 0 else None,
-        env_steps_per_second=round(this_run["env_steps"] / wall, 3) if wall > 0 else None,
-        engine_calls={k: calls[k] for k in ("expand", "judge", "force")},
-        engine_seconds={k: round(seconds[k], 3) for k in ("expand", "judge", "force")},
+        wall_seconds=round(sum(r["wall_seconds"] for r in runs), 3),
+        engine_calls={k: sum(r["engine_calls"].get(k, 0) for r in runs) for k in CALL_KINDS},
+        engine_seconds={k: round(sum(r.get("engine_seconds", {}).get(k, 0.0) for r in runs), 3)
+                        for k in CALL_KINDS},
+        runs=runs,
     )
-    _write_json_atomic(out_dir / "stats.json", stats, indent=2)
+    write_json(out_dir / "stats.json", stats, indent=2)
     replies = stats["critique_requests"]
     if replies and stats["unparsed_verdicts"] > replies / 2:
         forced = stats["verdict_sources"]["forced"]
@@ -648,8 +674,8 @@ def _write_task(job: _Job, tasks_dir: Path, trees_dir: Path) -> dict:
             "root": job.tree.root.to_dict(),
             "critiques": {i: v.to_dict() for i, v in job.critiques.items()},
             "pairs": pairs}
-    _write_json_atomic(trees_dir / f"{name}.json", tree, separators=(",", ":"))
-    _write_json_atomic(tasks_dir / f"{name}.stats.json", stats)
+    write_json(trees_dir / f"{name}.json", tree, separators=(",", ":"))
+    write_json(tasks_dir / f"{name}.stats.json", stats)
     write_jsonl_atomic(tasks_dir / f"{name}.jsonl", trajectories)
     return stats
 
@@ -698,11 +724,16 @@ def collect_command(
     from agentr.engines import make_engine
     from agentr.envs import split_tasks
 
+    check_range("num_tasks", num_tasks, 1, optional=True)
+    check_range("alpha", alpha, 0, 1, low_open=True)
+    check_range("iteration", iteration, 0)
+    check_range("max_model_len", max_model_len, 1)
     env_factory, task_ids = split_tasks(env, split, num_tasks, env_options)
     with make_engine(engine, model, adapter=adapter, max_model_len=max_model_len, seed=seed,
                      **(engine_options or {})) as policy:
         result = collect(policy, env_factory, task_ids, search, out_dir,
-                         iteration=iteration, alpha=alpha, seed=seed, progress=progress)
+                         iteration=iteration, alpha=alpha, seed=seed, progress=progress,
+                         provenance={"env": env_description(env, env_options), "split": split})
     from agentr.report import format_summary, write_report
 
     report, run = write_report(out_dir)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from agentr.errors import check_range
+
 MODES = ("agent_r", "optimal")
 TRANSITIONS = ("model", "end", "oracle")
 VERDICT_POLICIES = ("parsed", "parsed_then_forced", "forced")
@@ -81,11 +83,9 @@ class SearchConfig:
             raise ValueError(f"SearchConfig.verdict must be one of {VERDICT_POLICIES}, got {self.verdict!r}")
         for name in ("num_simulations", "n_expand", "max_depth", "max_tokens",
                      "critique_max_tokens", "max_concurrent_trees"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"SearchConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_good_per_task is not None and self.max_good_per_task < 0:
-            raise ValueError(f"SearchConfig.max_good_per_task must be >= 0, got {self.max_good_per_task}")
-        if self.max_pairs_per_task < 0:
-            raise ValueError(f"SearchConfig.max_pairs_per_task must be >= 0, got {self.max_pairs_per_task}")
-        if self.c_uct < 0 or self.temperature < 0:
-            raise ValueError("SearchConfig.c_uct and temperature must be >= 0")
+            check_range(f"search.{name}", getattr(self, name), 1)
+        check_range("search.max_good_per_task", self.max_good_per_task, 0, optional=True)
+        check_range("search.max_pairs_per_task", self.max_pairs_per_task, 0)
+        check_range("search.c_uct", self.c_uct, 0)
+        check_range("search.temperature", self.temperature, 0)
+        check_range("search.beta", self.beta, 0, 1, high_open=True)

@@ -29,6 +29,7 @@ from torchmetrics import MeanMetric, Metric
 
 from agentr.data.tokenize import IGNORE_INDEX
 from agentr.engines.models import SMOLLM2_ID
+from agentr.errors import ProvenanceError, check_range
 from agentr.training.optim import param_groups, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -136,8 +137,16 @@ class AgentRModule(pl.LightningModule):
         attn_implementation: str = "auto",
     ) -> None:
         super().__init__()
+        check_range("model.lora_r", lora_r, 1)
+        check_range("model.lora_alpha", lora_alpha, 0, low_open=True)
+        check_range("model.lora_dropout", lora_dropout, 0, 1, high_open=True)
+        check_range("model.learning_rate", learning_rate, 0, low_open=True)
+        check_range("model.weight_decay", weight_decay, 0)
+        check_range("model.warmup_ratio", warmup_ratio, 0, 1)
+        check_range("model.min_lr_ratio", min_lr_ratio, 0, 1)
         self.save_hyperparameters()
         self.model: torch.nn.Module | None = None  # built in configure_model
+        self._base_digest: str | None = None
         # Checkpoints hold the trainable weights only; on_load_checkpoint checks them instead.
         self.strict_loading = False
         # The learning-rate schedule: `total` optimizer steps from scheduler step `start`;
@@ -331,9 +340,33 @@ class AgentRModule(pl.LightningModule):
             keep = self._trainable_names()
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if clean_name(k) in keep}
         checkpoint["agentr_schedule"] = dict(self.schedule)
+        checkpoint["agentr_base_model"] = self.base_model_digest()
+
+    def base_model_digest(self) -> str:
+        """The content digest of the base model's weights (`agentr.provenance.weights_digest`)."""
+        if self._base_digest is None:
+            from agentr.engines.models import resolve_model
+            from agentr.provenance import weights_digest
+
+            self._base_digest = weights_digest(resolve_model(self.hparams.model))
+        return self._base_digest
+
+    def _check_base_model(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("agentr_base_model")
+        if saved is None or saved == self.base_model_digest():
+            return
+        run_dir = Path(self._trainer.default_root_dir) if self._trainer is not None else None
+        raise ProvenanceError(
+            f"the checkpoint was trained on another base model (weights digest {saved}) than "
+            f"model.model={self.hparams.model!r} (digest {self.base_model_digest()}): a run "
+            "cannot continue on other weights. Start afresh: delete "
+            + (f"{run_dir} or choose another trainer.default_root_dir" if run_dir is not None
+               else "the run directory"))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Check that the checkpoint holds exactly the trainable weights (loading is non-strict)."""
+        """Check that the checkpoint was made from this base model and holds exactly the
+        trainable weights (loading is non-strict)."""
+        self._check_base_model(checkpoint)
         saved_schedule = checkpoint.get("agentr_schedule", {})
         if saved_schedule.get("restarted"):  # an estimated schedule is estimated again (configure_optimizers)
             self.schedule = dict(saved_schedule)

