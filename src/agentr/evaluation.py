@@ -107,9 +107,9 @@ def _check_infrastructure(episodes: Sequence[Episode], max_error_rate: float, pr
     if episodes and len(failed) > max_error_rate * len(episodes):
         raise InfrastructureError(
             f"{len(failed)} of {len(episodes)} episodes ended in an environment error, more than "
-            f"max_error_rate={max_error_rate:g} of them, in environment {describe_env(provenance.get('env'))}; "
-            f"first error: {failed[0].error}. No result was written: fix the environment (is its "
-            "server running?) and run again")
+            f"max_error_rate={max_error_rate:g} of them, in environment "
+            f"{describe_env(provenance.get('env'))}. No result was written: fix the environment "
+            f"(is its server running?) and run again. First error: {failed[0].error}")
 
 
 def _run_and_record(engine, env, starts, sampling: SamplingConfig, out_dir, jsonl_name: str,

@@ -11,8 +11,9 @@ Batches come from `agentr.data.packing`: one packed row with `position_ids` rest
 conversation and `doc_lens` (attention stays within each conversation), or right-padded rows.
 
 Checkpoints: Lightning checkpoints hold the trainable weights only (the LoRA adapter, not the
-frozen base model, which is reloaded from `model` on resume); `save_adapter(path)` writes a PEFT
-adapter directory that `peft` and vLLM load.
+frozen base model, which is reloaded from `model` on resume) and the digest of the base model's
+weights (`agentr.provenance`): a run resumed on other base weights, even of the same shape, is
+refused. `save_adapter(path)` writes a PEFT adapter directory that `peft` and vLLM load.
 """
 
 from __future__ import annotations
