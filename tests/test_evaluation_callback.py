@@ -21,8 +21,13 @@ class RecordingLogger:
         self.logged.append(metrics)
 
 
+#: The weights' digests a stage was made from (`GenerationCallback.provenance`).
+BASE = {"model": "base-digest", "adapter": None}
+
+
 def fake_trainer(tmp_path, logger):
-    datamodule = SimpleNamespace(task_ids=lambda split: ["1", "2", "3", "4"], make_env=CounterEnv)
+    datamodule = SimpleNamespace(task_ids=lambda split: ["1", "2", "3", "4"], make_env=CounterEnv,
+                                 env_description=lambda: {"name": "counter", "options": {}})
     return SimpleNamespace(is_global_zero=True, strategy=SimpleNamespace(barrier=lambda: None),
                            loggers=[logger], global_step=0, datamodule=datamodule,
                            default_root_dir=str(tmp_path))
@@ -38,7 +43,7 @@ def test_stages_log_intervals_and_sampled_metrics_and_plot_them(tmp_path):
         engines.append(SeedPolicyEngine())
         return engines[-1]
 
-    results = callback.evaluate_stage(trainer, "base", 0, policy, tmp_path / "base")
+    results = callback.evaluate_stage(trainer, "base", 0, policy, tmp_path / "base", BASE)
     assert results["sampled"]["num_episodes"] == 6
     logged = logger.logged[-1]
     # greedy steps every turn: tasks 1 and 2 are won in 2 turns, task 3 is not
@@ -49,7 +54,7 @@ def test_stages_log_intervals_and_sampled_metrics_and_plot_them(tmp_path):
     assert "eval/recovery_rate" not in logged  # undefined without a revised episode
     assert (tmp_path / "success_rate.png").stat().st_size > 0
     # cached: a second call (e.g. a resumed run) reads eval.json and plays nothing
-    callback.evaluate_stage(trainer, "base", 0, policy, tmp_path / "base")
+    callback.evaluate_stage(trainer, "base", 0, policy, tmp_path / "base", BASE)
     assert len(engines) == 1
 
 
