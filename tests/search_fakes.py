@@ -7,7 +7,8 @@ import json
 import random
 from collections.abc import Callable, Sequence
 
-from agentr.agent.conversation import HEADER_LEN, parse_action
+from agentr.agent.conversation import HEADER_LEN
+from agentr.agent.turn import parse_action
 from agentr.engines.base import Choice, Conversation, Engine, Generation, SamplingConfig
 from agentr.engines.common import best_choice
 from agentr.envs.base import Environment
@@ -43,8 +44,9 @@ def content_rng(conversation: Conversation) -> random.Random:
 
 
 class ScriptedEngine(Engine):
-    """Replies by rule: `policy(conversation, n)` -> n texts, `judge(conversation)` -> text,
-    `force(conversation, prefix, choices)` -> one log-probability per choice (`choose`).
+    """Replies by rule: `policy(conversation, n)` -> n texts (or `Generation`s, to say how a
+    sample ended), `judge(conversation)` -> text, `force(conversation, prefix, choices)` -> one
+    log-probability per choice (`choose`).
 
     Records every call as (kind, number of conversations, sampling) in `calls` ("force" with
     sampling None for `choose`) and its prompts in `batches` (`choose`: (conversation, prefix)
@@ -89,7 +91,7 @@ class ScriptedEngine(Engine):
             else:
                 texts = self.policy(conversation, sampling.n)
                 assert len(texts) == sampling.n
-            out.append([Generation(t, len(t.split())) for t in texts])
+            out.append([t if isinstance(t, Generation) else Generation(t, len(t.split())) for t in texts])
         return out
 
     def choose(self, conversations: Sequence[Conversation], prefixes: Sequence[str],

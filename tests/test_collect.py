@@ -45,7 +45,7 @@ def _bad_actions(trajectory) -> list[str]:
     for m in trajectory.messages[4:]:
         if m["role"] != "assistant":
             continue
-        if m["content"].endswith("Action: wait"):
+        if m["content"].endswith("Action: revise"):
             break
         actions.append(m["content"].split("Action: ")[-1])
     return actions

@@ -1,59 +1,8 @@
-"""The conversation format: action parsing, `wait`, header and truncation."""
+"""The conversation format: header and truncation (a turn's rules: tests/test_turn.py)."""
 
 import pytest
 
-from agentr.agent import (
-    HEADER_LEN,
-    SYSTEM_PROMPT,
-    WAIT_REPLY,
-    build_header,
-    env_action,
-    format_reply,
-    is_wait,
-    parse_action,
-    truncate_history,
-)
-
-
-@pytest.mark.parametrize(
-    "reply, action",
-    [
-        ("Thought: I need logs.\nAction: get 1 oak logs", "get 1 oak logs"),
-        ("Thought: x\nACTION:   craft 4 oak planks using 1 oak logs  ", "craft 4 oak planks using 1 oak logs"),
-        ("action : inventory", "inventory"),
-        # several Action lines: the first non-empty one wins
-        ("Action: get 1 stick\nObservation: Got 1 stick\nAction: inventory", "get 1 stick"),
-        ("Action:\nAction: inventory", "inventory"),
-        # junk never crashes and gives no action
-        ("", None),
-        ("OK", None),
-        ("Thought: hmm, the Action: part is inline", None),
-        ("\x00\x01 ```Action```", None),
-        ("Actions: get 1 stick", None),
-    ],
-)
-def test_parse_action(reply, action):
-    assert parse_action(reply) == action
-
-
-@pytest.mark.parametrize("action, wait", [
-    ("wait", True), ("Wait", True), ("WAIT.", True), (" wait ", True),
-    ("wait 5", False), ("waiting", False), ("get 1 wait", False), (None, False),
-])
-def test_is_wait(action, wait):
-    assert is_wait(action) is wait
-
-
-def test_wait_reply_parses_from_a_revision_turn():
-    reply = format_reply("I realize my approach was flawed. I need to revise it.", "wait")
-    assert is_wait(parse_action(reply))
-    assert WAIT_REPLY == "OK."
-
-
-def test_env_action_sends_junk_whole():
-    assert env_action("Thought: t\nAction: inventory") == "inventory"
-    assert env_action("  I will craft a stick now.  \n") == "I will craft a stick now."
-    assert env_action("") == ""
+from agentr.agent import HEADER_LEN, SYSTEM_PROMPT, build_header, truncate_history
 
 
 def test_header():

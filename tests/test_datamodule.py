@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 from search_fakes import CloneToyEnv, ScriptedEngine, judge_bad_on, toy_policy
 
-from agentr.agent.conversation import HEADER_LEN, SYSTEM_PROMPT, parse_action
+from agentr.agent.conversation import HEADER_LEN, SYSTEM_PROMPT
+from agentr.agent.turn import parse_action
 from agentr.data.datamodule import AgentRDataModule, HTTPDataModule, TextCraftDataModule
 from agentr.data.tokenize import IGNORE_INDEX
 from agentr.envs.textcraft import TextCraftEnv
@@ -100,16 +101,59 @@ def test_unpacked_mode_reports_padding(tiny_model_dir):
     assert padding > 0
 
 
-def test_regenerate_runs_phase_one_and_serves_its_data(tiny_model_dir, tmp_path):
-    dm = ToyDataModule(model=tiny_model_dir, search=SEARCH, val_fraction=0.2)
-    path = dm.regenerate(toy_engine(), iteration=1, alpha=0.5, out_dir=tmp_path)
+def test_regenerate_runs_phase_one_and_trains_all_of_it(tiny_model_dir, tmp_path, caplog):
+    dm = ToyDataModule(model=tiny_model_dir, search=SEARCH, val_fraction=0.2, num_tasks=3)
+    with caplog.at_level("INFO", logger="agentr.data.datamodule"):
+        path = dm.regenerate(toy_engine(), iteration=1, alpha=0.5, out_dir=tmp_path)
     trajectories = list(read_jsonl(path))
     assert {t.kind for t in trajectories} >= {"revision", "good"}
-    assert {t.task_id for t in trajectories} <= {f"t{i}" for i in range(6)}
-    served = len(dm.train_examples) + len(dm.val_examples)
-    assert served == len(trajectories) and dm.data_version == 1
-    assert dm.val_examples  # one of the six tasks held out
+    assert len({t.task_id for t in trajectories}) == 3  # three tasks, each with data
+    # Phase I data is trained whole: val_fraction holds out expert demonstrations only
+    assert len(dm.train_examples) == len(trajectories) and dm.val_examples == [] and dm.data_version == 1
+    stats = dm.data_stats
+    assert (stats["trajectories"], stats["trained"], stats["validated"], stats["trimmed"]) == \
+        (len(trajectories), len(trajectories), 0, 0)
+    assert stats["dropped"] == {"too_long": 0, "untrained": 0}
+    assert f"{len(trajectories)} trajectories: {len(trajectories)} trained" in caplog.text
     assert next(iter(dm.train_dataloader()))["input_ids"].shape[0] == 1
+
+
+def test_validation_holds_out_expert_demonstrations_only(tiny_model_dir):
+    dm = TextCraftDataModule(model=tiny_model_dir, max_depth=2, val_fraction=0.25)
+    demos = dm.expert_trajectories(8)
+    phase1 = [Trajectory(id=f"textcraft/{d.task_id}/good/0", env="textcraft", task_id=d.task_id, iteration=1,
+                         kind="good", messages=d.messages) for d in demos]
+    dm.set_trajectories(demos + phase1)
+    val_tasks = {e.task_id for e in dm.val_examples}
+    assert len(val_tasks) == 2 and {e.kind for e in dm.val_examples} == {"expert"}
+    assert sum(e.kind == "good" for e in dm.train_examples) == 8  # the same tasks' Phase I data: all trained
+    assert (dm.data_stats["trained"], dm.data_stats["validated"]) == (14, 2)
+
+
+def test_too_long_revision_trajectories_are_trimmed_not_dropped(tiny_model_dir):
+    dm = ToyDataModule(model=tiny_model_dir, max_length=200, tokens_per_batch=400, val_fraction=0)
+    header = [{"role": "system", "content": "Play.", "train": False}, {"role": "user", "content": "Say good.", "train": False},
+              {"role": "assistant", "content": "OK", "train": False}, {"role": "user", "content": "Task t0.", "train": False}]
+    bad = [m for i in range(12) for m in ({"role": "assistant", "content": f"Thought: try {i}\nAction: noop", "train": False},
+                                          {"role": "user", "content": f"Nothing happens, attempt {i}. " + "wait " * 10, "train": False})]
+    good = [{"role": "assistant", "content": "Thought: Oops.\nAction: revise", "train": True},
+            {"role": "user", "content": "OK.", "train": False},
+            {"role": "assistant", "content": "Thought: go\nAction: good", "train": True},
+            {"role": "user", "content": "You win.", "train": False}]
+    revision = Trajectory(id="r", env="toy", task_id="t0", iteration=1, kind="revision", messages=header + bad + good)
+    hopeless = Trajectory(id="h", env="toy", task_id="t1", iteration=1, kind="good",
+                          messages=header[:3] + [{"role": "user", "content": "x " * 400, "train": False}] + good)
+    dm.set_trajectories([revision, hopeless])
+    [example] = dm.train_examples
+    assert example.id == "r" and len(example) <= 200
+    text = dm.tokenizer.decode(example.input_ids)
+    assert text.count("Play.") == 1 and "Task t0." in text  # the header stays
+    assert "Action: revise" in text and "You win." in text  # so does everything trained
+    assert "try 0" not in text and "try 11" in text  # the oldest untrained turns went first
+    stats = dm.data_stats
+    assert (stats["trained"], stats["trimmed"], stats["dropped"]["too_long"]) == (1, 1, 1)
+    dropped = stats["train"]["trimmed_turns"]
+    assert 0 < dropped < 12 and f"try {dropped - 1}\n" not in text and f"try {dropped}\n" in text
 
 
 def test_regenerate_on_two_ranks_shards_tasks_and_merges(tiny_model_dir, tmp_path):

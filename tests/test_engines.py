@@ -101,6 +101,9 @@ def check_stop_strings(engine):
     [[cut]] = engine.generate([CONV2], SamplingConfig(temperature=0.0, max_tokens=12, stop=(stop,)))
     assert stop not in cut.text
     assert text.startswith(cut.text) and len(cut.text) < len(text)
+    # why each sample ended: the random model runs into the token limit, the stop string ends it
+    assert (full.num_tokens, full.finish_reason) == (12, "length")
+    assert cut.finish_reason == "stop"
 
 
 def check_stats(engine):

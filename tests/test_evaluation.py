@@ -43,7 +43,7 @@ from test_rollout import CounterEnv, always, scripted, step_reply
     (["a", "b", "a", "b", "a", "b"], 3),
     (["a", "b", "c", "a", "b", "c"], 1),
     (["a", "b", "a", "c"], 0),  # a repeated action, but not a repeated sequence
-    (["get 1 log", "Get  1 Log", "wait", "get 1 log"], 2),  # normalised; waits skipped
+    (["get 1 log", "Get  1 Log", "revise", "get 1 log"], 2),  # normalised; revision turns skipped
 ])
 def test_loop_count(actions, loops):
     assert loop_count(actions) == loops
@@ -52,7 +52,7 @@ def test_loop_count(actions, loops):
 def test_repeat_fraction():
     assert repeat_fraction([]) == 0.0
     assert repeat_fraction(["a", "b", "a", "a"]) == 0.5
-    assert repeat_fraction(["a", "wait", "b"]) == 0.0
+    assert repeat_fraction(["a", "revise", "b"]) == 0.0
 
 
 def test_metrics_accumulate_like_torchmetrics():
@@ -84,7 +84,7 @@ def test_loop_lengths_count_loop_turns_by_block_length(actions, lengths):
 
 def test_episode_metrics():
     episodes = [Episode("1", actions=["a", "a"], reward=1.0, success=True, turns=2),
-                Episode("2", actions=["a", "b", "wait", "a", "b"], reward=0.5, success=False, turns=5)]
+                Episode("2", actions=["a", "b", "revise", "a", "b"], reward=0.5, success=False, turns=5)]
     m = episode_metrics(episodes)
     assert {k: m[k] for k in ("success_rate", "avg_reward", "loop_count", "repeat_fraction",
                               "avg_turns", "revision_rate", "recovery_rate")} == pytest.approx(
@@ -218,7 +218,7 @@ def _failed_reference(tmp_path):
 
 def test_revision_cut_points_are_seeded_and_only_for_failures(tmp_path):
     reference = read_episodes(_failed_reference(tmp_path))
-    reference[0].success = True  # a success is never revised
+    reference[0].reward, reference[0].success = 1.0, True  # a success is never revised
     starts = revision_starts(reference, seed=3)
     assert [s.task_id for s in starts] == ["2", "3", "4"]
     assert [s.meta["cut_turn"] for s in starts] == [s.meta["cut_turn"] for s in revision_starts(reference, seed=3)]
@@ -227,6 +227,15 @@ def test_revision_cut_points_are_seeded_and_only_for_failures(tmp_path):
         assert len(s.prefix) == HEADER_LEN + 2 * s.meta["cut_turn"]
     cuts = {tuple(s.meta["cut_turn"] for s in revision_starts(reference, seed=k)) for k in range(10)}
     assert len(cuts) > 1  # the seed matters
+
+
+def test_revision_test_selects_the_reward_zero_episodes_by_default(tmp_path):
+    reference = read_episodes(_failed_reference(tmp_path))
+    reference[1].reward = 0.5  # a partial success: not failed by the paper's rule
+    assert [s.task_id for s in revision_starts(reference)] == ["1", "3", "4"]
+    assert [s.task_id for s in revision_starts(reference, max_reward=0.5)] == ["1", "2", "3", "4"]
+    results = revision_test(scripted(step_reply), CounterEnv, reference, max_turns=50, progress=False)
+    assert results["num_episodes"] == 3 and results["settings"]["max_reward"] == 0.0
 
 
 def test_revision_test_continues_failed_trajectories(tmp_path):

@@ -245,7 +245,7 @@ def test_fit_with_the_real_model_through_vllm(tmp_path, smollm2_dir, no_crash):
     revisions = [t for t in data if t.kind == "revision"]
     assert revisions, "Phase I spliced no revision trajectory"
     # The splice: a trained revision turn answered "OK.", then the trained good suffix.
-    turn = next(i for i, m in enumerate(revisions[0].messages) if m["content"].endswith("Action: wait"))
+    turn = next(i for i, m in enumerate(revisions[0].messages) if m["content"].endswith("Action: revise"))
     assert revisions[0].messages[turn]["train"] and revisions[0].messages[turn + 1]["content"] == "OK."
     assert all(m["train"] for m in revisions[0].messages[turn + 2 :] if m["role"] == "assistant")
     metrics = list(csv.DictReader((run / "logs" / "version_0" / "metrics.csv").open()))

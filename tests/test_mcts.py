@@ -1,4 +1,5 @@
-"""MCTS (DESIGN 1.1): UCT selection, expansion, terminal rules, backup, descents."""
+"""MCTS: UCT selection, expansion, terminal rules, backup, descents (the turn it plays:
+tests/test_turn.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from search_fakes import CloneToyEnv, ScriptedEngine, ToyEnv, reply, toy_policy
 
 from agentr.engines.base import Generation, SamplingConfig
 from agentr.search.config import SearchConfig
-from agentr.search.mcts import Node, SearchTree, backup, env_action, search_sequential, select_child, uct
+from agentr.search.mcts import Node, SearchTree, backup, search_sequential, select_child, uct
 
 
 def _node_with_children(stats: list[tuple[int, float, bool]], parent_visits: int) -> Node:
@@ -129,16 +130,6 @@ def test_winning_child_is_terminal_with_reward_one():
     tree = SearchTree(CloneToyEnv(need=1), "t0", SearchConfig(), random.Random(0))
     (win,) = tree.expand(tree.pending(), _gens(reply("good")))
     assert win.terminal and win.done and win.reward == 1.0
-
-
-def test_wait_is_answered_by_the_agent_and_unparsable_reply_goes_to_the_env():
-    tree = _tree()
-    wait, junk = tree.expand(tree.pending(), _gens(reply("wait"), "I do not know"))
-    assert wait.observation == "OK." and wait.env.actions == []  # not sent to the environment
-    assert wait.reward == tree.root.reward and not wait.terminal
-    assert junk.action == "I do not know" and junk.observation == "Nothing happens (i do not know)."
-    assert tree.counters.env_steps == 1
-    assert env_action("Thought: x\nAction: get 1 stick") == "get 1 stick"
 
 
 def test_expand_requires_the_pending_node():

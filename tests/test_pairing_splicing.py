@@ -117,7 +117,7 @@ def test_splice_has_exactly_the_right_turns_and_flags(tree):
         ("user", "obs a", False),
         ("assistant", "Thought: t\nAction: b", False),   # bad step t' = 2: kept, not trained
         ("user", "obs b", False),
-        ("assistant", "Thought: I went wrong.\nAction: wait", True),  # revision turn: trained
+        ("assistant", "Thought: I went wrong.\nAction: revise", True),  # revision turn: trained
         ("user", "OK.", False),
         ("assistant", "Thought: t\nAction: c", True),    # good suffix from divergence+1: trained
         ("user", "obs c", False),
@@ -131,7 +131,7 @@ def test_splice_has_exactly_the_right_turns_and_flags(tree):
     full = splice(HEADER, bad, good, divergence=1, transition=3, signal="s")
     assert [m["content"] for m in full[4:10:2]] == ["Thought: t\nAction: a", "Thought: t\nAction: b",
                                                     "Thought: t\nAction: l1"]
-    assert full[10]["content"] == "Thought: s\nAction: wait"
+    assert full[10]["content"] == "Thought: s\nAction: revise"
     assert sum(m["train"] for m in full) == 1 + 3  # revision turn + 3 good-suffix turns
 
 

@@ -158,7 +158,7 @@ def test_episodes_count_revision_turns_and_cover_every_outcome(run_dir):
     for e in episodes["items"]:
         revision = [m for m in e["messages"] if m["part"] == "revision"]
         assert len(revision) == e["revision_turns"]
-        assert all(m["role"] == "assistant" and m["content"].endswith("Action: wait") for m in revision)
+        assert all(m["role"] == "assistant" and m["content"].endswith("Action: revise") for m in revision)
 
 
 def test_limits_cut_what_is_embedded_and_keep_the_most_informative_trees(run_dir):

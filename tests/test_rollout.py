@@ -1,4 +1,5 @@
-"""The batched agent loop, on a toy environment and a scripted engine (no model needed)."""
+"""The batched agent loop, on a toy environment and a scripted engine (no model needed); the
+rules of one turn it plays by are tested in tests/test_turn.py."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ import pytest
 
 from agentr.agent import (
     HEADER_LEN,
-    WAIT_REPLY,
+    REVISION_REPLY,
     EpisodeStart,
     RolloutError,
     build_header,
-    parse_action,
     run_episodes,
     truncate_history,
 )
@@ -104,41 +104,6 @@ def test_turn_limit():
         assert e.turns == 4 and not e.done and not e.success and e.finished and e.reward == 0.0
 
 
-def test_invalid_reply_is_sent_whole_and_the_episode_goes_on():
-    replies = iter(["I am not sure what to do.", "Action: step"])
-    envs: list[CounterEnv] = []
-
-    def factory():
-        envs.append(CounterEnv())
-        return envs[-1]
-
-    [episode] = run_episodes(scripted(lambda c: next(replies)), factory, ["1"], max_turns=5)
-    assert envs[0].received == ["I am not sure what to do.", "step"]
-    assert episode.messages[HEADER_LEN + 1]["content"] == "Could not execute I am not sure what to do."
-    assert episode.success and episode.turns == 2
-
-
-def test_wait_is_answered_by_the_loop_not_the_environment():
-    replies = iter(["Action: step", "Thought: I was wrong.\nAction: wait", "Action: step"])
-    envs: list[CounterEnv] = []
-
-    def factory():
-        envs.append(CounterEnv())
-        return envs[-1]
-
-    [episode] = run_episodes(scripted(lambda c: next(replies)), factory, ["2"], max_turns=5)
-    assert envs[0].received == ["step", "step"]  # no "wait"
-    assert episode.messages[HEADER_LEN + 3] == {"role": "user", "content": WAIT_REPLY}
-    assert episode.actions == ["step", "wait", "step"]
-    assert episode.rewards == [0.0, 0.0, 1.0]
-    assert episode.success and episode.turns == 3
-
-
-def test_negative_reward_is_a_terminal_failure_clamped_to_zero():
-    [episode] = run_episodes(scripted(always("Action: fail")), CounterEnv, ["3"], max_turns=5)
-    assert episode.done and episode.turns == 1 and episode.reward == 0.0 and not episode.success
-
-
 def test_history_is_truncated_for_the_engine_but_kept_whole_in_the_episode():
     engine = scripted(always("Action: inventory"), max_model_len=120)
     sampling = SamplingConfig(max_tokens=20)
@@ -188,13 +153,13 @@ def test_continue_from_a_prefix_replays_its_actions():
         {"role": "assistant", "content": "Action: step"}, {"role": "user", "content": "Count 1."},
         {"role": "assistant", "content": "Action: inventory"},
         {"role": "user", "content": "Could not execute inventory"},
-        {"role": "assistant", "content": "Action: wait"}, {"role": "user", "content": WAIT_REPLY},
+        {"role": "assistant", "content": "Action: revise"}, {"role": "user", "content": REVISION_REPLY},
     ]
     engine = scripted(step_reply)
     start = EpisodeStart("3", prefix=prefix, meta={"cut_turn": 3})
     [episode] = run_episodes(engine, CounterEnv, [start], max_turns=2)
     assert episode.start_turn == 3 and episode.meta == {"cut_turn": 3}
-    assert episode.actions == ["step", "inventory", "wait", "step", "step"]
+    assert episode.actions == ["step", "inventory", "revise", "step", "step"]
     assert episode.messages[:len(prefix)] == prefix
     assert episode.success and episode.turns == 5
     # the first prompt the model saw is the prefix itself
@@ -246,13 +211,6 @@ def test_seeded_sampling_changes_seed_per_turn():
     run_episodes(SeedEngine(lambda c, n: [step_reply(c)] * n), CounterEnv, ["3"],
                  sampling=SamplingConfig(temperature=1.0, seed=7))
     assert seen == [7, 8, 9]
-
-
-def test_parse_action_is_what_the_loop_uses():
-    # The actions recorded are exactly what parse_action extracts from the replies.
-    reply = "Thought: go\nAction: step\nAction: inventory"
-    [episode] = run_episodes(scripted(always(reply)), CounterEnv, ["1"], max_turns=2)
-    assert episode.actions == [parse_action(reply)] == ["step"]
 
 
 def test_episode_seeds_are_all_or_none():

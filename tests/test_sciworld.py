@@ -111,3 +111,15 @@ def test_expert_keeps_the_episode_and_clone_replays(env):
         assert env.done and copy.done
     finally:
         copy.close()
+
+
+@pytest.mark.java
+@pytest.mark.skipif(find_java() is None, reason="needs Java (ScienceWorld runs on the JVM)")
+def test_the_revision_action_never_reaches_scienceworld(env):
+    from agentr.agent import REVISION_REPLY, play, read_reply
+
+    env.reset(GOLD_TASKS[0])
+    revision = play(env, read_reply("Thought: I went wrong.\nAction: revise"), 0.0)
+    assert revision.revision and revision.observation == REVISION_REPLY and env.actions == []
+    wait = play(env, read_reply("Thought: let time pass.\nAction: wait"), 0.0)
+    assert not wait.revision and env.actions == ["wait"]  # ScienceWorld's own command

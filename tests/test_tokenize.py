@@ -30,7 +30,7 @@ def conversation() -> list[dict]:
         {"role": "user", "content": "Goal: craft stick.", "train": False},
         {"role": "assistant", "content": "Thought: wrong idea\nAction: get 1 stick", "train": False},
         {"role": "user", "content": "Could not find stick", "train": False},
-        {"role": "assistant", "content": "Thought: I realize my approach was flawed.\nAction: wait", "train": True},
+        {"role": "assistant", "content": "Thought: I realize my approach was flawed.\nAction: revise", "train": True},
         {"role": "user", "content": "OK.", "train": False},
         {"role": "assistant", "content": "Thought: get logs first.\nAction: get 1 oak logs", "train": True},
         {"role": "user", "content": "Got 1 oak logs", "train": False},
@@ -76,7 +76,7 @@ def test_trained_text_is_reply_plus_end_of_turn_only(tokenizer):
     ids, labels = tokenize_messages(tokenizer, conversation())
     trained = [i for i, label in zip(ids, labels) if label != IGNORE_INDEX]
     assert tokenizer.decode(trained) == (
-        "Thought: I realize my approach was flawed.\nAction: wait<|im_end|>"
+        "Thought: I realize my approach was flawed.\nAction: revise<|im_end|>"
         "Thought: get logs first.\nAction: get 1 oak logs<|im_end|>"
     )
     # No role header token and no newline after <|im_end|> is ever trained.

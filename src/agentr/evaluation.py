@@ -31,10 +31,15 @@ Episodes that ended because the environment failed (`is_infrastructure_error`: a
 a crashed simulator) are counted apart and left out of the metrics; when they are more than
 `max_error_rate` of the episodes, the evaluation fails instead of reporting a result.
 
+Replies are sampled with the stop strings `REPLY_STOP` by default and stored by the reply rule
+of `agentr.agent.turn`, so the history the policy sees is the one training renders.
+
 `revision_test` continues *failed* trajectories of a reference model (a `trajectories.jsonl`
 written by `evaluate`) from a random, seeded cut point for at most 50 more turns and measures
-the reward reached: the paper's test of whether a model recovers from a bad trajectory. It
-writes `revision.json` and `revision_trajectories.jsonl`.
+the reward reached: the paper's test of whether a model recovers from a bad trajectory. A
+failed trajectory is one whose final reward is at most `max_reward` (0 by default: the paper
+continues the trajectories with reward 0; partial rewards are not failures). It writes
+`revision.json` and `revision_trajectories.jsonl`.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from typing import Literal
 
 from agentr.agent.conversation import HEADER_LEN
 from agentr.agent.rollout import EnvFactory, Episode, EpisodeStart, run_episodes
+from agentr.agent.turn import REPLY_STOP
 from agentr.engines.base import Engine, SamplingConfig
 from agentr.engines.common import derive_seed
 from agentr.envs.base import Environment
@@ -177,7 +183,7 @@ def evaluate(
     max_turns: int = 100,
     temperature: float = 0.0,
     max_tokens: int = 128,
-    stop: Sequence[str] = (),
+    stop: Sequence[str] = REPLY_STOP,
     seed: int = 0,
     episodes_per_task: int = 0,
     sample_temperature: float = 1.0,
@@ -254,14 +260,15 @@ def evaluate(
     return results
 
 
-def revision_starts(reference: Sequence[Episode], seed: int = 0,
-                    num_tasks: int | None = None) -> list[EpisodeStart]:
-    """Cut points for the revision test: each failed reference episode (no error, >= 1 turn)
-    keeps its first k turns, k drawn uniformly from 1 .. turns-1 (1 for one-turn episodes)."""
+def revision_starts(reference: Sequence[Episode], seed: int = 0, num_tasks: int | None = None,
+                    max_reward: float = 0.0) -> list[EpisodeStart]:
+    """Cut points for the revision test: each failed reference episode (final reward at most
+    `max_reward`, no error, >= 1 turn) keeps its first k turns, k drawn uniformly from
+    1 .. turns-1 (1 for one-turn episodes)."""
     rng = random.Random(seed)
     starts = []
     for episode in reference:
-        if episode.success or episode.error is not None or episode.turns < 1:
+        if episode.reward > max_reward or episode.error is not None or episode.turns < 1:
             continue
         cut = rng.randint(1, max(1, episode.turns - 1))
         starts.append(EpisodeStart(
@@ -281,6 +288,7 @@ def revision_test(
     max_turns: int = 50,
     seed: int = 0,
     num_tasks: int | None = None,
+    max_reward: float = 0.0,
     max_tokens: int = 128,
     max_concurrent: int | None = None,
     success_threshold: float = 1.0,
@@ -296,6 +304,8 @@ def revision_test(
         seed: seeds the cut points.
         num_tasks: use only the first N failed trajectories.
         max_error_rate: as in `evaluate`.
+        max_reward: reference episodes whose final reward is at most this are the failed ones
+            (the paper's: 0).
 
     Returns:
         {"metrics": {revision_reward, success_rate, loop_count, ...}, ...}; written to
@@ -304,11 +314,12 @@ def revision_test(
     if isinstance(reference, (str, os.PathLike)):
         reference = read_episodes(reference)
     check_range("max_error_rate", max_error_rate, 0, 1)
-    starts = revision_starts(reference, seed=seed, num_tasks=num_tasks)
+    starts = revision_starts(reference, seed=seed, num_tasks=num_tasks, max_reward=max_reward)
     _start_output(out_dir, "revision.json")
     episodes, results = _run_and_record(
-        engine, env, starts, SamplingConfig(temperature=0.0, max_tokens=max_tokens), out_dir,
-        "revision_trajectories.jsonl", {"max_turns": max_turns, "cut_seed": seed},
+        engine, env, starts, SamplingConfig(temperature=0.0, max_tokens=max_tokens, stop=REPLY_STOP),
+        out_dir, "revision_trajectories.jsonl",
+        {"max_turns": max_turns, "cut_seed": seed, "max_reward": max_reward},
         max_turns=max_turns, max_concurrent=max_concurrent, success_threshold=success_threshold,
         progress=progress)
     _check_infrastructure(episodes, max_error_rate, {})
@@ -379,6 +390,7 @@ def evaluate_command(
     revision_from: str | None = None,
     revision_max_turns: int = 50,
     max_error_rate: float = 0.1,
+    revision_max_reward: float = 0.0,
     env_options: dict | None = None,
     engine_options: dict | None = None,
     progress: bool = True,
@@ -389,7 +401,7 @@ def evaluate_command(
     summary) and OUT_DIR/trajectories.jsonl (every episode), and prints a table. With
     --episodes_per_task K, also plays K sampled episodes per task (reported apart, under
     "sampled"). With --revision_from, also runs the revision test on that file's failed
-    trajectories (OUT_DIR/revision.json).
+    trajectories, those with reward at most --revision_max_reward (OUT_DIR/revision.json).
 
     Args:
         model: Hugging Face id, model directory or .gguf file.
@@ -412,6 +424,9 @@ def evaluate_command(
         revision_max_turns: turns allowed after the cut in the revision test.
         max_error_rate: the largest share of episodes that may end in an environment error (a
             dead server): those are not scored, and above this share the command fails.
+        revision_max_reward: the revision test continues the reference episodes whose final
+            reward is at most this (default 0, the paper's failed trajectories; 0.99 would
+            also take partial successes).
         env_options: keyword arguments of the environment, e.g. {"max_depth": 2} for TextCraft.
         engine_options: keyword arguments of the engine, e.g. {"kv_cache_gb": 3}.
         progress: show a progress bar.
@@ -443,6 +458,7 @@ def evaluate_command(
         if revision_from:
             revision = revision_test(policy, env_factory, revision_from,
                                      max_turns=revision_max_turns, seed=seed,
+                                     max_reward=revision_max_reward,
                                      max_tokens=max_tokens, max_concurrent=max_concurrent,
                                      max_error_rate=max_error_rate, out_dir=out_dir,
                                      progress=progress)

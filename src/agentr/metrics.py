@@ -4,7 +4,7 @@
 - `AverageReward`: mean final reward.
 - `LoopCount`: mean number of *loop turns* per episode (the paper's "repeated action sequences",
   the dead loops of an agent). `loop_count` defines a loop turn precisely: turn t (counting
-  environment actions only; `wait` turns are skipped) is a loop turn when the actions of the n
+  environment actions only; revision turns are skipped) is a loop turn when the actions of the n
   turns ending at t equal the n actions right before them, for some block length n >= 1.
   So `A A A A` has 3 loop turns, `A B A B` has 1, `A B A B A B` has 3, `A B C` has 0: every turn
   that continues a cycle already performed once counts once. `loop_lengths` sorts the loop
@@ -28,12 +28,18 @@ from collections.abc import Iterable, Sequence
 import torch
 from torchmetrics import MeanMetric
 
-from agentr.agent.conversation import is_wait
+from agentr.agent.turn import REVISION_ACTION, is_revision
 from agentr.stats import BOOTSTRAP_RESAMPLES, CONFIDENCE, cluster_bootstrap_interval, wilson_interval
 
 
 def _normalise(actions: Iterable[str]) -> list[str]:
-    return [" ".join(a.lower().split()) for a in actions if not is_wait(a)]
+    return [" ".join(a.lower().split()) for a in actions if not is_revision(a)]
+
+
+def _env_actions(episode) -> list[str]:
+    """The episode's actions without its revision turns (by its environment's revision action)."""
+    revision_action = getattr(episode, "revision_action", REVISION_ACTION)
+    return [a for a in episode.actions if not is_revision(a, revision_action)]
 
 
 def loop_lengths(actions: Sequence[str]) -> dict[int, int]:
@@ -96,8 +102,8 @@ class LoopCount(_Mean):
 
 
 def has_revision(episode) -> bool:
-    """The episode took at least one revision turn (the `wait` action Agent-R teaches)."""
-    return any(is_wait(a) for a in episode.actions)
+    """The episode took at least one revision turn (the revision action Agent-R teaches)."""
+    return len(_env_actions(episode)) < len(episode.actions)
 
 
 def _by_task(episodes: Sequence, value) -> list[list[float]]:
@@ -132,14 +138,14 @@ def episode_metrics(episodes: Sequence) -> dict:
     success, reward, loops = SuccessRate(), AverageReward(), LoopCount()
     success.update([e.success for e in episodes])
     reward.update([e.reward for e in episodes])
-    loops.update([e.actions for e in episodes])
+    loops.update([_env_actions(e) for e in episodes])
     if _one_per_task(episodes):
         success_ci = wilson_interval(sum(bool(e.success) for e in episodes), n)
     else:
         success_ci = cluster_bootstrap_interval(_by_task(episodes, lambda e: e.success))
     by_length: Counter[int] = Counter()
     for e in episodes:
-        by_length.update(loop_lengths(e.actions))
+        by_length.update(loop_lengths(_env_actions(e)))
     revised = [e for e in episodes if has_revision(e)]
     return {
         "success_rate": float(success.compute()),
@@ -148,7 +154,7 @@ def episode_metrics(episodes: Sequence) -> dict:
         "avg_reward_ci": list(cluster_bootstrap_interval(_by_task(episodes, lambda e: e.reward))),
         "loop_count": float(loops.compute()),
         "loop_count_by_length": {str(k): v / n for k, v in sorted(by_length.items())},
-        "repeat_fraction": sum(repeat_fraction(e.actions) for e in episodes) / n,
+        "repeat_fraction": sum(repeat_fraction(_env_actions(e)) for e in episodes) / n,
         "avg_turns": sum(e.turns for e in episodes) / n,
         "revision_rate": len(revised) / n,
         "recovery_rate": sum(bool(e.success) for e in revised) / len(revised) if revised else None,

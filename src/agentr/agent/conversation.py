@@ -1,4 +1,5 @@
-"""The ReAct conversation format shared by search, evaluation and training.
+"""The ReAct conversation format shared by search, evaluation and training (a turn's rules:
+`agentr.agent.turn`).
 
 A conversation starts with a fixed header, then alternates assistant replies
 (`Thought: ...\nAction: ...`) and user turns holding the environment's observations:
@@ -14,7 +15,6 @@ A conversation starts with a fixed header, then alternates assistant replies
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 SYSTEM_PROMPT = (
@@ -23,11 +23,6 @@ SYSTEM_PROMPT = (
 )
 #: Number of messages in the header; truncation never drops them.
 HEADER_LEN = 4
-#: The action of a revision turn; the agent loop answers it itself, never the environment.
-WAIT_ACTION = "wait"
-WAIT_REPLY = "OK."
-
-_ACTION = re.compile(r"^[ \t]*Action[ \t]*:[ \t]*(.*?)[ \t\r]*$", re.IGNORECASE | re.MULTILINE)
 
 
 def build_header(instruction: str, first_observation: str) -> list[dict[str, str]]:
@@ -38,23 +33,6 @@ def build_header(instruction: str, first_observation: str) -> list[dict[str, str
         {"role": "assistant", "content": "OK"},
         {"role": "user", "content": first_observation},
     ]
-
-
-def format_reply(thought: str, action: str) -> str:
-    """An assistant reply in the ReAct format."""
-    return f"Thought: {thought}\nAction: {action}"
-
-
-def parse_action(reply: str) -> str | None:
-    """The command after the first non-empty `Action:` line of `reply`, or None if it has none."""
-    for match in _ACTION.finditer(reply):
-        if match.group(1):
-            return match.group(1)
-    return None
-
-
-def is_wait(action: str | None) -> bool:
-    return action is not None and action.strip().rstrip(".").lower() == WAIT_ACTION
 
 
 def truncate_history(

@@ -5,15 +5,10 @@ turn (so vLLM schedules them together and shares their prefixes), then each repl
 its action sent to that episode's environment. Finished episodes make room for waiting ones, up
 to `max_concurrent` live episodes, which bounds the KV cache the batch needs.
 
-The rules of one turn, the same as in search and training data:
+Each reply is played by the rules of one turn (`agentr.agent.turn`: the reply rule, what
+reaches the environment, the revision action, failure), the same as in search and training data.
+The conversation starts with `build_header(env.instruction, first_observation)`.
 
-- The conversation starts with `build_header(env.instruction, first_observation)`.
-- The reply (stripped) becomes the assistant message; its action is `env_action(reply)`: the
-  command of its first non-empty `Action:` line, or, for a reply without one, the whole reply,
-  which the environment then answers as the invalid action it is (the episode goes on).
-- `Action: wait` (a revision turn) is answered `WAIT_REPLY` by the loop, never by the
-  environment; the episode's reward stays what it was.
-- A negative environment reward means failure: the episode ends, its reward clamped to 0.
 - Before each turn the history is truncated with `truncate_history` to the engine's
   `max_model_len` minus the reply budget (`max_tokens`): the oldest turns after the header go
   first. The episode keeps its full, untruncated conversation.
@@ -30,14 +25,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
-from agentr.agent.conversation import (
-    HEADER_LEN,
-    WAIT_REPLY,
-    build_header,
-    is_wait,
-    parse_action,
-    truncate_history,
-)
+from agentr.agent.conversation import HEADER_LEN, build_header, truncate_history
+from agentr.agent.turn import REVISION_ACTION, play, read_reply
 from agentr.engines.base import Engine, SamplingConfig
 from agentr.engines.common import request_seed
 from agentr.envs.base import Environment
@@ -50,24 +39,15 @@ DEFAULT_MAX_CONCURRENT = 32
 EnvFactory = Callable[[], Environment]
 
 
-def env_action(reply: str) -> str:
-    """The command a reply sends to the environment.
-
-    The `Action:` line's command; a reply without one is sent whole (stripped), so that the
-    environment answers it as the invalid action it is.
-    """
-    action = parse_action(reply)
-    return action if action is not None else reply.strip()
-
-
 @dataclass
 class Episode:
     """One played episode.
 
     Attributes:
         task_id: the environment's task.
-        messages: the whole conversation, header included, never truncated.
-        actions: one per turn: the command sent (or `wait`, answered by the loop).
+        messages: the whole conversation, header included, never truncated; the replies as
+            stored by the reply rule.
+        actions: one per turn: the command sent (or the revision action, answered by the loop).
         rewards: one per turn: the environment's reward after it (negative clamped to 0).
         reward: the final reward (the last turn's; 0 without turns).
         success: `reward >= success_threshold`.
@@ -76,6 +56,7 @@ class Episode:
         done: the environment ended the episode (otherwise: turn limit, or an error).
         error: why the episode stopped abnormally (None when it finished normally).
         env: the environment's name.
+        revision_action: the environment's revision action (its revision turns' action).
         meta: anything the caller attached (e.g. the revision test's cut point).
     """
 
@@ -90,6 +71,7 @@ class Episode:
     done: bool = False
     error: str | None = None
     env: str = ""
+    revision_action: str = REVISION_ACTION
     meta: dict = field(default_factory=dict)
 
     @property
@@ -307,7 +289,7 @@ def run_episodes(
             step += 1
             still_live = []
             for item, samples in zip(live, generations):
-                error = _play_turn(item, samples[0].text)
+                error = _play_turn(item, samples[0].text, samples[0].finish_reason)
                 if error is not None or item.episode.done or item.new_turns >= max_turns:
                     finish(item, error)
                 else:
@@ -339,6 +321,7 @@ def _start(index: int, start: EpisodeStart, env: Environment) -> _Live:
     except Exception as error:
         episode.error = f"reset: {type(error).__name__}: {error}"
         return item
+    episode.revision_action = env.revision_action
     if not start.prefix:
         episode.messages = build_header(env.instruction, observation)
         return item
@@ -364,26 +347,20 @@ def _start(index: int, start: EpisodeStart, env: Environment) -> _Live:
     return item
 
 
-def _play_turn(item: _Live, reply: str, replayed: bool = False) -> str | None:
-    """Apply one assistant reply to the episode; return an error text if the env failed."""
+def _play_turn(item: _Live, text: str, finish_reason: str = "stop",
+               replayed: bool = False) -> str | None:
+    """Play one sampled reply in the episode; return an error text if the env failed."""
     episode = item.episode
-    reply = reply.strip()
-    action = env_action(reply)
-    if is_wait(action):
-        observation, reward, done = WAIT_REPLY, (episode.rewards[-1] if episode.rewards else 0.0), False
-    else:
-        try:
-            observation, reward, done = item.env.step(action)
-        except Exception as error:
-            return f"environment: {type(error).__name__}: {error}"
-        if reward < 0:  # failure reported by the environment: terminal, clamped
-            reward, done = 0.0, True
-    episode.messages.append({"role": "assistant", "content": reply})
-    episode.messages.append({"role": "user", "content": observation})
-    episode.actions.append(action)
-    episode.rewards.append(float(reward))
+    try:
+        turn = play(item.env, read_reply(text, finish_reason),
+                    episode.rewards[-1] if episode.rewards else 0.0)
+    except Exception as error:
+        return f"environment: {type(error).__name__}: {error}"
+    episode.messages.extend(turn.messages())
+    episode.actions.append(turn.action)
+    episode.rewards.append(turn.reward)
     episode.turns += 1
-    episode.done = bool(done)
+    episode.done = turn.done
     if not replayed:
         item.new_turns += 1
     return None

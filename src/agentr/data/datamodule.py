@@ -2,8 +2,9 @@
 
 Bring a new environment by subclassing `AgentRDataModule` and overriding **one** method,
 `make_env()`, which returns a fresh `agentr.envs.Environment`; optionally override
-`task_ids(split)` to choose the tasks, and `expert_thought(...)` to write better thoughts into
-warm-start demonstrations. Then point a config's `data.class_path` at the subclass:
+`task_ids(split)` to choose the tasks. (What is the environment's own, such as the thoughts of
+its expert's demonstrations, the environment says: `Environment.expert_thought`.) Then point a
+config's `data.class_path` at the subclass:
 
     class MazeDataModule(AgentRDataModule):
         def __init__(self, size: int = 5, **kwargs):
@@ -19,9 +20,11 @@ How the data flows (the iteration callback drives it; without it, pass `data_fil
    train tasks with the current policy and hands the dataset to `set_trajectories`.
    `expert_trajectories(num)` builds warm-start demonstrations from the environment's expert.
 2. `set_trajectories(trajectories)` tokenises them with the model's chat template and loss mask,
-   drops over-long ones (logged with a count, never cut), holds out the trajectories of a
-   `val_fraction` of their tasks for validation, mixes in chat data at `chat_ratio`, and keeps
-   the result for the next `train_dataloader()` / `val_dataloader()`.
+   trims over-long ones (their oldest untrained turns; what still does not fit is dropped, both
+   counted), holds out a `val_fraction` of the expert demonstrations' tasks for validation
+   (Phase I data is always trained whole, as in the paper), mixes in chat data at
+   `chat_ratio`, and keeps the result for the next `train_dataloader()` / `val_dataloader()`.
+   `data_stats` and the log line say how many were trained, validated, trimmed and dropped.
 3. With `Trainer(reload_dataloaders_every_n_epochs=1)` Lightning asks for the dataloaders every
    epoch, so an epoch trains on what was set before it started.
 
@@ -48,7 +51,8 @@ from typing import TYPE_CHECKING, Literal
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
-from agentr.agent.conversation import build_header, format_reply
+from agentr.agent.conversation import build_header
+from agentr.agent.turn import Reply, format_reply, is_revision, play
 from agentr.data.chat_mix import chat_count, load_chat, sample_chat
 from agentr.errors import SettingError, check_range
 from agentr.data.packing import BatchDataset, EpochShuffleSampler
@@ -78,15 +82,17 @@ class AgentRDataModule(pl.LightningDataModule):
     Args:
         model: the model whose tokenizer and chat template render the data (the trained model).
         search: Phase I settings (MCTS, pairing, critique) used by `regenerate`.
-        max_length: longest conversation in tokens; longer ones are dropped (and counted).
+        max_length: longest conversation in tokens; longer ones lose their oldest untrained
+            turns, and those that still do not fit are dropped (both counted).
         tokens_per_batch: the token budget of one packed batch (at least `max_length`).
         packing: pack conversations into one padding-free row per batch; False: right-padded
             batches of `batch_size` conversations (the baseline; it computes on padding).
         batch_size: conversations per batch when `packing` is False.
         num_tasks: use this many train tasks (a seeded sample, in the environment's order);
             None: all of them.
-        val_fraction: fraction of the tasks in a data set whose trajectories are held out for
-            validation (at least one task when the data has two or more; 0 disables validation).
+        val_fraction: fraction of the expert demonstrations' tasks held out for validation (at
+            least one task when there are two or more; 0 disables validation). Phase I data is
+            never held out: every revision and good trajectory is trained.
         data_files: JSONL trajectory files to train on when no iteration callback regenerates
             data (e.g. a saved Phase I dataset or expert demonstrations).
         chat_data: optional JSONL of general chat conversations to mix in (see
@@ -169,17 +175,6 @@ class AgentRDataModule(pl.LightningDataModule):
             ids = [t for i, t in enumerate(ids) if i in keep]
         return ids
 
-    def expert_thought(self, env: Environment, task_id: str, actions: Sequence[str], step: int) -> str:
-        """The thought written before expert action `actions[step]` (env is in the state before it).
-
-        Override for thoughts that track the environment's state; the default names the plan's
-        progress.
-        """
-        left = len(actions) - step - 1
-        if left == 0:
-            return f"This is the last step of my plan: {actions[step]}."
-        return f"Next step of my plan ({left} more after it): {actions[step]}."
-
     def env_description(self) -> dict:
         """The environment as Phase I's provenance records it (`agentr.provenance`): this
         DataModule's class and the options its subclass adds (its public attributes beyond
@@ -239,8 +234,9 @@ class AgentRDataModule(pl.LightningDataModule):
         """Up to `num` warm-start demonstrations from the environment's expert, on train tasks.
 
         Each is the agent's conversation (header, then `Thought: ...\\nAction: ...` replies and
-        observations) with every assistant turn after the header trained, kind "expert",
-        iteration 0. Tasks are drawn (seeded) from the environment's whole train split, those
+        observations, played by the rules of one turn, `agentr.agent.turn`, with the
+        environment's `expert_thought`s) with every assistant turn after the header trained,
+        kind "expert", iteration 0. Tasks are drawn (seeded) from the environment's whole train split, those
         that Phase I does not search (`task_ids("train")`) first: a warm start that memorised
         the searched tasks would leave MCTS few failures to learn from. Tasks without an expert
         solution, or whose solution does not reach reward 1, are skipped.
@@ -268,15 +264,20 @@ class AgentRDataModule(pl.LightningDataModule):
         actions = env.expert_actions(task_id)
         if not actions:
             return None
+        for action in actions:
+            if is_revision(action, env.revision_action):
+                raise ValueError(
+                    f"{env.name} task {task_id}: the expert's action {action!r} is the revision "
+                    f"action; set {type(env).__name__}.revision_action to a command it does not have")
         observation = env.reset(task_id)
         messages = [{**m, "train": False} for m in build_header(env.instruction, observation)]
-        reward, done = 0.0, False
+        reward = 0.0
         for step, action in enumerate(actions):
-            thought = self.expert_thought(env, task_id, actions, step)
-            observation, reward, done = env.step(action)
-            messages.append({"role": "assistant", "content": format_reply(thought, action), "train": True})
-            messages.append({"role": "user", "content": observation, "train": False})
-            if done:
+            reply = Reply(format_reply(env.expert_thought(actions, step), action), action, trainable=True)
+            turn = play(env, reply, reward)
+            messages += turn.messages(train=True)
+            reward = turn.reward
+            if turn.done:
                 break
         if reward < 1.0:
             log.warning("%s task %s: the expert's actions end with reward %s; skipped", env.name, task_id, reward)
@@ -289,23 +290,31 @@ class AgentRDataModule(pl.LightningDataModule):
         """Tokenise `trajectories`, split validation, mix chat data; the next dataloaders serve them."""
         trajectories = list(trajectories)
         val_tasks = self._val_tasks(trajectories)
-        train_set = [t for t in trajectories if (t.env, t.task_id) not in val_tasks]
-        val_set = [t for t in trajectories if (t.env, t.task_id) in val_tasks]
-        train, train_stats = tokenize_all(self.tokenizer, train_set, self.max_length)
-        val, val_stats = tokenize_all(self.tokenizer, val_set, self.max_length)
+        held_out = lambda t: t.kind == "expert" and (t.env, t.task_id) in val_tasks  # noqa: E731
+        train, train_stats = tokenize_all(self.tokenizer, [t for t in trajectories if not held_out(t)],
+                                          self.max_length)
+        val, val_stats = tokenize_all(self.tokenizer, [t for t in trajectories if held_out(t)],
+                                      self.max_length)
         chat = self._chat_examples(len(train))
         self.set_examples(train + chat, val)
+        dropped = {"too_long": train_stats.too_long + val_stats.too_long,
+                   "untrained": train_stats.untrained + val_stats.untrained}
         self.data_stats.update({
             "trajectories": len(trajectories),
+            "trained": train_stats.kept,
+            "validated": val_stats.kept,
+            "trimmed": train_stats.trimmed + val_stats.trimmed,
+            "dropped": dropped,
             "train": asdict(train_stats),
             "val": asdict(val_stats),
             "val_tasks": len(val_tasks),
             "chat": len(chat),
         })
-        log.info("data v%d: %d train conversations (%s), %d val (%d tasks held out); dropped %d over %d tokens; %s",
-                 self.data_version, len(self.train_examples), self.data_stats["train_kinds"], len(val),
-                 len(val_tasks), train_stats.too_long + val_stats.too_long, self.max_length,
-                 self.data_stats["train_batches"])
+        log.info("data v%d: %d trajectories: %d trained (%s), %d validated (expert demos of %d tasks), "
+                 "%d trimmed to %d tokens; dropped %d too long, %d without a trained turn; %s",
+                 self.data_version, len(trajectories), train_stats.kept, self.data_stats["train_kinds"],
+                 val_stats.kept, len(val_tasks), self.data_stats["trimmed"], self.max_length,
+                 dropped["too_long"], dropped["untrained"], self.data_stats["train_batches"])
 
     def set_examples(self, train: Iterable[TokenizedExample], val: Iterable[TokenizedExample] = ()) -> None:
         """Serve these tokenised conversations from the next dataloaders on (batched here, once)."""
@@ -329,7 +338,8 @@ class AgentRDataModule(pl.LightningDataModule):
         return self.seed * 100003 + self.data_version
 
     def _val_tasks(self, trajectories: Sequence[Trajectory]) -> set[tuple[str, str]]:
-        tasks = sorted({(t.env, t.task_id) for t in trajectories if t.kind != "chat"})
+        """The expert demonstrations' tasks held out for validation (Phase I data never is)."""
+        tasks = sorted({(t.env, t.task_id) for t in trajectories if t.kind == "expert"})
         if self.val_fraction == 0 or len(tasks) < 2:
             return set()
         count = max(1, math.floor(self.val_fraction * len(tasks)))
@@ -430,24 +440,6 @@ class TextCraftDataModule(AgentRDataModule):
         return TextCraftEnv(self.min_depth, self.max_depth, self.check_output_count,
                             split_scheme=self.split_scheme, train_goals=self.train_goals,
                             test_goals=self.test_goals)
-
-    def expert_thought(self, env: Environment, task_id: str, actions: Sequence[str], step: int) -> str:
-        """Thoughts that track the goal, what each command is for and the inventory."""
-        from agentr.envs.textcraft import display
-
-        goal = env.goal_of(task_id)
-        action = actions[step]
-        have = ", ".join(f"{n} {display(k)}" for k, n in env.inventory.items()) or "nothing"
-        if action.startswith("get "):
-            count, item = action[4:].split(" ", 1)
-            return f"To craft {goal} I need {count} {item}, a base item I can get. I have {have}."
-        if action.startswith("craft "):
-            made, using = action[6:].split(" using ", 1)
-            item = made.split(" ", 1)[1] if made[:1].isdigit() else made
-            if item == goal:
-                return f"I have {have}: enough to craft the goal, {goal}, from {using}."
-            return f"I have {have}. I craft {item} from {using}; the goal {goal} needs it."
-        return f"I am crafting {goal}; I have {have}."
 
 
 class ScienceWorldDataModule(AgentRDataModule):

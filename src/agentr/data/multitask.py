@@ -12,8 +12,9 @@ from agentr.envs.multitask import MultiTaskEnv, interleave
 class MultiTaskDataModule(AgentRDataModule):
     """Agent-R data from several environments, each described by its own DataModule.
 
-    The children say what to play: their environments (`make_env`), their tasks (`task_ids`,
-    each with its own `num_tasks` and seed) and their demonstration thoughts (`expert_thought`).
+    The children say what to play: their environments (`make_env`, whose experts write their
+    own demonstration thoughts) and their tasks (`task_ids`, each with its own `num_tasks` and
+    seed).
     This module does everything else with its own options: search, tokenisation, packing,
     validation split and chat mixing. Its environment is a `MultiTaskEnv` whose task ids are
     `"<name>/<task id>"`; trajectories record the child's name as their `env`.
@@ -54,13 +55,6 @@ class MultiTaskDataModule(AgentRDataModule):
         if split == "train" and self.num_tasks is not None:
             ids = ids[:self.num_tasks]
         return ids
-
-    def expert_thought(self, env: Environment, task_id: str, actions: Sequence[str], step: int) -> str:
-        """The thought of the child that owns `task_id`, given its own environment and id."""
-        if not isinstance(env, MultiTaskEnv):
-            raise TypeError(f"expected the MultiTaskEnv of make_env(), got {type(env).__name__}")
-        name, sub_id = env.split_id(task_id)
-        return self.children[name].expert_thought(env.sub_env(name), sub_id, actions, step)
 
 
 def _name_by_env(datamodules: Sequence[AgentRDataModule]) -> dict[str, AgentRDataModule]:

@@ -16,6 +16,11 @@ starts inside a span. Both prefixes must be prefixes of the full rendering; a te
 rewrites earlier turns depending on later ones (so that no such prefix exists) is rejected with
 an error rather than trained on a wrong mask.
 
+An over-long conversation is trimmed the way the agent's prompt is at inference
+(`truncate_history`): the header stays and the oldest turn pairs after it go first, here only
+while they are untrained (a revision trajectory's bad prefix), so nothing trained is cut and no
+turn is split. What still does not fit is dropped. `tokenize_all` counts both.
+
 Labels use the Hugging Face convention, aligned with `input_ids` (not shifted): `labels[t]` is
 `input_ids[t]` where token t is trained and -100 elsewhere; the model predicts token t from
 position t - 1.
@@ -27,6 +32,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from agentr.agent.conversation import HEADER_LEN
 from agentr.trajectory import Trajectory
 
 log = logging.getLogger(__name__)
@@ -110,11 +116,62 @@ def tokenize_trajectory(tokenizer, trajectory: Trajectory) -> TokenizedExample:
     return TokenizedExample(input_ids, labels, id=trajectory.id, kind=trajectory.kind, task_id=str(trajectory.task_id))
 
 
+def trim_to_fit(tokenizer, trajectory: Trajectory, max_length: int) -> tuple[TokenizedExample, int]:
+    """The trajectory tokenised, with the fewest oldest untrained turn pairs after the header
+    dropped that make it fit `max_length` tokens, and how many pairs were dropped. It may still
+    be too long (the header and the trained turns alone do not fit)."""
+    example = tokenize_trajectory(tokenizer, trajectory)
+    messages = trajectory.messages
+    droppable = 0  # untrained (assistant, observation) pairs right after the header
+    while (HEADER_LEN + 2 * droppable + 1 < len(messages)
+           and messages[HEADER_LEN + 2 * droppable]["role"] == "assistant"
+           and not messages[HEADER_LEN + 2 * droppable].get("train")):
+        droppable += 1
+    if len(example) <= max_length or droppable == 0:
+        return example, 0
+
+    def without(pairs: int) -> TokenizedExample:
+        kept = messages[:HEADER_LEN] + messages[HEADER_LEN + 2 * pairs:]
+        return tokenize_trajectory(tokenizer, _with_messages(trajectory, kept))
+
+    # The length falls as pairs go: binary search for the fewest that make it fit.
+    low, high, best = 1, droppable, without(droppable)
+    if len(best) > max_length:
+        return best, droppable
+    dropped = droppable
+    while low < high:
+        middle = (low + high) // 2
+        candidate = without(middle)
+        if len(candidate) <= max_length:
+            high, dropped, best = middle, middle, candidate
+        else:
+            low = middle + 1
+    return best, dropped
+
+
+def _with_messages(trajectory: Trajectory, messages: list[dict]) -> Trajectory:
+    return Trajectory(id=trajectory.id, env=trajectory.env, task_id=trajectory.task_id,
+                      iteration=trajectory.iteration, kind=trajectory.kind, messages=messages,
+                      meta=trajectory.meta)
+
+
 @dataclass
 class TokenizeStats:
-    """What `tokenize_all` kept and dropped."""
+    """What `tokenize_all` kept, trimmed and dropped.
+
+    Attributes:
+        kept: trajectories kept (trimmed ones included).
+        trimmed: kept trajectories whose oldest untrained turns were dropped to fit.
+        trimmed_turns: turn pairs dropped from them.
+        too_long: dropped: over `max_length` even with every untrained turn after the header gone.
+        untrained: dropped: no trained assistant turn.
+        tokens: tokens of the kept trajectories.
+        trained_tokens: trained tokens of the kept trajectories.
+    """
 
     kept: int = 0
+    trimmed: int = 0
+    trimmed_turns: int = 0
     too_long: int = 0
     untrained: int = 0
     tokens: int = 0
@@ -124,14 +181,11 @@ class TokenizeStats:
 def tokenize_all(
     tokenizer, trajectories: Iterable[Trajectory], max_length: int
 ) -> tuple[list[TokenizedExample], TokenizeStats]:
-    """Tokenise `trajectories`; drop (and count) those over `max_length` tokens or with nothing trained.
-
-    Over-long conversations are dropped whole, never cut: a cut could end inside a turn or drop
-    the trained suffix that the trajectory exists for.
-    """
+    """Tokenise `trajectories`, trimming over-long ones (`trim_to_fit`); drop (and count) those
+    that still exceed `max_length` tokens or have nothing trained."""
     examples, stats = [], TokenizeStats()
     for trajectory in trajectories:
-        example = tokenize_trajectory(tokenizer, trajectory)
+        example, dropped = trim_to_fit(tokenizer, trajectory, max_length)
         if len(example) > max_length:
             stats.too_long += 1
             continue
@@ -140,11 +194,17 @@ def tokenize_all(
             continue
         examples.append(example)
         stats.kept += 1
+        stats.trimmed += dropped > 0
+        stats.trimmed_turns += dropped
         stats.tokens += len(example)
         stats.trained_tokens += example.num_trained
+    total = stats.kept + stats.too_long + stats.untrained
+    if stats.trimmed:
+        log.info("trimmed %d of %d trajectories to max_length=%d tokens (%d oldest untrained turns)",
+                 stats.trimmed, total, max_length, stats.trimmed_turns)
     if stats.too_long:
-        log.warning("dropped %d of %d trajectories longer than max_length=%d tokens",
-                    stats.too_long, stats.too_long + stats.kept + stats.untrained, max_length)
+        log.warning("dropped %d of %d trajectories longer than max_length=%d tokens even without "
+                    "their untrained turns", stats.too_long, total, max_length)
     if stats.untrained:
         log.warning("dropped %d trajectories without a trained assistant turn", stats.untrained)
     return examples, stats

@@ -34,10 +34,18 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class Generation:
-    """One sampled reply: its text and how many tokens it took."""
+    """One sampled reply.
+
+    Attributes:
+        text: the reply, without the stop string that ended it.
+        num_tokens: tokens generated.
+        finish_reason: why the sample ended: "stop" (end of turn or a stop string) or
+            "length" (it reached `max_tokens` or the context limit, possibly mid-sentence).
+    """
 
     text: str
     num_tokens: int
+    finish_reason: str = "stop"
 
 
 @dataclass(frozen=True)

@@ -128,8 +128,9 @@ class HFEngine(Engine):
         greedy = sampling.temperature == 0
         # Samples per prompt drawn by generate(); greedy samples are identical, so draw one.
         draws = 1 if greedy else sampling.n
+        max_new_tokens = max(1, min(sampling.max_tokens, self._max_model_len - width))
         kwargs = dict(
-            max_new_tokens=max(1, min(sampling.max_tokens, self._max_model_len - width)),
+            max_new_tokens=max_new_tokens,
             do_sample=not greedy,
             num_return_sequences=draws,
             pad_token_id=pad,
@@ -153,20 +154,24 @@ class HFEngine(Engine):
         for i in range(len(prompts)):
             samples = []
             for tokens in new_tokens[i * draws:(i + 1) * draws]:
-                tokens = self._until_eos(tokens)
+                tokens, ended = self._until_eos(tokens)
                 text = self._tokenizer.decode(tokens, skip_special_tokens=True)
-                samples.append(Generation(cut_at_stop(text, sampling.stop), len(tokens)))
+                reply = cut_at_stop(text, sampling.stop)
+                # Without an end of turn or a stop string, the sample ran out of tokens.
+                cut = not ended and reply == text and len(tokens) >= max_new_tokens
+                samples.append(Generation(reply, len(tokens), "length" if cut else "stop"))
             results.append(samples * sampling.n if greedy else samples)
         return results
 
-    def _until_eos(self, tokens: list[int]) -> list[int]:
-        """The generated tokens up to and including the first end-of-sequence token."""
+    def _until_eos(self, tokens: list[int]) -> tuple[list[int], bool]:
+        """The generated tokens up to and including the first end-of-sequence token, and
+        whether there was one."""
         eos = self.model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, list) else [eos, self._tokenizer.eos_token_id])
         for j, t in enumerate(tokens):
             if t in eos:
-                return tokens[:j + 1]
-        return tokens
+                return tokens[:j + 1], True
+        return tokens, False
 
     def choose(
         self, conversations: Sequence[Conversation], prefixes: Sequence[str],

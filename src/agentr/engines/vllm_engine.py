@@ -59,6 +59,11 @@ GiB = 1 << 30
 DEFAULT_CPU_KV_CACHE_GB = 4.0
 
 
+def _finish_reason(reason: str | None) -> str:
+    """vLLM's finish reason as a `Generation`'s: "length" when the token limit cut the sample."""
+    return "length" if reason == "length" else "stop"
+
+
 def _cuda_available() -> bool:
     try:
         import torch
@@ -284,7 +289,8 @@ class VLLMEngine(Engine):
         results = []
         for prompt, output in zip(prompts, outputs):
             samples = sorted(output.outputs, key=lambda o: o.index)
-            generations = [Generation(s.text, len(s.token_ids)) for s in samples]
+            generations = [Generation(s.text, len(s.token_ids), _finish_reason(s.finish_reason))
+                           for s in samples]
             results.append(generations * sampling.n if greedy else generations)
             self.stats.prompt_tokens += len(prompt["prompt_token_ids"])
             self.stats.generated_tokens += sum(g.num_tokens for g in generations)

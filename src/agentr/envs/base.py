@@ -28,9 +28,10 @@ class Environment(ABC):
 
     Subclasses implement `_reset`, `_step`, `instruction` and `task_ids`, and set `name`.
     They override `clone` when they can copy their state without replaying (and set
-    `cheap_clone = True`), `expert_actions` when they can produce a correct solution, and
-    `label_mistakes` (setting `labels_mistakes = True`) when they can tell a mistake from a good
-    step: the ground truth that Phase I measures transition points against.
+    `cheap_clone = True`), `expert_actions` when they can produce a correct solution (and
+    `expert_thought` to explain its steps in demonstrations), and `label_mistakes` (setting
+    `labels_mistakes = True`) when they can tell a mistake from a good step: the ground truth
+    that Phase I measures transition points against.
     """
 
     name: ClassVar[str] = "environment"
@@ -38,6 +39,10 @@ class Environment(ABC):
     cheap_clone: ClassVar[bool] = False
     #: True when `label_mistakes` labels steps; False means no ground truth for critiques.
     labels_mistakes: ClassVar[bool] = False
+    #: The action of agentr's revision turn (`Action: revise`): the agent answers it itself and
+    #: never sends it here, so it must not be one of this environment's commands (set another
+    #: if it is). See `agentr.agent.turn`.
+    revision_action: ClassVar[str] = "revise"
 
     def __init__(self) -> None:
         self.task_id: str | None = None
@@ -85,6 +90,15 @@ class Environment(ABC):
         `task_id`, whether that step is a mistake; None where the environment has no labels
         (the default). Leaves this environment's own episode untouched."""
         return None
+
+    def expert_thought(self, actions: list[str], step: int) -> str:
+        """The thought a demonstration writes before expert action `actions[step]`, called with
+        the environment in the state before it. Override for thoughts that track the state;
+        this one names the plan's progress."""
+        left = len(actions) - step - 1
+        if left == 0:
+            return f"This is the last step of my plan: {actions[step]}."
+        return f"Next step of my plan ({left} more after it): {actions[step]}."
 
     def close(self) -> None:
         """Release external resources (processes, connections)."""

@@ -119,6 +119,10 @@ class MultiTaskEnv(Environment):
         """Whether every sub-environment labels mistakes (builds them all on first use)."""
         return all(self.sub_env(n).labels_mistakes for n in self._factories)
 
+    @property  # type: ignore[override]
+    def revision_action(self) -> str:
+        return self.active.revision_action if self._active is not None else Environment.revision_action
+
     @property
     def instruction(self) -> str:
         """The active sub-environment's instruction (valid after `reset`)."""
@@ -162,6 +166,9 @@ class MultiTaskEnv(Environment):
     def label_mistakes(self, task_id: str, actions: Sequence[str]) -> list[bool] | None:
         env_name, sub_id = self.split_id(task_id)
         return self.sub_env(env_name).label_mistakes(sub_id, actions)
+
+    def expert_thought(self, actions: list[str], step: int) -> str:
+        return self.active.expert_thought(actions, step)
 
     def close(self) -> None:
         envs, self._envs, self._active = self._envs, {}, None

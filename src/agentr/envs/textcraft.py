@@ -749,6 +749,21 @@ class TextCraftEnv(Environment):
             before = after
         return labels
 
+    def expert_thought(self, actions: list[str], step: int) -> str:
+        """Thoughts that track the goal, what each command is for and the inventory."""
+        goal, action = display(self.goal), actions[step]
+        have = ", ".join(f"{n} {display(k)}" for k, n in self.inventory.items()) or "nothing"
+        if action.startswith("get "):
+            count, item = action[4:].split(" ", 1)
+            return f"To craft {goal} I need {count} {item}, a base item I can get. I have {have}."
+        if action.startswith("craft "):
+            made, using = action[6:].split(" using ", 1)
+            item = made.split(" ", 1)[1] if made[:1].isdigit() else made
+            if item == goal:
+                return f"I have {have}: enough to craft the goal, {goal}, from {using}."
+            return f"I have {have}. I craft {item} from {using}; the goal {goal} needs it."
+        return f"I am crafting {goal}; I have {have}."
+
     def reset(self, task_id: str) -> str:
         observation = super().reset(task_id)
         self.task_id = self.tasks.canonical(task_id)  # "007" -> "7"

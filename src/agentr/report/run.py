@@ -23,7 +23,8 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from agentr.agent.conversation import HEADER_LEN, is_wait, parse_action
+from agentr.agent.conversation import HEADER_LEN
+from agentr.agent.turn import REVISION_ACTION, is_revision, parse_action
 
 
 @dataclass
@@ -167,10 +168,11 @@ def _read_episodes(path: Path, results: dict, limits: ReportLimits) -> dict:
                 item = {k: episode.get(k) for k in ("task_id", "reward", "success", "turns", "error")}
                 item.update({k: v for k, v in summaries.get(item["task_id"], {}).items()
                              if k not in item and isinstance(v, (int, float, str, bool))})
-                item["revision_turns"] = sum(is_wait(a) for a in actions)
+                revision_action = episode.get("revision_action", REVISION_ACTION)
+                item["revision_turns"] = sum(is_revision(a, revision_action) for a in actions)
                 if len(items) < limits.max_episodes:
                     messages = episode.get("messages", [])
-                    parts = [_episode_part(m) for m in messages[HEADER_LEN:]]
+                    parts = [_episode_part(m, revision_action) for m in messages[HEADER_LEN:]]
                     item["messages"] = _messages(messages, limits.max_text, parts)
                 items.append(item)
     else:  # conversations lost; the outcomes are still in eval.json
@@ -179,8 +181,9 @@ def _read_episodes(path: Path, results: dict, limits: ReportLimits) -> dict:
     return {"items": items, "total": len(items), "embedded": sum("messages" in i for i in items)}
 
 
-def _episode_part(message: dict) -> str:
-    if message.get("role") == "assistant" and is_wait(parse_action(message.get("content", ""))):
+def _episode_part(message: dict, revision_action: str) -> str:
+    if message.get("role") == "assistant" and is_revision(parse_action(message.get("content", "")),
+                                                          revision_action):
         return "revision"
     return "turn"
 

@@ -28,7 +28,7 @@ Output directory:
 
 Each line of `dataset.jsonl` is an `agentr.trajectory.Trajectory` (schema in that module):
 
-- kind "revision": header + bad turns 1..t' (train false) + `Thought: <signal>\nAction: wait`
+- kind "revision": header + bad turns 1..t' (train false) + `Thought: <signal>\nAction: revise`
   (train **true**: the model learns to produce the revision signal, as the paper and its code
   do) + `OK.` + good turns t+1..end (train true); observations never trained. `meta`:
   good_reward, bad_reward, divergence_step (t, turns shared), transition_step (t', bad turns
@@ -47,6 +47,10 @@ the reference, and `stats.json` holds "transition_accuracy": for the model's t' 
 after the divergence (seeded per task), on the same pairs, the fractions of pairs whose t' equals
 the reference, lies before it or after it, and the mean absolute distance (pairs whose bad path
 has no labelled mistake are left out and counted apart). Without labels the key is absent.
+
+Replies are stored and trained as the reply rule of `agentr.agent.turn` says (the thought and
+the executed action; a reply without a whole action line is context, never trained).
+Expansions sample with the stop strings `REPLY_STOP`.
 
 Revision trajectories of a task come first (in the seeded pair order), then its good ones
 (shortest first, ties in tree order); tasks follow the order of `task_ids`.
@@ -73,7 +77,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from agentr.agent.conversation import is_wait, truncate_history
+from agentr.agent.conversation import truncate_history
+from agentr.agent.turn import REPLY_STOP, is_revision
 from agentr.engines.base import Conversation, Engine, SamplingConfig
 from agentr.envs.base import Environment
 from agentr.errors import ProvenanceError, check_range
@@ -220,9 +225,9 @@ class _Job:
         return out
 
     def _labels(self, path: list[Node]) -> list[bool] | None:
-        """The environment's label of every turn of `path`. A `wait` turn never reached the
+        """The environment's label of every turn of `path`. A revision turn never reached the
         environment (the agent answers it itself): it makes no progress, a mistake."""
-        stepped = [n for n in path[1:] if not is_wait(n.action or "")]
+        stepped = [n for n in path[1:] if not is_revision(n.action, self.tree.revision_action)]
         labels = self.env.label_mistakes(self.task_id, [n.action or "" for n in stepped])
         if labels is None:
             return None
@@ -278,7 +283,8 @@ class _Job:
             if self.mistakes is not None:
                 meta["mistake_step"] = self.mistakes[i]
             out.append(record("revision", i, splice(header, pair.bad, pair.good, pair.divergence,
-                                                    walk.transition, signal), meta))
+                                                    walk.transition, signal,
+                                                    self.tree.revision_action), meta))
         if self.config.include_good or self.config.mode == "optimal":
             good = sorted(self.good, key=len)[:self.config.max_good_per_task]  # stable: tree order
             for i, path in enumerate(good):
@@ -556,7 +562,7 @@ def collect(
 
     bar = tqdm(total=len(task_ids), initial=resumed, unit="task", desc="collect", disable=not progress)
     expand_sampling = SamplingConfig(n=config.n_expand, temperature=config.temperature,
-                                     max_tokens=config.max_tokens)
+                                     max_tokens=config.max_tokens, stop=REPLY_STOP)
     judge_sampling = SamplingConfig(n=1, temperature=0.0, max_tokens=config.critique_max_tokens, seed=seed)
     expand_limit = engine.max_model_len - config.max_tokens
     reasons = 0 if config.verdict == "forced" else config.critique_max_tokens

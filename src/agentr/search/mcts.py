@@ -1,8 +1,9 @@
-"""Monte Carlo tree search over an environment, with the current policy (DESIGN 1.1).
+"""Monte Carlo tree search over an environment, with the current policy.
 
 A tree belongs to one task. Its root holds the first observation; every other node is one
-assistant turn: the reply, the action parsed from it, the observation and reward the environment
-answered, and the visit count N and value sum W of the terminal rewards backed up through it.
+assistant turn, played by the rules of one turn (`agentr.agent.turn`): the stored reply, its
+action, the observation and reward, whether the reply may be trained, and the visit count N and
+value sum W of the terminal rewards backed up through it.
 
 One *simulation* (descent) starts at the root and repeats: expand the current node if it has no
 children yet, then move to a child chosen by UCT, until the current node has no non-terminal
@@ -11,10 +12,11 @@ child left. The descent is the rollout: there is no separate rollout policy.
 - Selection: among non-terminal children, unvisited ones (N = 0) first; otherwise the maximum of
   `W/N + c * sqrt(ln N_parent / N)`. Ties (among unvisited children, or equal scores) are broken
   by the tree's seeded `random.Random`.
-- Expansion: `n_expand` replies sampled in one request; replies whose text (stripped) duplicates
-  a sibling's are dropped; each remaining reply steps its own copy of the environment.
-- Terminal child: the environment said done, or the child's depth reached `max_depth`, or the
-  environment reported failure (negative reward, clamped to 0).
+- Expansion: `n_expand` replies sampled in one request; replies whose stored text (the reply
+  rule's) duplicates a sibling's are dropped; each remaining reply steps its own copy of the
+  environment.
+- Terminal child: the turn ended the episode (the environment said done, or reported failure:
+  a negative reward, clamped to 0), or the child's depth reached `max_depth`.
 - Backup: each terminal child adds N += 1, W += r on every node from itself to the root; a node
   whose children are all terminal becomes terminal.
 
@@ -30,8 +32,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from agentr.agent.conversation import WAIT_REPLY, build_header, is_wait
-from agentr.agent.rollout import env_action  # the agent loop's rule for what reaches the env
+from agentr.agent.conversation import build_header
+from agentr.agent.turn import Reply, play, read_reply, turn_messages
 from agentr.engines.base import Conversation, Engine, Generation, SamplingConfig
 from agentr.envs.base import Environment
 from agentr.search.config import SearchConfig
@@ -44,7 +46,7 @@ class Node:
     id: int
     parent: Node | None
     depth: int
-    #: The assistant reply of this turn ("" at the root).
+    #: The assistant reply of this turn, as the reply rule stores it ("" at the root).
     response: str = ""
     #: The command sent to the environment (None at the root).
     action: str | None = None
@@ -54,6 +56,8 @@ class Node:
     reward: float = 0.0
     done: bool = False
     failed: bool = False
+    #: The reply may be a training target (the reply rule: it has a whole action line).
+    trainable: bool = True
     terminal: bool = False
     visits: int = 0
     value: float = 0.0
@@ -80,11 +84,7 @@ class Node:
 
     def turns(self) -> list[dict[str, str]]:
         """The assistant/observation messages from the root to this node (header excluded)."""
-        messages = []
-        for node in self.path()[1:]:
-            messages.append({"role": "assistant", "content": node.response})
-            messages.append({"role": "user", "content": node.observation})
-        return messages
+        return [m for node in self.path()[1:] for m in turn_messages(node.response, node.observation)]
 
     def to_dict(self) -> dict:
         """A JSON-ready copy of the subtree (environments left out)."""
@@ -104,6 +104,8 @@ class Node:
                 data["done"] = True
             if self.failed:
                 data["failed"] = True
+            if not self.trainable:
+                data["trainable"] = False
         if self.children:
             data["children"] = [child.to_dict() for child in self.children]
         return data
@@ -176,6 +178,7 @@ class SearchTree:
         first_observation = env.reset(self.task_id)
         self.env_name = env.name
         self.header = build_header(env.instruction, first_observation)
+        self.revision_action = env.revision_action
         self.root = Node(id=0, parent=None, depth=0, observation=first_observation, env=env)
         self._num_nodes = 1
         self.simulations = 0
@@ -211,16 +214,16 @@ class SearchTree:
         self.counters.expansions += 1
         self.counters.samples += len(generations)
         self.counters.tokens += sum(g.num_tokens for g in generations)
-        replies: list[str] = []
+        replies: dict[str, Reply] = {}
         for generation in generations:
-            reply = generation.text.strip()
-            if reply in replies:
+            reply = read_reply(generation.text, generation.finish_reason)
+            if reply.text in replies:
                 self.counters.duplicates += 1
             else:
-                replies.append(reply)
+                replies[reply.text] = reply
         env, node.env = node.env, None
         assert env is not None, "a node waiting for expansion holds its environment"
-        for i, reply in enumerate(replies):
+        for i, reply in enumerate(replies.values()):
             # The last child takes the parent's environment: it is no longer needed there.
             child_env = env if i == len(replies) - 1 else self._clone(env)
             node.children.append(self._step(node, reply, child_env))
@@ -242,29 +245,23 @@ class SearchTree:
             self.counters.replay_steps += len(env.actions)
         return env.clone()
 
-    def _step(self, parent: Node, reply: str, env: Environment) -> Node:
-        action = env_action(reply)
-        if is_wait(action):
-            # As in the agent loop: `wait` is answered by the agent itself, not the environment,
-            # and the reward stays what it was.
-            observation, reward, done = WAIT_REPLY, parent.reward, False
-        else:
-            observation, reward, done = env.step(action)
-            self.counters.env_steps += 1
-        failed = reward < 0
+    def _step(self, parent: Node, reply: Reply, env: Environment) -> Node:
+        turn = play(env, reply, parent.reward)
+        self.counters.env_steps += not turn.revision
         child = Node(
             id=self._num_nodes,
             parent=parent,
             depth=parent.depth + 1,
-            response=reply,
-            action=action,
-            observation=observation,
-            reward=max(reward, 0.0),
-            done=done,
-            failed=failed,
+            response=reply.text,
+            action=turn.action,
+            observation=turn.observation,
+            reward=turn.reward,
+            done=turn.done,
+            failed=turn.failed,
+            trainable=reply.trainable,
         )
         self._num_nodes += 1
-        child.terminal = done or failed or child.depth >= self.config.max_depth
+        child.terminal = turn.done or child.depth >= self.config.max_depth
         if child.terminal:
             env.close()
         else:

@@ -1,4 +1,4 @@
-"""Splicing revision trajectories and writing good ones (DESIGN 1.4).
+"""Splicing revision trajectories and writing good ones.
 
     revision = header + bad turns 1..t' + revision turn + good turns t+1..end
 
@@ -8,18 +8,20 @@ path's) and t' >= t+1 the transition step.
 Loss (`train`) flags:
 - header and every user turn (observations, and the `OK.` answering the revision turn): false;
 - bad-prefix assistant turns 1..t': false, they are context only;
-- the revision turn `Thought: <signal>\\nAction: wait`: **true**. Agent-R's point is that the model
-  learns to *produce* the revision signal once it has gone wrong, and the official code trains
-  this turn too;
+- the revision turn `Thought: <signal>\\nAction: revise` (the environment's revision action):
+  **true**. Agent-R's point is that the model learns to *produce* the revision signal once it
+  has gone wrong, and the official code trains this turn too;
 - good-suffix assistant turns t+1..end: true.
-A good trajectory is the header plus the good path, every assistant turn trained.
+A good trajectory is the header plus the good path, every assistant turn trained. Replies that
+the reply rule marks untrainable (no whole action line: `agentr.agent.turn`) stay untrained
+wherever they are; their turns are kept as context.
 """
 
 from __future__ import annotations
 
 import random
 
-from agentr.agent.conversation import WAIT_ACTION, WAIT_REPLY, format_reply
+from agentr.agent.turn import REVISION_ACTION, revision_messages, turn_messages
 from agentr.search.mcts import Node
 
 #: agentr's revision signals; one is drawn (seeded) per revision trajectory.
@@ -38,11 +40,8 @@ REVISION_SIGNALS = (
 
 
 def _turns(nodes: list[Node], train: bool) -> list[dict]:
-    messages = []
-    for node in nodes:
-        messages.append({"role": "assistant", "content": node.response, "train": train})
-        messages.append({"role": "user", "content": node.observation, "train": False})
-    return messages
+    return [m for node in nodes
+            for m in turn_messages(node.response, node.observation, train and node.trainable)]
 
 
 def header_messages(header: list[dict]) -> list[dict]:
@@ -50,23 +49,16 @@ def header_messages(header: list[dict]) -> list[dict]:
     return [{"role": m["role"], "content": m["content"], "train": False} for m in header]
 
 
-def revision_turn(signal: str) -> list[dict]:
-    """The assistant's revision turn (trained) and the agent loop's answer to it."""
-    return [
-        {"role": "assistant", "content": format_reply(signal, WAIT_ACTION), "train": True},
-        {"role": "user", "content": WAIT_REPLY, "train": False},
-    ]
-
-
 def draw_signal(rng: random.Random) -> str:
     return rng.choice(REVISION_SIGNALS)
 
 
 def splice(header: list[dict], bad: list[Node], good: list[Node], divergence: int,
-           transition: int, signal: str) -> list[dict]:
+           transition: int, signal: str, revision_action: str = REVISION_ACTION) -> list[dict]:
     """The revision conversation: header + bad[1..transition] + revision turn + good[divergence+1..].
 
-    `bad` and `good` are root-first paths; steps are 1-based turn numbers (node depths).
+    `bad` and `good` are root-first paths; steps are 1-based turn numbers (node depths);
+    `revision_action` is the environment's.
     """
     if not divergence < transition < len(bad):
         raise ValueError(f"transition step {transition} must lie in ({divergence}, {len(bad) - 1}]")
@@ -77,7 +69,7 @@ def splice(header: list[dict], bad: list[Node], good: list[Node], divergence: in
     return (
         header_messages(header)
         + _turns(bad[1 : transition + 1], train=False)
-        + revision_turn(signal)
+        + revision_messages(signal, revision_action)
         + _turns(good[divergence + 1 :], train=True)
     )
 
