@@ -250,6 +250,7 @@ class AgentRIterations(Callback):
                     "successes: warm-start the model (warm_start), use easier tasks, or search more "
                     "(search.num_simulations, search.n_expand)."
                 )
+        self._log_data(trainer, stage.iteration)
         if stage.epoch == 0:
             # Each iteration warms up and decays like its own fine-tuning run (a resumed run
             # past an iteration's first epoch keeps the schedule its checkpoint restored).
@@ -292,6 +293,18 @@ class AgentRIterations(Callback):
                 self.generation.provenance(adapter),
             )
         self.generation.release()
+
+    def _log_data(self, trainer: pl.Trainer, iteration: int) -> None:
+        """What the iteration trains on (`data/...` metrics): conversations trained per kind,
+        validated, trimmed and dropped (the DataModule's `data_stats`)."""
+        stats = trainer.datamodule.data_stats
+        if not trainer.is_global_zero or "trained" not in stats:
+            return
+        numbers = {f"data/{k}": stats[k] for k in ("trajectories", "trained", "validated", "trimmed")}
+        numbers.update({f"data/dropped_{k}": v for k, v in stats["dropped"].items()})
+        numbers.update({f"data/trained_{k}": v for k, v in stats["train_kinds"].items()})
+        for logger in trainer.loggers:
+            logger.log_metrics({**numbers, "iteration": iteration}, step=trainer.global_step)
 
     def _log_phase1(self, trainer: pl.Trainer, iteration: int, dataset: Path) -> None:
         stats_path = Path(dataset).parent / "stats.json"

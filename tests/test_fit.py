@@ -124,6 +124,14 @@ def test_fit_runs_both_phases_on_a_user_environment(tmp_path, tiny_model_dir, no
     kinds = {t.kind for t in data}
     assert "revision" in kinds and "good" in kinds
     assert all(t.env == "lucky" and t.iteration == 1 for t in data)
+    # what each iteration trained is logged: all of its Phase I data but the good paths whose
+    # replies the random model's token limit cut (the reply rule: never a training target)
+    metrics = list(csv.DictReader(next(run.glob("logs/*/metrics.csv")).open()))
+    logged = {int(float(r["iteration"])): {k: float(v) for k, v in r.items() if k.startswith("data/") and v}
+              for r in metrics if r.get("data/trained")}
+    assert logged[1]["data/trained"] + logged[1]["data/dropped_untrained"] == len(data)
+    assert logged[1]["data/trained_revision"] == sum(t.kind == "revision" for t in data)
+    assert logged[1]["data/validated"] == logged[1]["data/dropped_too_long"] == 0
     for iteration in (1, 2):
         adapter = run / f"iteration_{iteration}" / "adapter"
         assert PeftConfig.from_pretrained(adapter).r == 4

@@ -225,7 +225,7 @@ def test_phase_one_never_trains_replies_cut_by_the_limit(tmp_path):
 
     engine = ScriptedEngine(policy)
     result = collect(engine, lambda: CloneToyEnv(need=2), ["t0", "t1", "t2"],
-                     SearchConfig(num_simulations=6, n_expand=4, max_depth=4, mode="direct_revision"),
+                     SearchConfig(num_simulations=6, n_expand=4, max_depth=4, transition="end"),
                      tmp_path, progress=False)
     from agentr.trajectory import read_jsonl
 

@@ -37,7 +37,8 @@ Each line of `dataset.jsonl` is an `agentr.trajectory.Trajectory` (schema in tha
   after t that the environment labels a mistake, null if none) where the environment labels
   mistakes.
 - kind "good": header + a good path, every assistant turn trained; `meta`: good_reward,
-  good_turns. Written when `include_good` is set, and always in mode "optimal"; at most
+  good_turns. Written when `include_good` is set, and always in mode "optimal" (where only
+  perfect paths, reward 1, are good: the paper's optimal baseline); at most
   `max_good_per_task` per task, the shortest first.
 
 Transition-point accuracy. Where the environment labels mistakes
@@ -160,7 +161,7 @@ class _Job:
         self.env = env
         self.seed = seed
         self.config = config
-        self.alpha = alpha
+        self.alpha = good_threshold(config, alpha)
         self.iteration = iteration
         self.started = time.perf_counter()
         self.rng = random.Random(task_seed(seed, task_id))
@@ -405,6 +406,11 @@ def phase1_report(stats: dict) -> str:
     return "\n".join(lines)
 
 
+def good_threshold(config: SearchConfig, alpha: float) -> float:
+    """The reward a good path needs: `alpha`, or 1 (a perfect path) in mode "optimal"."""
+    return 1.0 if config.mode == "optimal" else alpha
+
+
 def _check_run_settings(out_dir: Path, settings: dict) -> None:
     path = out_dir / "collect.json"
     if path.exists():
@@ -526,7 +532,7 @@ def collect(
         config: search, pairing and critique settings.
         out_dir: output directory; an existing one is resumed.
         iteration: the Agent-R iteration recorded in every trajectory.
-        alpha: a path is good when its reward is `>= alpha`.
+        alpha: a path is good when its reward is `>= alpha` (in mode "optimal": `== 1`).
         seed: base seed of every per-task random choice.
         provenance: what else shapes the data, e.g. {"env": ..., "split": ...}; recorded in
             `collect.json` with the digests of the engine's model and adapter.
@@ -638,7 +644,7 @@ def collect(
         mode=config.mode,
         transition=config.transition,
         verdict=config.verdict,
-        alpha=alpha,
+        alpha=good_threshold(config, alpha),
         seed=seed,
         iteration=iteration,
         wall_seconds=round(sum(r["wall_seconds"] for r in runs), 3),

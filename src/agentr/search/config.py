@@ -36,7 +36,8 @@ class SearchConfig:
             small model dead loops (README results: 25% repeated actions in 44 good paths, and
             the model trained on them fell to 0% success).
         mode: "agent_r": revision trajectories (t' chosen by `transition`), plus good ones where
-            `include_good`; "optimal": good paths only, no revision trajectories. (The
+            `include_good`; "optimal": good paths only, and only perfect ones (reward 1,
+            whatever alpha says: the paper's optimal baseline), no revision trajectories. (The
             Direct-Revision baseline, formerly mode "direct_revision", is `transition: end`.)
         transition: where the transition point t' of a bad path comes from. "model": the first
             step the policy itself judges Bad, else the end of the bad path (Agent-R);
