@@ -236,8 +236,8 @@ class AgentRDataModule(pl.LightningDataModule):
         Each is the agent's conversation (header, then `Thought: ...\\nAction: ...` replies and
         observations, played by the rules of one turn, `agentr.agent.turn`, with the
         environment's `expert_thought`s) with every assistant turn after the header trained,
-        kind "expert", iteration 0. Tasks are drawn (seeded) from the environment's whole train split, those
-        that Phase I does not search (`task_ids("train")`) first: a warm start that memorised
+        kind "expert", iteration 0. Tasks are drawn (seeded) from the environment's whole train
+        split, those that Phase I does not search (`task_ids("train")`) first: a warm start that memorised
         the searched tasks would leave MCTS few failures to learn from. Tasks without an expert
         solution, or whose solution does not reach reward 1, are skipped.
         """
