@@ -15,9 +15,9 @@ TASKS = [f"t{i}" for i in range(4)]
 
 
 def revising_policy(conversation, n: int) -> list[str]:
-    """Toy moves, and now and then the revision turn (`wait`)."""
+    """Toy moves, and now and then the revision turn (`revise`)."""
     rng = content_rng(conversation)
-    return [reply(rng.choice(["good", "noop", "wait", "lose"])) for _ in range(n)]
+    return [reply(rng.choice(["good", "noop", "revise", "lose"])) for _ in range(n)]
 
 
 def make_run(root: Path) -> Path:

@@ -97,7 +97,7 @@ def test_episode_metrics():
 
 
 def test_recovery_rate_is_the_success_share_of_revised_episodes():
-    revised = ["craft x", "wait", "craft y"]
+    revised = ["craft x", "revise", "craft y"]
     episodes = [Episode("1", actions=revised, reward=1.0, success=True, turns=3),
                 Episode("2", actions=revised, reward=0.0, success=False, turns=3),
                 Episode("3", actions=revised, reward=1.0, success=True, turns=3),
