@@ -255,7 +255,12 @@ def test_fit_with_the_real_model_through_vllm(tmp_path, smollm2_dir, no_crash):
     # The splice: a trained revision turn answered "OK.", then the trained good suffix.
     turn = next(i for i, m in enumerate(revisions[0].messages) if m["content"].endswith("Action: revise"))
     assert revisions[0].messages[turn]["train"] and revisions[0].messages[turn + 1]["content"] == "OK."
-    assert all(m["train"] for m in revisions[0].messages[turn + 2 :] if m["role"] == "assistant")
+    # the good suffix is trained, except replies the turn rule never trains (no action)
+    from agentr.agent.turn import parse_action
+    suffix = [m for m in revisions[0].messages[turn + 2 :] if m["role"] == "assistant"]
+    assert all(parse_action(m["content"]) is not None for m in suffix if m["train"])
+    assert all(not m["train"] for m in suffix if parse_action(m["content"]) is None)
+    assert any(m["train"] for r in revisions for m in r.messages if m["role"] == "assistant")
     metrics = list(csv.DictReader((run / "logs" / "version_0" / "metrics.csv").open()))
     assert any(row.get("train/loss") for row in metrics)
     assert json.loads((run / "iteration_2" / "eval.json").read_text())["num_episodes"] == 2
