@@ -26,7 +26,8 @@ class GenerationCallback(Callback):
     Args:
         engine: "vllm", "hf" (transformers generate) or "auto" (vLLM where installed).
         max_model_len: longest prompt + reply, in tokens.
-        kv_cache_gb: vLLM's KV-cache size on CPU, in GB (sets VLLM_CPU_KVCACHE_SPACE).
+        kv_cache_gb: vLLM's KV-cache size in GB. None: 4 GB on CPU; on GPU vLLM sizes it from
+            `gpu_memory_utilization` (see `VLLMEngine`).
         gpu_memory_utilization: fraction of GPU memory vLLM may take (it shares the GPU with training).
         max_num_seqs: most sequences vLLM runs at once.
         dtype: weights' dtype for generation.
@@ -40,7 +41,7 @@ class GenerationCallback(Callback):
         self,
         engine: Literal["auto", "vllm", "hf"] = "auto",
         max_model_len: int = 4096,
-        kv_cache_gb: float = 4.0,
+        kv_cache_gb: float | None = None,
         gpu_memory_utilization: float = 0.3,
         max_num_seqs: int = 128,
         dtype: str = "bfloat16",

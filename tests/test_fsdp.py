@@ -22,12 +22,26 @@ SCRIPT = textwrap.dedent('''
 
     model_dir, out, max_steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
     resume = sys.argv[4] if len(sys.argv) > 4 else None
+    CLIP = 1e-3  # far below the gradients' norm: every step clips
+
+    class Probe(AgentRModule):
+        """Records the gradients' norm over both ranks after each clipping."""
+        clipped = []
+
+        def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            local = sum(float(p.grad.float().pow(2).sum()) for p in self.parameters() if p.grad is not None)
+            total = torch.tensor(local, dtype=torch.float64)
+            torch.distributed.all_reduce(total)
+            self.clipped.append(float(total.sqrt()))
+
     pl.seed_everything(0)
     dm = TextCraftDataModule(model=model_dir, max_depth=2, val_fraction=0.25, tokens_per_batch=2048)
     dm.set_trajectories(dm.expert_trajectories(12))
-    module = AgentRModule(model_dir, lora_dropout=0.0, learning_rate=1e-2)
+    module = Probe(model_dir, lora_dropout=0.0, learning_rate=1e-2, dtype="bfloat16")
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=AgentRFSDPStrategy(), max_steps=max_steps,
-                         precision="32-true", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         precision="bf16-mixed", gradient_clip_val=CLIP,
+                         logger=False, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0, limit_val_batches=1, val_check_interval=1, check_val_every_n_epoch=None,
                          callbacks=[ModelCheckpoint(dirpath=out, save_last=True)], default_root_dir=out)
     trainer.fit(module, dm, ckpt_path=resume)
@@ -35,9 +49,12 @@ SCRIPT = textwrap.dedent('''
     if trainer.is_global_zero:
         shards = [type(m).__name__ for m in trainer.strategy.model.modules()
                   if type(m).__name__ == "FullyShardedDataParallel"]
+        dtypes = lambda params: sorted({str(p.dtype) for p in params})
         report = {"global_step": trainer.global_step, "fsdp_units": len(shards),
-                  "world_size": trainer.world_size,
-                  "loaded_dtype": str(next(module.causal_lm.parameters()).dtype),
+                  "world_size": trainer.world_size, "clip": CLIP, "clipped_norms": module.clipped,
+                  "frozen_dtypes": dtypes(p for p in module.parameters() if not p.requires_grad),
+                  "trainable_dtypes": dtypes(p for p in module.parameters() if p.requires_grad),
+                  "inv_freq_dtypes": dtypes(b for n, b in module.named_buffers() if "inv_freq" in n),
                   "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
         with open(os.path.join(out, "report.json"), "w") as f:
             json.dump(report, f)
@@ -62,9 +79,16 @@ def test_lora_fsdp_on_two_cpu_processes_trains_checkpoints_and_resumes(tiny_mode
 
     report = run_script(tmp_path, tiny_model_dir, "run", 2)
     assert report["world_size"] == 2 and report["global_step"] == 2
-    assert report["fsdp_units"] == 1 + 2  # the root and one unit per decoder layer
-    assert report["loaded_dtype"] == "torch.float32"  # one dtype per flat parameter under FSDP
-    assert {"train/loss", "val/loss", "val/acc", "val/ppl"} <= set(report["metrics"])
+    # the root, one unit per decoder layer, and one per LoRA A/B linear (14 modules x 2)
+    assert report["fsdp_units"] == 1 + 2 + 28
+    # frozen and trainable weights in separate flat parameters, so each keeps its dtype
+    assert report["frozen_dtypes"] == ["torch.bfloat16"] and report["trainable_dtypes"] == ["torch.float32"]
+    assert report["inv_freq_dtypes"] == ["torch.float32"]  # bf16-mixed leaves buffers in fp32
+    assert {"train/loss", "val/loss", "val/acc", "val/ppl", "train/grad_norm"} <= set(report["metrics"])
+    # clipping by norm under FSDP: the norm before clipping was above the limit, after it at it
+    assert report["metrics"]["train/grad_norm"] > report["clip"]
+    assert len(report["clipped_norms"]) == 2
+    assert report["clipped_norms"] == pytest.approx([report["clip"]] * 2, rel=1e-3)
 
     ckpt = torch.load(tmp_path / "run" / "last.ckpt", weights_only=False)
     keys = list(ckpt["state_dict"])
@@ -82,3 +106,18 @@ def test_lora_fsdp_on_two_cpu_processes_trains_checkpoints_and_resumes(tiny_mode
     assert resumed["global_step"] == 4
     after = load_file(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors")
     assert any(not torch.equal(after[k], adapter[k]) for k in adapter)
+
+
+def test_activation_checkpointing_has_one_switch(tiny_model_dir):
+    from types import SimpleNamespace
+
+    from agentr.training.fsdp import AgentRFSDPStrategy
+    from agentr.training.module import AgentRModule
+
+    module = AgentRModule(tiny_model_dir, gradient_checkpointing=True)
+    module._trainer = SimpleNamespace(strategy=AgentRFSDPStrategy(activation_checkpointing=True))
+    with pytest.raises(ValueError, match="activation checkpointing is switched on twice"):
+        module.configure_model()
+    module._trainer = SimpleNamespace(strategy=AgentRFSDPStrategy())  # one switch: fine
+    module.configure_model()
+    assert module.causal_lm.is_gradient_checkpointing

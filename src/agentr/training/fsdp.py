@@ -5,27 +5,35 @@
 - each decoder layer is its own FSDP unit (transformers' `GradientCheckpointingLayer`
   subclasses, plus any class the model lists in `_no_split_modules`), so only one layer's full
   weights exist at a time; embeddings, final norm and LM head live in the root unit;
-- `use_orig_params=True`: a LoRA layer's flat parameter mixes frozen base weights and trainable
-  adapters, which FSDP only allows with the original parameters exposed (and the optimizer then
-  sees the adapters by name);
-- the module loads the base in float32 under FSDP (`AgentRModule(dtype="auto")`), since one flat
-  parameter must have one dtype; compute runs in bf16 with `precision="bf16-mixed"`;
+- every module whose own weights are trainable (a LoRA `lora_A`/`lora_B` linear) is an FSDP unit
+  of its own, so frozen and trainable weights never share a flat parameter: gradients and
+  optimizer state exist for the adapters only, the frozen base can stay in bf16 while the
+  adapters are float32 (one dtype per flat parameter), and saving an adapter gathers the
+  adapter units alone (`AgentRModule.save_adapter`);
+- `use_orig_params=True`, so the optimizer sees the adapters by name;
+- buffers stay float32 under `precision="bf16-mixed"` (Lightning casts them to bf16 by default,
+  rotary `inv_freq` included, and bf16 positions disagree with vLLM's on long trajectories);
+- gradient clipping by norm goes through FSDP's own `clip_grad_norm_`, which reduces the norm
+  over the shards (`AgentRModule.configure_gradient_clipping`; Lightning's FSDP precision plugin
+  refuses norm clipping through its default hook);
 - `state_dict_type="full"`: checkpoints are one file gathered on rank 0, which
   `AgentRModule.on_save_checkpoint` reduces to the adapter weights.
+
+Activation checkpointing has one switch: `AgentRModule(gradient_checkpointing=True)` (works
+with every strategy), or this strategy's `activation_checkpointing`; the module refuses both.
 
 Use it from a config (see `configs/`):
 
     trainer:
       devices: 8
       precision: bf16-mixed
-      strategy:
-        class_path: agentr.training.fsdp.AgentRFSDPStrategy
-        init_args: {activation_checkpointing: true}
+      strategy: agentr.training.fsdp.AgentRFSDPStrategy
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Iterator
 from typing import Any
@@ -43,14 +51,33 @@ def is_decoder_layer(module: torch.nn.Module, extra_names: frozenset[str] = froz
     return isinstance(module, GradientCheckpointingLayer) or type(module).__name__ in extra_names
 
 
-def decoder_layer_policy(extra_names: tuple[str, ...] = ()):
-    """An FSDP auto-wrap policy that wraps every decoder layer (see `is_decoder_layer`)."""
+def has_trainable_weights(module: torch.nn.Module) -> bool:
+    """Whether `module` holds parameters of its own and all of them train (a LoRA A/B linear)."""
+    own = list(module.parameters(recurse=False))
+    return bool(own) and all(p.requires_grad for p in own)
+
+
+def _is_unit(module: torch.nn.Module, extra_names: frozenset[str], split_trainable: bool) -> bool:
+    return is_decoder_layer(module, extra_names) or (split_trainable and has_trainable_weights(module))
+
+
+def unit_policy(extra_names: tuple[str, ...] = (), split_trainable: bool = False):
+    """An auto-wrap policy that picks every decoder layer (see `is_decoder_layer`) and, with
+    `split_trainable` (FSDP units of a model with frozen weights), every module inside whose own
+    weights all train, so that frozen and trainable weights never share a flat parameter.
+    Without it: the activation-checkpointing units."""
     from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
 
     return functools.partial(
         lambda_auto_wrap_policy,
-        lambda_fn=functools.partial(is_decoder_layer, extra_names=frozenset(extra_names)),
+        lambda_fn=functools.partial(_is_unit, extra_names=frozenset(extra_names),
+                                    split_trainable=split_trainable),
     )
+
+
+def checkpoints_activations(strategy: Any) -> bool:
+    """Whether `strategy` (a Lightning FSDP strategy) applies activation checkpointing itself."""
+    return bool(getattr(strategy, "_activation_checkpointing_kwargs", None))
 
 
 class AgentRFSDPStrategy(FSDPStrategy):
@@ -76,21 +103,41 @@ class AgentRFSDPStrategy(FSDPStrategy):
         cpu_offload: bool = False,
         **kwargs: Any,
     ) -> None:
-        policy = decoder_layer_policy(tuple(layer_class_names or ()))
+        self.layer_class_names = tuple(layer_class_names or ())
+        names = self.layer_class_names
         kwargs.setdefault("use_orig_params", True)
         kwargs.setdefault("state_dict_type", "full")
         super().__init__(
-            auto_wrap_policy=policy,
-            activation_checkpointing_policy=policy if activation_checkpointing else None,
+            auto_wrap_policy=unit_policy(names),  # chosen per model in _setup_model
+            activation_checkpointing_policy=unit_policy(names) if activation_checkpointing else None,
             sharding_strategy=sharding_strategy,
             cpu_offload=cpu_offload,
             **kwargs,
         )
 
+    @property
+    def mixed_precision_config(self):
+        """Lightning's mixed precision for the Trainer's `precision`, with float32 buffers, and
+        each unit's floating inputs cast to the compute dtype.
+
+        The cast matters where Lightning's autocast does not run (it autocasts on CUDA only): a
+        LoRA layer hands its float32 input to an adapter unit whose weights FSDP cast to bf16.
+        A `mixed_precision` given to the strategy is used as it is.
+        """
+        config = super().mixed_precision_config
+        if self.mixed_precision or config is None:
+            return config
+        return dataclasses.replace(config, buffer_dtype=torch.float32,
+                                   cast_forward_inputs=config.param_dtype != torch.float32)
+
     def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Lightning passes FSDP no device on CPU, which torch refuses; name the CPU explicitly there."""
+        """Wrap with the policy this model needs (trainable units apart when some weights are
+        frozen). Lightning passes FSDP no device on CPU, which torch refuses; name the CPU there."""
         from torch.distributed.fsdp import FullyShardedDataParallel
 
+        if "auto_wrap_policy" in self.kwargs:
+            frozen = any(not p.requires_grad for p in model.parameters())
+            self.kwargs["auto_wrap_policy"] = unit_policy(self.layer_class_names, split_trainable=frozen)
         if self.root_device.type != "cpu" or any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
             return super()._setup_model(model)
         from lightning.fabric.strategies.fsdp import _setup_activation_checkpointing

@@ -109,12 +109,13 @@ class AgentRModule(pl.LightningModule):
         warmup_ratio: fraction of the schedule spent warming up linearly.
         min_lr_ratio: the cosine ends at learning_rate * min_lr_ratio.
         gradient_checkpointing: recompute each layer's activations in the backward pass (far less
-            memory for long packed rows, one more forward of compute).
+            memory for long packed rows, one more forward of compute). The one switch for it:
+            a strategy that checkpoints activations too is refused.
         trust_remote_code: allow model code from the Hub.
         dtype: dtype of the loaded weights: "auto" is bfloat16 for a frozen LoRA base where
-            bf16 is fast (adapters stay float32; train with precision "bf16-mixed"), float32 for
-            full fine-tuning and under FSDP (which needs one dtype per sharded group); or
-            "bfloat16", "float16", "float32".
+            bf16 is fast (adapters stay float32, in FSDP units of their own under
+            `AgentRFSDPStrategy`; train with precision "bf16-mixed"), float32 for full
+            fine-tuning; or "bfloat16", "float16", "float32".
         attn_implementation: "auto" is agentr's per-conversation SDPA for packed rows
             (`agentr.training.attention`); or any transformers name ("sdpa", "eager",
             "flash_attention_2").
@@ -169,7 +170,7 @@ class AgentRModule(pl.LightningModule):
     def _load_dtype(self) -> torch.dtype:
         name = self.hparams.dtype
         if name == "auto":
-            if self.hparams.full_finetune or self._under_fsdp() or not _bf16_supported():
+            if self.hparams.full_finetune or not _bf16_supported():
                 return torch.float32
             return torch.bfloat16
         return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
@@ -178,6 +179,7 @@ class AgentRModule(pl.LightningModule):
         """Load the base model and wrap it with LoRA (idempotent; Lightning calls it in fit/validate)."""
         if self.model is not None:
             return
+        self._check_one_checkpointing_switch()
         from transformers import AutoModelForCausalLM
 
         from agentr.engines.models import resolve_model
@@ -216,6 +218,18 @@ class AgentRModule(pl.LightningModule):
             # Adapters name their base by what the user asked for (a Hub id stays a Hub id).
             model.peft_config["default"].base_model_name_or_path = _base_name(self.hparams.model, path)
         self.model = model
+
+    def _check_one_checkpointing_switch(self) -> None:
+        from agentr.training.fsdp import checkpoints_activations
+
+        if self.hparams.gradient_checkpointing and self._trainer is not None and \
+                checkpoints_activations(self._trainer.strategy):
+            raise ValueError(
+                "activation checkpointing is switched on twice: model.gradient_checkpointing is "
+                "true and the FSDP strategy checkpoints activations too (activation_checkpointing); "
+                "each layer would be recomputed twice. Keep one: set "
+                "trainer.strategy.init_args.activation_checkpointing: false (or "
+                "model.gradient_checkpointing: false)")
 
     @property
     def causal_lm(self) -> torch.nn.Module:
@@ -331,6 +345,22 @@ class AgentRModule(pl.LightningModule):
         # whose schedule was estimated again (longer max_epochs) needs the new one from step one.
         self._apply_schedule()
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip by norm through FSDP's `clip_grad_norm_` under FSDP (logged as `train/grad_norm`).
+
+        Each rank holds a shard of the gradients, so the norm has to be reduced over ranks, which
+        FSDP's method does; Lightning's FSDP precision plugin refuses norm clipping through its
+        default hook for that reason. Other strategies and value clipping: Lightning's default.
+        """
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        model = self._trainer.strategy.model if self._trainer is not None else None
+        if (not gradient_clip_val or not isinstance(model, FullyShardedDataParallel)
+                or (gradient_clip_algorithm or "norm") != "norm"):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        norm = model.clip_grad_norm_(gradient_clip_val)  # before clipping, over all shards
+        self.log("train/grad_norm", norm.float(), on_step=True, on_epoch=False, batch_size=1)
+
     # ---- checkpoints -----------------------------------------------------------------------
     def _trainable_names(self) -> set[str]:
         return {clean_name(n) for n, p in self.named_parameters() if p.requires_grad}
@@ -412,7 +442,9 @@ class AgentRModule(pl.LightningModule):
         path = Path(path)
         trainer = self._trainer
         if trainer is not None:
-            state_dict = trainer.strategy.lightning_module_state_dict()
+            state_dict = self._gathered_adapter() if not self.hparams.full_finetune else None
+            if state_dict is None:
+                state_dict = trainer.strategy.lightning_module_state_dict()
             is_writer = trainer.is_global_zero
         else:
             state_dict, is_writer = self.state_dict(), True
@@ -431,6 +463,30 @@ class AgentRModule(pl.LightningModule):
         if trainer is not None:
             trainer.strategy.barrier("agentr_save_adapter")
         return path
+
+
+    def _gathered_adapter(self) -> dict[str, torch.Tensor] | None:
+        """The trainable weights gathered from their own FSDP units (None: not under such FSDP).
+
+        `AgentRFSDPStrategy` gives every adapter module a unit of its own, so an adapter save
+        gathers those units alone, not the whole model. Every rank must call this.
+        """
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        root = self._trainer.strategy.model if self._trainer is not None else None
+        if not isinstance(root, FSDP):
+            return None
+        units = [(name, unit) for name, unit in root.named_modules()
+                 if isinstance(unit, FSDP) and unit is not root
+                 and all(p.requires_grad for p in unit.parameters())]
+        if not units:
+            return None
+        gathered = {}
+        for name, unit in units:  # the same order on every rank: one collective per unit
+            with FSDP.summon_full_params(unit, writeback=False):
+                for param_name, param in unit.named_parameters():
+                    gathered[f"{name}.{param_name}"] = param.detach().clone().cpu()
+        return gathered
 
 
 def _adapter_key(name: str, adapter_name: str = "default") -> str:
