@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from types import SimpleNamespace
 
 import pytest
 from search_fakes import CloneToyEnv, ScriptedEngine, judge_bad_on, toy_policy
@@ -154,34 +152,6 @@ def test_too_long_revision_trajectories_are_trimmed_not_dropped(tiny_model_dir):
     assert (stats["trained"], stats["trimmed"], stats["dropped"]["too_long"]) == (1, 1, 1)
     dropped = stats["train"]["trimmed_turns"]
     assert 0 < dropped < 12 and f"try {dropped - 1}\n" not in text and f"try {dropped}\n" in text
-
-
-def test_regenerate_on_two_ranks_shards_tasks_and_merges(tiny_model_dir, tmp_path):
-    barrier = threading.Barrier(2, timeout=60)
-    results, errors = {}, []
-
-    def rank(k):
-        try:
-            dm = ToyDataModule(model=tiny_model_dir, search=SEARCH, val_fraction=0.2)
-            dm.trainer = SimpleNamespace(global_rank=k, world_size=2,
-                                         strategy=SimpleNamespace(barrier=lambda name=None: barrier.wait()))
-            results[k] = (dm, dm.regenerate(toy_engine(), iteration=1, alpha=0.5, out_dir=tmp_path))
-        except Exception as e:  # surfaced below
-            errors.append(e)
-            barrier.abort()
-
-    threads = [threading.Thread(target=rank, args=(k,)) for k in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    shard_tasks = [{t.task_id for t in read_jsonl(tmp_path / f"rank{k}" / "dataset.jsonl")} for k in range(2)]
-    assert shard_tasks[0] and shard_tasks[1] and not shard_tasks[0] & shard_tasks[1]
-    merged = list(read_jsonl(results[0][1]))
-    assert {t.task_id for t in merged} == shard_tasks[0] | shard_tasks[1]
-    ids = [[e.id for e in results[k][0].train_examples] for k in range(2)]
-    assert ids[0] == ids[1] and len(ids[0]) + len(results[0][0].val_examples) == len(merged)
 
 
 def test_missing_data_is_a_clear_error(tiny_model_dir):

@@ -28,12 +28,11 @@ How the data flows (the iteration callback drives it; without it, pass `data_fil
 3. With `Trainer(reload_dataloaders_every_n_epochs=1)` Lightning asks for the dataloaders every
    epoch, so an epoch trains on what was set before it started.
 
-Multi-GPU: `regenerate` shards the task ids over the ranks (rank k searches `ids[k::world]` into
-`out_dir/rank<k>`), waits at a barrier, and then every rank reads every shard, so all ranks hold
-the same merged data set (rank 0 also writes it to `out_dir/dataset.jsonl`). `out_dir` must
-therefore be on a filesystem all ranks share (any single machine). The batches of an epoch are
-then split over the ranks by Lightning's distributed sampler (`use_distributed_sampler=True`,
-the default).
+Multi-GPU: in `regenerate` the ranks share Phase I's tasks, each claiming the next one when it
+has room (`agentr.search.sharded`), and every rank then reads the one merged
+`out_dir/dataset.jsonl`, so all ranks hold the same data set. `out_dir` must therefore be on a
+filesystem all ranks share (any single machine; checked). The batches of an epoch are then split
+over the ranks by Lightning's distributed sampler (`use_distributed_sampler=True`, the default).
 """
 
 from __future__ import annotations
@@ -59,7 +58,7 @@ from agentr.data.packing import BatchDataset, EpochShuffleSampler
 from agentr.data.tokenize import TokenizedExample, tokenize_all, tokenize_trajectory
 from agentr.engines.models import SMOLLM2_ID
 from agentr.search.config import SearchConfig
-from agentr.trajectory import Trajectory, read_jsonl, write_jsonl_atomic
+from agentr.trajectory import Trajectory, read_jsonl
 
 if TYPE_CHECKING:
     from agentr.engines.base import Engine
@@ -196,39 +195,22 @@ class AgentRDataModule(pl.LightningDataModule):
         return self._tokenizer
 
     # ---- data generation ---------------------------------------------------------------------
-    def _dist(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 1
-        return trainer.global_rank, trainer.world_size
-
-    def _barrier(self, name: str) -> None:
-        if self.trainer is not None:
-            self.trainer.strategy.barrier(name)
-
     def regenerate(self, engine: Engine, iteration: int, alpha: float, out_dir: str | Path) -> Path:
-        """Run Phase I with `engine` on the train tasks, set the result as the data; return the dataset path."""
-        from agentr.search.collect import collect
+        """Run Phase I with `engine` on the train tasks, set the result as the data; return the dataset path.
 
-        out_dir = Path(out_dir)
-        rank, world = self._dist()
-        ids = self.task_ids("train")
-        shard_dir = out_dir if world == 1 else out_dir / f"rank{rank}"
-        result = collect(engine, self.make_env, ids[rank::world], self.search, shard_dir,
-                         iteration=iteration, alpha=alpha, seed=self.seed + iteration,
-                         provenance={"env": self.env_description(), "split": "train"},
-                         progress=rank == 0)
-        if world == 1:
-            self.set_trajectories(list(read_jsonl(result.dataset)))
-            return result.dataset
-        self._barrier("agentr_collect")
-        trajectories = [t for k in range(world) for t in read_jsonl(out_dir / f"rank{k}" / "dataset.jsonl")]
-        dataset = out_dir / "dataset.jsonl"
-        if rank == 0:
-            write_jsonl_atomic(dataset, trajectories)
-        self._barrier("agentr_merge")
-        self.set_trajectories(trajectories)
-        return dataset
+        Under a multi-GPU run every rank calls this with its own engine: the ranks share the
+        tasks (`agentr.search.sharded`) and all of them get the merged dataset.
+        """
+        from agentr.ranks import Ranks
+        from agentr.search.sharded import collect_sharded
+
+        ranks = Ranks.current()
+        result = collect_sharded(engine, self.make_env, self.task_ids("train"), self.search, out_dir, ranks,
+                                 iteration=iteration, alpha=alpha, seed=self.seed + iteration,
+                                 provenance={"env": self.env_description(), "split": "train"},
+                                 progress=ranks.is_main)
+        self.set_trajectories(read_jsonl(result.dataset))
+        return result.dataset
 
     def expert_trajectories(self, num: int) -> list[Trajectory]:
         """Up to `num` warm-start demonstrations from the environment's expert, on train tasks.

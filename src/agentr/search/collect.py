@@ -510,6 +510,16 @@ def summarize(per_task: list[dict], transition: str = "model") -> dict:
     }
 
 
+@dataclass
+class RunCounters:
+    """What one process did in one run of the search (ranks' counters are merged)."""
+
+    finished: list[dict]  # the per-task stats of the tasks this run finished
+    calls: dict[str, int]  # engine calls by kind ("expand", "judge", "force")
+    engine_seconds: dict[str, float]  # engine time by kind of call
+    wall_seconds: float
+
+
 def collect(
     engine: Engine,
     make_env: Callable[[], Environment],
@@ -540,24 +550,58 @@ def collect(
 
     Raises:
         agentr.errors.ProvenanceError: `out_dir` holds data made from something else.
+
+    Over the ranks of a multi-GPU run: `agentr.search.sharded.collect_sharded`.
     """
+    prepare_out_dir(engine, make_env, task_ids, config, out_dir, iteration=iteration, alpha=alpha,
+                    seed=seed, provenance=provenance)
+    counters = search_tasks(engine, make_env, task_ids, config, out_dir, iteration=iteration,
+                            alpha=alpha, seed=seed, progress=progress)
+    return write_dataset(out_dir, task_ids, config, [counters], iteration=iteration, alpha=alpha,
+                         seed=seed, progress=progress)
+
+
+def prepare_out_dir(engine: Engine, make_env: Callable[[], Environment], task_ids: Sequence[str],
+                    config: SearchConfig, out_dir: str | Path, *, iteration: int, alpha: float,
+                    seed: int, provenance: dict | None = None) -> None:
+    """Create `out_dir`, or check that the run it holds was made with the same settings and
+    policy (see `collect`)."""
     check_range("alpha", alpha, 0, 1, low_open=True)
     out_dir = Path(out_dir)
-    task_ids = [str(t) for t in task_ids]
-    if len(set(task_ids)) != len(task_ids):
+    if len(set(map(str, task_ids))) != len(task_ids):
         raise ValueError("task_ids has duplicates")
-    tasks_dir, trees_dir = out_dir / "tasks", out_dir / "trees"
     check_transition_source(config, make_env)
-    tasks_dir.mkdir(parents=True, exist_ok=True)
-    trees_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "tasks").mkdir(parents=True, exist_ok=True)
+    (out_dir / "trees").mkdir(parents=True, exist_ok=True)
     # everything that shapes the data (the concurrency bound does not)
     shaping = {k: v for k, v in dataclasses.asdict(config).items() if k != "max_concurrent_trees"}
     _check_run_settings(out_dir, {"config": shaping, "alpha": alpha, "seed": seed, "iteration": iteration,
                                   "provenance": {**policy_provenance(engine), **(provenance or {})}})
 
+
+def search_tasks(
+    engine: Engine,
+    make_env: Callable[[], Environment],
+    task_ids: Sequence[str],
+    config: SearchConfig,
+    out_dir: str | Path,
+    *,
+    iteration: int,
+    alpha: float,
+    seed: int,
+    progress: bool = True,
+    claim: Callable[[str], bool] | None = None,
+) -> RunCounters:
+    """Search the tasks of `task_ids` not done yet in `out_dir` (prepared), writing each as it ends.
+
+    `claim(task_id)`, when given, is asked before a task starts: False leaves the task to
+    another process (it counts as progress here).
+    """
+    out_dir = Path(out_dir)
+    task_ids = [str(t) for t in task_ids]
+    tasks_dir, trees_dir = out_dir / "tasks", out_dir / "trees"
     done_file = lambda t: tasks_dir / f"{task_filename(t)}.jsonl"  # noqa: E731
     todo = deque(t for t in task_ids if not done_file(t).exists())
-    resumed = len(task_ids) - len(todo)
     started = time.perf_counter()
     calls: Counter[str] = Counter()
     seconds: Counter[str] = Counter()  # engine time per kind of call
@@ -566,7 +610,8 @@ def collect(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(task_ids), initial=resumed, unit="task", desc="collect", disable=not progress)
+    bar = tqdm(total=len(task_ids), initial=len(task_ids) - len(todo), unit="task", desc="collect",
+               disable=not progress)
     expand_sampling = SamplingConfig(n=config.n_expand, temperature=config.temperature,
                                      max_tokens=config.max_tokens, stop=REPLY_STOP)
     judge_sampling = SamplingConfig(n=1, temperature=0.0, max_tokens=config.critique_max_tokens, seed=seed)
@@ -580,6 +625,9 @@ def collect(
         while todo or active:
             while todo and len(active) < config.max_concurrent_trees:
                 task_id = todo.popleft()
+                if claim is not None and not claim(task_id):
+                    bar.update(1)  # another process searches it
+                    continue
                 active.append(_Job(task_id, make_env(), config, alpha, seed, iteration))
 
             expansions: list[tuple[_Job, Node]] = []
@@ -620,25 +668,44 @@ def collect(
         for job in active:  # interrupted: release the environments of unfinished trees
             job.tree.close()
 
-    wall = time.perf_counter() - started
+    return RunCounters(finished=finished_now, calls={k: calls[k] for k in CALL_KINDS},
+                       engine_seconds={k: seconds[k] for k in CALL_KINDS},
+                       wall_seconds=round(time.perf_counter() - started, 3))
+
+
+def write_dataset(out_dir: str | Path, task_ids: Sequence[str], config: SearchConfig,
+                  runs: Sequence[RunCounters], *, iteration: int, alpha: float, seed: int,
+                  progress: bool = True) -> CollectResult:
+    """Write `dataset.jsonl` and `stats.json` from the per-task files of every task (all done).
+
+    `runs`: the counters of the processes that searched in this run (one, or one per rank);
+    the run's rates are over the longest of their wall times. `progress`: print the report
+    (else log it).
+    """
+    out_dir = Path(out_dir)
+    tasks_dir, trees_dir = out_dir / "tasks", out_dir / "trees"
     per_task = []
     trajectories: list[Trajectory] = []
-    for task_id in task_ids:
+    for task_id in map(str, task_ids):
         name = task_filename(task_id)
         per_task.append(json.loads((tasks_dir / f"{name}.stats.json").read_text()))
         trajectories.extend(read_jsonl(tasks_dir / f"{name}.jsonl"))
     dataset = write_jsonl_atomic(out_dir / "dataset.jsonl", trajectories)
 
+    finished_now = [stats for run in runs for stats in run.finished]
+    wall = max((run.wall_seconds for run in runs), default=0.0)
     stats = summarize(per_task, config.transition)
     this_run = summarize(finished_now) if finished_now else {"trees_searched": 0, "env_steps": 0}
-    runs = _runs(out_dir / "stats.json", {
-        "tasks_resumed": resumed,
+    history = _runs(out_dir / "stats.json", {
+        "tasks_resumed": len(per_task) - len(finished_now),
         "trees_searched": this_run["trees_searched"],
         "wall_seconds": round(wall, 3),
         "trees_per_minute": round(60 * this_run["trees_searched"] / wall, 3) if wall > 0 else None,
         "env_steps_per_second": round(this_run["env_steps"] / wall, 3) if wall > 0 else None,
-        "engine_calls": {k: calls[k] for k in CALL_KINDS},
-        "engine_seconds": {k: round(seconds[k], 3) for k in CALL_KINDS},
+        "engine_calls": {k: sum(run.calls.get(k, 0) for run in runs) for k in CALL_KINDS},
+        "engine_seconds": {k: round(sum(run.engine_seconds.get(k, 0.0) for run in runs), 3)
+                           for k in CALL_KINDS},
+        "ranks": len(runs),
     })
     stats.update(
         mode=config.mode,
@@ -647,11 +714,11 @@ def collect(
         alpha=good_threshold(config, alpha),
         seed=seed,
         iteration=iteration,
-        wall_seconds=round(sum(r["wall_seconds"] for r in runs), 3),
-        engine_calls={k: sum(r["engine_calls"].get(k, 0) for r in runs) for k in CALL_KINDS},
-        engine_seconds={k: round(sum(r.get("engine_seconds", {}).get(k, 0.0) for r in runs), 3)
+        wall_seconds=round(sum(r["wall_seconds"] for r in history), 3),
+        engine_calls={k: sum(r["engine_calls"].get(k, 0) for r in history) for k in CALL_KINDS},
+        engine_seconds={k: round(sum(r.get("engine_seconds", {}).get(k, 0.0) for r in history), 3)
                         for k in CALL_KINDS},
-        runs=runs,
+        runs=history,
     )
     write_json(out_dir / "stats.json", stats, indent=2)
     replies = stats["critique_requests"]
