@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from agentr.engines.base import Engine
 from agentr.errors import check_range
 from agentr.provenance import changed_keys
+from agentr.ranks import Ranks, main_rank_does
 
 log = logging.getLogger(__name__)
 
@@ -97,16 +98,26 @@ class EvaluationCallback(Callback):
         task_ids = trainer.datamodule.task_ids(self.split)[: self.num_tasks]
         provenance = {**provenance, "env": trainer.datamodule.env_description(), "split": self.split}
         expected = evaluation_fingerprint(provenance, task_ids, **self.settings)
-        cached = json.loads(results_path.read_text()) if results_path.exists() else None
-        fresh = cached is None or cached.get("fingerprint") != expected
+
+        def stale() -> str | None:
+            """What changed since the cached results ("" for none cached; None: still valid)."""
+            cached = json.loads(results_path.read_text()) if results_path.exists() else None
+            if cached is None:
+                return ""
+            if cached.get("fingerprint") != expected:
+                return ", ".join(changed_keys(cached.get("fingerprint") or {}, expected))
+            return None
+
+        ranks = Ranks.current()
+        changed = ranks.decide(stale)  # rank 0 looks, so that every rank takes the same path
+        fresh = changed is not None
         if fresh:
-            if cached is not None:
-                log.warning("%s: evaluating again, %s changed since %s was written", name,
-                            ", ".join(changed_keys(cached.get("fingerprint") or {}, expected)), results_path)
-            trainer.strategy.barrier()  # every rank has read the old results before they go
-            if trainer.is_global_zero:
-                self._run(trainer, policy(), Path(out_dir), task_ids, provenance)
-            trainer.strategy.barrier()
+            if changed and ranks.is_main:
+                log.warning("%s: evaluating again, %s changed since %s was written", name, changed, results_path)
+            # rank 0 evaluates while the others wait on a marker (no collective timeout); it
+            # starts once every rank is here, so none is still reading the old results
+            main_rank_does(lambda: self._run(trainer, policy(), Path(out_dir), task_ids, provenance), ranks,
+                           Path(trainer.default_root_dir) / "ranks")
         results = json.loads(results_path.read_text())
         if (fresh or name not in self.history) and trainer.is_global_zero:
             self.history[name] = results

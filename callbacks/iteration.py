@@ -16,10 +16,15 @@ Run directory layout (`trainer.default_root_dir`):
     iteration_1/eval.json
     iteration_1/training.json      wall time of the iteration's training epochs (seconds)
     checkpoints/last.ckpt          Lightning checkpoint (trainable weights only)
+    ranks/                         multi-GPU: the markers ranks wait on (see `agentr.ranks`)
     report.html                    the run's report (`agentr.report`), written at the end
 
 At the end of the fit the report is written, logged to W&B as an artifact of type "report"
 when a `WandbLogger` is on, and the summary table is printed.
+
+Multi-GPU: the run directory must be shared by all ranks (checked at setup); every decision
+taken from a file's existence is rank 0's, broadcast, so ranks never take different paths; long
+waits (expert data, evaluation, Phase I) are on marker files, not collective barriers.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from lightning.pytorch.loggers import WandbLogger
 from agentr.callbacks.evaluation import EvaluationCallback
 from agentr.callbacks.generation import GenerationCallback
 from agentr.errors import SettingError, check_range
+from agentr.ranks import Ranks, main_rank_does, shared_token
 from agentr.trajectory import read_jsonl, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
@@ -163,6 +169,7 @@ class AgentRIterations(Callback):
         # Each epoch's data comes from train_dataloader(), so Lightning must call it every epoch.
         trainer.reload_dataloaders_every_n_epochs = 1
         self.run_dir = Path(trainer.default_root_dir)
+        shared_token(Ranks.current(), self.run_dir)  # fails fast unless every node sees it
         self.generation = _find_callback(trainer, GenerationCallback)
         self.evaluation = _find_callback(trainer, EvaluationCallback, required=False)
         datamodule = trainer.datamodule
@@ -262,7 +269,7 @@ class AgentRIterations(Callback):
     def _save_adapter(self, trainer: pl.Trainer, iteration: int) -> None:
         """Save the current weights as iteration `iteration`'s adapter, unless already saved."""
         path = self.adapter_dir(iteration)
-        if path is None or path.exists():
+        if path is None or Ranks.current().decide(path.exists):
             return
         # Every rank takes part (sharded weights are gathered); written aside, then renamed, so
         # a crash never leaves a half-written adapter that a resumed run would trust.
@@ -274,10 +281,11 @@ class AgentRIterations(Callback):
 
     def _expert_data(self, trainer: pl.Trainer) -> list:
         path = self.iteration_dir(0) / "data.jsonl"
-        if not path.exists():
-            if trainer.is_global_zero:
-                write_jsonl_atomic(path, trainer.datamodule.expert_trajectories(self.warm_start.num_demos))
-            trainer.strategy.barrier()
+        ranks = Ranks.current()
+        if not ranks.decide(path.exists):
+            main_rank_does(lambda: write_jsonl_atomic(
+                path, trainer.datamodule.expert_trajectories(self.warm_start.num_demos)),
+                ranks, self.run_dir / "ranks")
         return list(read_jsonl(path))
 
     def _evaluate_finished(self, trainer: pl.Trainer, upto: int) -> None:

@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent('''
     import torch.distributed as dist
     from search_fakes import CloneToyEnv, ScriptedEngine, judge_bad_on, toy_policy
     from agentr.data.datamodule import AgentRDataModule
-    from agentr.ranks import Ranks, shared_token
+    from agentr.ranks import Ranks, main_rank_does, shared_token
     from agentr.search.config import SearchConfig
 
     mode, model_dir, out = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -78,6 +78,14 @@ SCRIPT = textwrap.dedent('''
             dm.regenerate(policy, iteration=1, alpha=0.5, out_dir=phase1)
         except Exception as error:
             report["error"] = f"{type(error).__name__}: {error}"
+
+        def evaluate():  # work on rank 0 alone (as evaluation is) that fails
+            raise ValueError("evaluation broke")
+
+        try:
+            main_rank_does(evaluate, ranks, os.path.join(out, "ranks"))
+        except Exception as error:
+            report["main_error"] = f"{type(error).__name__}: {error}"
     with open(os.path.join(out, f"report{ranks.rank}.json"), "w") as f:
         json.dump(report, f)
     dist.destroy_process_group()
@@ -152,3 +160,6 @@ def test_a_failing_rank_stops_the_other_with_its_error(tmp_path, tiny_model_dir)
     reports = run_ranks(tmp_path, "fail", tiny_model_dir)
     assert reports[1]["error"] == "Killed: killed at call 1"
     assert reports[0]["error"] == "RankFailed: rank 1 failed: Killed: killed at call 1"
+    # work on rank 0 alone: its failure reaches the rank waiting for it
+    assert reports[0]["main_error"] == "ValueError: evaluation broke"
+    assert reports[1]["main_error"] == "RankFailed: rank 0 failed: ValueError: evaluation broke"

@@ -7,6 +7,8 @@ until a watchdog killed the job. So ranks wait on files in the shared run direct
 - `shared_token(ranks, directory)`: rank 0 picks a fresh token and every rank checks that it
   sees the file rank 0 wrote there (a run directory that is not shared across nodes fails here,
   with a message saying so, instead of ranks silently reading different files);
+- `main_rank_does(work, ranks, directory)`: rank 0 works (e.g. evaluates) while the others
+  wait for its marker;
 - `Rendezvous(directory, token, ranks)`: each rank runs its share of the work and leaves a
   marker, `<token>.rank<k>.done` (with a JSON result) or `<token>.rank<k>.failed` (with the
   error); waiting ranks poll the markers and raise `RankFailed` with the failing rank's error
@@ -166,3 +168,25 @@ class Rendezvous:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)  # a marker appears whole
+
+
+def main_rank_does(work: Callable[[], Any], ranks: Ranks, directory: str | os.PathLike) -> None:
+    """Run `work` on rank 0 while the other ranks wait for its marker in `directory`.
+
+    Every rank calls this at the same point; if rank 0 raises, every rank raises (rank 0 its
+    own error, the others `RankFailed` with it).
+    """
+    if ranks.world == 1:
+        work()
+        return
+    directory = Path(directory)
+    # a gather, not a broadcast: rank 0 goes on only once every rank is here, past earlier waits
+    token = ranks.gather(uuid.uuid4().hex if ranks.is_main else None)[0]
+    if ranks.is_main:  # so the earlier waits' markers can go
+        for old in directory.glob("*.rank*"):
+            if not old.name.startswith(token):
+                old.unlink(missing_ok=True)
+    rendezvous = Rendezvous(directory, token, ranks)
+    if ranks.is_main:
+        rendezvous.run(work)
+    rendezvous.wait([0])

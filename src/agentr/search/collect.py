@@ -22,9 +22,13 @@ Output directory:
                             ("pairs": good and bad leaf node ids, divergence_step,
                             transition_step and its source, the revision trajectory's id)
     dataset.jsonl           all tasks' trajectories in task order (`agentr.trajectory` schema)
+<<<<<<< HEAD
     stats.json              totals over all tasks; "runs": each run's wall time, engine calls
                             and rates (a resumed run adds its own), "wall_seconds" and
                             "engine_calls" their totals
+=======
+    stats.json              totals over all tasks, plus this run's wall time, rates and ranks
+>>>>>>> b4dde30 (Ranks decide file existence on rank 0 and check the run directory is shared; evaluation and expert-data waits on markers; paper configs keep one activation-checkpointing switch; GPU tests (LoRA across sleep/wake, engine on the caller's device), scripts/gpu-smoke.sh with configs/gpu_smoke.yaml; README: On GPUs)
 
 Each line of `dataset.jsonl` is an `agentr.trajectory.Trajectory` (schema in that module):
 
