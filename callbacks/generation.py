@@ -49,7 +49,7 @@ class GenerationCallback(Callback):
         merge_lora: bool | None = None,
     ) -> None:
         check_range("GenerationCallback.max_model_len", max_model_len, 1)
-        check_range("GenerationCallback.kv_cache_gb", kv_cache_gb, 0, low_open=True)
+        check_range("GenerationCallback.kv_cache_gb", kv_cache_gb, 0, low_open=True, optional=True)
         check_range("GenerationCallback.gpu_memory_utilization", gpu_memory_utilization, 0, 1,
                     low_open=True)
         check_range("GenerationCallback.max_num_seqs", max_num_seqs, 1)
