@@ -330,9 +330,7 @@ class VLLMEngine(Engine):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        self._check_alive()
-        if self._asleep:
-            raise EngineError("the vLLM engine is asleep; call wake_up() before generate()")
+        self._check_ready("generate")
         if not conversations:
             return []
         start = time.perf_counter()
@@ -380,9 +378,7 @@ class VLLMEngine(Engine):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        self._check_alive()
-        if self._asleep:
-            raise EngineError("the vLLM engine is asleep; call wake_up() before choose()")
+        self._check_ready("choose")
         if not conversations:
             return []
         start = time.perf_counter()
@@ -532,6 +528,12 @@ class VLLMEngine(Engine):
         if self._merged is not None:
             shutil.rmtree(self._merged[1].parent, ignore_errors=True)
             self._merged = None
+
+    def _check_ready(self, call: str) -> None:
+        """Raise unless the engine can serve `call` now (alive and awake)."""
+        self._check_alive()
+        if self._asleep:
+            raise EngineError(f"the vLLM engine is asleep; call wake_up() before {call}()")
 
     def _check_alive(self) -> None:
         if self._dead == "closed":
