@@ -205,3 +205,16 @@ def test_oracle_transition_is_refused_at_setup_for_an_environment_without_labels
         ToyDataModule(model=tiny_model_dir, search=oracle).setup("fit")
     TextCraftDataModule(model=tiny_model_dir, max_depth=1, search=oracle).setup("fit")  # TextCraft labels
     ToyDataModule(model=tiny_model_dir, search=SearchConfig(transition="end")).setup("fit")
+
+
+def test_http_datamodule_passes_its_revision_action_on():
+    env = HTTPDataModule(url="localhost:9", revision_action="reflect").make_env()
+    assert env.revision_action == "reflect"
+    assert HTTPDataModule(url="localhost:9").make_env().revision_action == "revise"
+
+
+def test_an_expert_thought_override_on_the_datamodule_is_refused():
+    with pytest.raises(TypeError, match="define `expert_thought\\(actions, step\\)` on your Environment"):
+        class Old(AgentRDataModule):  # noqa: F841 - the class statement itself must fail
+            def expert_thought(self, actions, step):
+                return "old"

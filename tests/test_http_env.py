@@ -608,3 +608,21 @@ def test_pooled_instances_of_a_restarted_server_are_replaced():
         again = client(server.url, task_ids={"train": ["t0"], "test": []}, instruction="")
         assert again.reset("t0").startswith("Task t0")
         assert service.calls["/create"] == 2
+
+
+def test_revision_action_is_a_client_setting_that_clones_keep(server):
+    from agentr.agent.turn import play, read_reply
+
+    remote = client(server.url, revision_action="reflect")
+    task_id = remote.task_ids("test")[0]
+    remote.reset(task_id)
+    turn = play(remote, read_reply("Thought: I went wrong.\nAction: reflect"), 0.0)
+    assert turn.revision and remote.actions == []  # answered by the agent, never sent
+    turn = play(remote, read_reply("Action: revise"), 0.0)
+    assert not turn.revision and remote.actions == ["revise"]  # a command like any other here
+    copy = remote.clone()
+    assert copy.revision_action == "reflect" and copy.spawn().revision_action == "reflect"
+    copy.close()
+    remote.close()
+    with pytest.raises(ValueError, match="revision_action must be a non-empty lower-case"):
+        client(server.url, revision_action="Reflect ")

@@ -154,6 +154,15 @@ class AgentRDataModule(pl.LightningDataModule):
         self._epoch_hook: Callable[[], None] | None = None
         self._base_attributes = set(vars(self))  # what env_description leaves out
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        # Expert thoughts moved to the environment; an override here would be ignored silently.
+        if "expert_thought" in vars(cls):
+            raise TypeError(
+                f"{cls.__qualname__}.expert_thought: the expert's thoughts are the environment's "
+                "now; define `expert_thought(actions, step)` on your Environment subclass instead "
+                "(see agentr.envs.base.Environment.expert_thought)")
+
     # ---- what a subclass provides --------------------------------------------------------------
     def make_env(self) -> Environment:
         """A fresh environment instance (called once per task in flight, and for task ids)."""
@@ -466,15 +475,19 @@ class HTTPDataModule(AgentRDataModule):
         instruction: the task instruction shown before the first observation (None: an agentr
             server's; other servers need it set).
         timeout: seconds to wait for any one answer.
+        revision_action: the action of agentr's revision turn (never sent to the server); set
+            another where the environment has a `revise` command.
         **kwargs: `AgentRDataModule`'s options.
     """
 
     def __init__(self, url: str = "http://127.0.0.1:8000", env_name: str | None = None,
                  train_ids: list[str] | None = None, test_ids: list[str] | None = None,
-                 instruction: str | None = None, timeout: float = 60.0, **kwargs) -> None:
+                 instruction: str | None = None, timeout: float = 60.0,
+                 revision_action: str = "revise", **kwargs) -> None:
         super().__init__(**kwargs)
         check_range("data.timeout", timeout, 0, low_open=True)
         self.url, self.env_name, self.instruction, self.timeout = url, env_name, instruction, timeout
+        self.revision_action = revision_action
         self.split_ids = None if train_ids is None and test_ids is None else \
             {"train": list(train_ids or []), "test": list(test_ids or [])}
 
@@ -482,4 +495,5 @@ class HTTPDataModule(AgentRDataModule):
         from agentr.envs.http import HTTPEnvironment
 
         return HTTPEnvironment(self.url, protocol=self.env_name, task_ids=self.split_ids,
-                               instruction=self.instruction, timeout=self.timeout)
+                               instruction=self.instruction, timeout=self.timeout,
+                               revision_action=self.revision_action)

@@ -205,6 +205,8 @@ class HTTPEnvironment(Environment):
         create_payload: the JSON body of `/create` (AgentGym's TextCraft takes `commands`, `goal`).
         max_instances: the most server instances this process keeps live on this server (all
             its clients together); past it, `reset` raises instead of creating another.
+        revision_action: the action of agentr's revision turn, answered by the agent and never
+            sent to the server; set another where the environment has a `revise` command.
 
     The server-side instance is created (or taken from the pool) on the first `reset` and
     released by `close()`. Clones use the server's `/clone` when it has one (agentr servers),
@@ -225,8 +227,13 @@ class HTTPEnvironment(Environment):
         backoff: float = 0.5,
         create_payload: Mapping[str, Any] | None = None,
         max_instances: int = 1000,
+        revision_action: str = Environment.revision_action,
     ) -> None:
         super().__init__()
+        if not revision_action.strip() or revision_action != revision_action.strip().lower():
+            raise ValueError(f"revision_action must be a non-empty lower-case action without "
+                             f"surrounding spaces, got {revision_action!r}")
+        self.revision_action = revision_action
         if "://" not in url:
             url = "http://" + url
         self.url = url.rstrip("/")
@@ -361,6 +368,7 @@ class HTTPEnvironment(Environment):
             self.backoff,
             self.create_payload,
             self.max_instances,
+            self.revision_action,
         )
         copy._info = self._info
         return copy
