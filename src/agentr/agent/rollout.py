@@ -21,6 +21,7 @@ trajectory from a cut point): the environment is reset and the prefix's actions 
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -30,6 +31,7 @@ from agentr.agent.turn import REVISION_ACTION, play, read_reply
 from agentr.engines.base import Engine, SamplingConfig
 from agentr.engines.common import request_seed
 from agentr.envs.base import Environment
+from agentr.timing import NO_PROFILE, Profile
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +203,7 @@ def run_episodes(
     success_threshold: float = 1.0,
     on_episode_end: Callable[[Episode], None] | None = None,
     progress: bool = False,
+    profile: Profile | None = None,
 ) -> list[Episode]:
     """Play one episode per task, all live episodes stepping together.
 
@@ -217,6 +220,11 @@ def run_episodes(
         success_threshold: final reward at which an episode counts as a success.
         on_episode_end: called with each episode as it ends (e.g. to write it to disk).
         progress: show a progress bar over episodes.
+        profile: filled with the seconds of "prompts" (truncating histories), "engine.generate",
+            "env.step", "env.reset" (starts and prefix replays), and the counters "turns",
+            "requests", "idle_slot_seconds" (free places of `max_concurrent` times each call's
+            seconds) and the engine's "engine.prompt_tokens", "engine.cached_prompt_tokens",
+            "engine.generated_tokens", "engine.render_seconds".
 
     Returns:
         The episodes, in the order of `tasks`.
@@ -240,6 +248,8 @@ def run_episodes(
     if len(episode_seeds) > 1:
         raise ValueError("either every EpisodeStart of a run has a seed or none has")
     max_concurrent = max_concurrent or default_max_concurrent(engine, len(starts))
+    prof = profile or NO_PROFILE
+    stats0 = replace(engine.stats)
     pending = deque(enumerate(starts))
     live: list[_Live] = []
     results: dict[int, Episode] = {}
@@ -263,18 +273,20 @@ def run_episodes(
         while pending or live:
             while pending and len(live) < max_concurrent:
                 index, start = pending.popleft()
-                item = _start(index, start, pool.take())
+                with prof.phase("env.reset"):
+                    item = _start(index, start, pool.take())
                 if item.episode.done or item.episode.error:
                     finish(item, item.episode.error)
                 else:
                     live.append(item)
             prompts, batch = [], []
-            for item in live:
-                try:
-                    prompts.append(item.prompt(engine.count_tokens, prompt_limit))
-                    batch.append(item)
-                except ValueError as error:
-                    finish(item, f"context: {error}")
+            with prof.phase("prompts"):
+                for item in live:
+                    try:
+                        prompts.append(item.prompt(engine.count_tokens, prompt_limit))
+                        batch.append(item)
+                    except ValueError as error:
+                        finish(item, f"context: {error}")
             live = batch
             if not live:
                 continue
@@ -285,11 +297,18 @@ def run_episodes(
                 turn_sampling = replace(sampling, seed=sampling.seed + step)
             else:
                 turn_sampling = sampling
-            generations = engine.generate(prompts, turn_sampling)
+            with prof.phase("engine.generate"):
+                generated_at = time.perf_counter()
+                generations = engine.generate(prompts, turn_sampling)
+            prof.count("requests", len(prompts))
+            prof.count("idle_slot_seconds",
+                       (max_concurrent - len(prompts)) * (time.perf_counter() - generated_at))
             step += 1
             still_live = []
             for item, samples in zip(live, generations):
-                error = _play_turn(item, samples[0].text, samples[0].finish_reason)
+                with prof.phase("env.step"):
+                    error = _play_turn(item, samples[0].text, samples[0].finish_reason)
+                prof.count("turns")
                 if error is not None or item.episode.done or item.new_turns >= max_turns:
                     finish(item, error)
                 else:
@@ -309,6 +328,8 @@ def run_episodes(
         pool.close()
         if bar is not None:
             bar.close()
+        for name in ("prompt_tokens", "cached_prompt_tokens", "generated_tokens", "render_seconds"):
+            prof.count(f"engine.{name}", getattr(engine.stats, name) - getattr(stats0, name))
     return [results[i] for i in range(len(starts))]
 
 

@@ -65,12 +65,25 @@ class Choice:
 
 @dataclass
 class EngineStats:
-    """Counters an engine keeps across calls."""
+    """Counters an engine keeps across calls.
+
+    Attributes:
+        requests: conversations sent.
+        prompt_tokens: prompt tokens of those requests.
+        cached_prompt_tokens: prompt tokens served from the prefix cache rather than computed
+            (0 where the engine does not report it).
+        generated_tokens: tokens sampled.
+        seconds: time inside `generate` and `choose`.
+        render_seconds: the part of `seconds` spent rendering and tokenising prompts (0 where
+            the engine does not report it).
+    """
 
     requests: int = 0
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
     generated_tokens: int = 0
     seconds: float = 0.0
+    render_seconds: float = 0.0
     extra: dict = field(default_factory=dict)
 
 

@@ -350,9 +350,11 @@ class VLLMEngine(Engine):
                 stop=list(sampling.stop) or None,
                 seed=self._request_seed(sampling, i),
             ))
+        self.stats.render_seconds += time.perf_counter() - start
         outputs = self._run(prompts, params)
         results = []
         for prompt, output in zip(prompts, outputs):
+            self.stats.cached_prompt_tokens += output.num_cached_tokens or 0
             samples = sorted(output.outputs, key=lambda o: o.index)
             generations = [Generation(s.text, len(s.token_ids), _finish_reason(s.finish_reason))
                            for s in samples]
@@ -399,7 +401,9 @@ class VLLMEngine(Engine):
                                              logprob_token_ids=sorted(tokens)))
             plans.append([[(request[tuple(tail[:j])], token) for j, token in enumerate(tail)]
                           for tail in tails])
+        self.stats.render_seconds += time.perf_counter() - start
         outputs = self._run(prompts, params)
+        self.stats.cached_prompt_tokens += sum(o.num_cached_tokens or 0 for o in outputs)
         scored = [output.outputs[0].logprobs[0] for output in outputs]
         results = []
         for plan in plans:

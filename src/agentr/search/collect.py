@@ -22,13 +22,9 @@ Output directory:
                             ("pairs": good and bad leaf node ids, divergence_step,
                             transition_step and its source, the revision trajectory's id)
     dataset.jsonl           all tasks' trajectories in task order (`agentr.trajectory` schema)
-<<<<<<< HEAD
     stats.json              totals over all tasks; "runs": each run's wall time, engine calls
                             and rates (a resumed run adds its own), "wall_seconds" and
                             "engine_calls" their totals
-=======
-    stats.json              totals over all tasks, plus this run's wall time, rates and ranks
->>>>>>> b4dde30 (Ranks decide file existence on rank 0 and check the run directory is shared; evaluation and expert-data waits on markers; paper configs keep one activation-checkpointing switch; GPU tests (LoRA across sleep/wake, engine on the caller's device), scripts/gpu-smoke.sh with configs/gpu_smoke.yaml; README: On GPUs)
 
 Each line of `dataset.jsonl` is an `agentr.trajectory.Trajectory` (schema in that module):
 
@@ -103,6 +99,7 @@ from agentr.search.critique import (
 from agentr.search.mcts import Node, SearchTree
 from agentr.search.pairing import good_paths, leaf_paths, make_pairs
 from agentr.search.splicing import draw_signal, good_conversation, splice
+from agentr.timing import NO_PROFILE, Profile
 from agentr.trajectory import Trajectory, read_jsonl, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
@@ -160,7 +157,7 @@ class _Job:
     """One task on its way: search, then critique (`transition: model`), then done."""
 
     def __init__(self, task_id: str, env: Environment, config: SearchConfig, alpha: float,
-                 seed: int, iteration: int):
+                 seed: int, iteration: int, profile: Profile = NO_PROFILE):
         self.task_id = task_id
         self.env = env
         self.seed = seed
@@ -169,7 +166,7 @@ class _Job:
         self.iteration = iteration
         self.started = time.perf_counter()
         self.rng = random.Random(task_seed(seed, task_id))
-        self.tree = SearchTree(env, task_id, config, self.rng)
+        self.tree = SearchTree(env, task_id, config, self.rng, profile)
         self.stage = "search"
         self.walks: list[CritiqueWalk] = []
         self.verdicts: dict[int, str] = {}
@@ -352,19 +349,21 @@ def check_transition_source(config: SearchConfig, make_env: Callable[[], Environ
 
 def _judge(engine: Engine, judgments: list[tuple[_Job, Node]], config: SearchConfig,
            sampling: SamplingConfig, fits: Callable[[Conversation], bool],
-           calls: Counter, seconds: Counter) -> None:
+           calls: Counter, seconds: Counter, prof: Profile, in_flight: int) -> None:
     """Give every step in `judgments` a verdict by `config.verdict` (see `agentr.search.critique`):
     one batched `generate` for the reasons, then one batched `choose` for the steps still
     without a verdict."""
     direct = config.verdict == "forced"
-    prompts = [step_conversation(node.path(), node.depth, fits, direct) for _, node in judgments]
+    with prof.phase("judge.prompts"):
+        prompts = [step_conversation(node.path(), node.depth, fits, direct) for _, node in judgments]
     to_force: list[tuple[_Job, Node, Conversation, str | None]] = []
     if direct:
         to_force = [(job, node, prompt, None) for (job, node), prompt in zip(judgments, prompts)]
     else:
         start = time.perf_counter()
         replies = engine.generate(prompts, sampling)
-        seconds["judge"] += time.perf_counter() - start
+        _record_call(prof, seconds, "judge", time.perf_counter() - start,
+                     len({id(job) for job, _ in judgments}), in_flight, len(prompts))
         calls["judge"] += 1
         for (job, node), prompt, (reply, *_) in zip(judgments, prompts, replies):
             verdict = parse_judgment(reply.text)
@@ -379,11 +378,22 @@ def _judge(engine: Engine, judgments: list[tuple[_Job, Node]], config: SearchCon
         start = time.perf_counter()
         choices = engine.choose([p for _, _, p, _ in to_force],
                                 [forced_prefix(reply) for *_, reply in to_force], VERDICT_CHOICES)
-        seconds["force"] += time.perf_counter() - start
+        _record_call(prof, seconds, "force", time.perf_counter() - start,
+                     len({id(job) for job, *_ in to_force}), in_flight, len(to_force))
         calls["force"] += 1
         for (job, node, _, reply), choice in zip(to_force, choices):
             job.record_verdict(node, StepVerdict(VERDICTS[choice.index], "forced", reply,
                                                  dict(zip(VERDICTS, choice.logprobs))))
+
+
+def _record_call(prof: Profile, seconds: Counter, kind: str, elapsed: float, trees: int,
+                 in_flight: int, requests: int | None = None) -> None:
+    """Book one engine call of `kind`: its seconds, its requests, and the trees in flight that
+    had no part in it (they wait on it)."""
+    seconds[kind] += elapsed
+    prof.add_time(f"engine.{kind}", elapsed)
+    prof.count(f"requests.{kind}", trees if requests is None else requests)
+    prof.count(f"idle_tree_seconds.{kind}", (in_flight - trees) * elapsed)
 
 
 def phase1_report(stats: dict) -> str:
@@ -536,6 +546,7 @@ def collect(
     seed: int = 0,
     provenance: dict | None = None,
     progress: bool = True,
+    profile: Profile | None = None,
 ) -> CollectResult:
     """Run Phase I on `task_ids` and write the dataset under `out_dir` (see the module doc).
 
@@ -551,6 +562,7 @@ def collect(
         provenance: what else shapes the data, e.g. {"env": ..., "split": ...}; recorded in
             `collect.json` with the digests of the engine's model and adapter.
         progress: show a progress bar over tasks.
+        profile: filled with where the search's time went (see `search_tasks`).
 
     Raises:
         agentr.errors.ProvenanceError: `out_dir` holds data made from something else.
@@ -560,7 +572,7 @@ def collect(
     prepare_out_dir(engine, make_env, task_ids, config, out_dir, iteration=iteration, alpha=alpha,
                     seed=seed, provenance=provenance)
     counters = search_tasks(engine, make_env, task_ids, config, out_dir, iteration=iteration,
-                            alpha=alpha, seed=seed, progress=progress)
+                            alpha=alpha, seed=seed, progress=progress, profile=profile)
     return write_dataset(out_dir, task_ids, config, [counters], iteration=iteration, alpha=alpha,
                          seed=seed, progress=progress)
 
@@ -595,12 +607,23 @@ def search_tasks(
     seed: int,
     progress: bool = True,
     claim: Callable[[str], bool] | None = None,
+    profile: Profile | None = None,
 ) -> RunCounters:
     """Search the tasks of `task_ids` not done yet in `out_dir` (prepared), writing each as it ends.
 
     `claim(task_id)`, when given, is asked before a task starts: False leaves the task to
     another process (it counts as progress here).
+
+    `profile`, when given, gets the seconds of each phase: "engine.<kind>" (the engine calls),
+    "expand.prompts" and "judge.prompts" (building and fitting prompts), "env.step",
+    "env.clone", "write" (finished tasks); and counters: "idle_tree_seconds.<kind>" (trees in
+    flight but not in an engine call, times the call's seconds: a tree waiting on the others),
+    "requests.<kind>", "rounds", "rounds_below_capacity" (fewer trees in flight than
+    `max_concurrent_trees`), and the engine's "engine.prompt_tokens",
+    "engine.cached_prompt_tokens", "engine.generated_tokens", "engine.render_seconds".
     """
+    prof = profile or NO_PROFILE
+    stats0 = dataclasses.replace(engine.stats)
     out_dir = Path(out_dir)
     task_ids = [str(t) for t in task_ids]
     tasks_dir, trees_dir = out_dir / "tasks", out_dir / "trees"
@@ -632,7 +655,9 @@ def search_tasks(
                 if claim is not None and not claim(task_id):
                     bar.update(1)  # another process searches it
                     continue
-                active.append(_Job(task_id, make_env(), config, alpha, seed, iteration))
+                active.append(_Job(task_id, make_env(), config, alpha, seed, iteration, prof))
+            prof.count("rounds")
+            prof.count("rounds_below_capacity", len(active) < config.max_concurrent_trees)
 
             expansions: list[tuple[_Job, Node]] = []
             judgments: list[tuple[_Job, Node]] = []
@@ -647,22 +672,26 @@ def search_tasks(
                     judgments.extend((job, node) for node in job.nodes_to_judge())
 
             if expansions:
-                prompts = [fit_conversation(engine, job.tree.conversation(node), expand_limit)
-                           for job, node in expansions]
+                with prof.phase("expand.prompts"):
+                    prompts = [fit_conversation(engine, job.tree.conversation(node), expand_limit)
+                               for job, node in expansions]
                 # a fresh seed per call, so that rounds do not replay the same random stream
                 sampling = dataclasses.replace(expand_sampling, seed=call_seed(seed, calls["expand"]))
                 calls["expand"] += 1
                 start = time.perf_counter()
                 replies = engine.generate(prompts, sampling)
-                seconds["expand"] += time.perf_counter() - start
+                _record_call(prof, seconds, "expand", time.perf_counter() - start, len(prompts),
+                             len(active))
                 for (job, node), generations in zip(expansions, replies):
                     job.tree.expand(node, generations)
             if judgments:
-                _judge(engine, judgments, config, judge_sampling, judge_fits, calls, seconds)
+                _judge(engine, judgments, config, judge_sampling, judge_fits, calls, seconds, prof,
+                       len(active))
 
             for job in active:
                 if job.stage == "done":
-                    finished_now.append(_write_task(job, tasks_dir, trees_dir))
+                    with prof.phase("write"):
+                        finished_now.append(_write_task(job, tasks_dir, trees_dir))
                     written.update(revision=finished_now[-1]["revision"], good=finished_now[-1]["good"])
                     bar.set_postfix(revision=written["revision"], good=written["good"], refresh=False)
                     bar.update(1)
@@ -671,6 +700,8 @@ def search_tasks(
         bar.close()
         for job in active:  # interrupted: release the environments of unfinished trees
             job.tree.close()
+        for name in ("prompt_tokens", "cached_prompt_tokens", "generated_tokens", "render_seconds"):
+            prof.count(f"engine.{name}", getattr(engine.stats, name) - getattr(stats0, name))
 
     return RunCounters(finished=finished_now, calls={k: calls[k] for k in CALL_KINDS},
                        engine_seconds={k: seconds[k] for k in CALL_KINDS},

@@ -37,6 +37,7 @@ from agentr.agent.turn import Reply, play, read_reply, turn_messages
 from agentr.engines.base import Conversation, Engine, Generation, SamplingConfig
 from agentr.envs.base import Environment
 from agentr.search.config import SearchConfig
+from agentr.timing import NO_PROFILE, Profile
 
 
 @dataclass(eq=False)
@@ -168,10 +169,13 @@ class SearchTree:
         task_id: the task to search.
         config: search settings (`num_simulations`, `c_uct`, `max_depth` are used here).
         rng: the tree's own seeded random source, for UCT ties.
+        profile: where the time of environment steps and clones goes ("env.step", "env.clone").
     """
 
-    def __init__(self, env: Environment, task_id: str, config: SearchConfig, rng: random.Random):
+    def __init__(self, env: Environment, task_id: str, config: SearchConfig, rng: random.Random,
+                 profile: Profile = NO_PROFILE):
         self.task_id = str(task_id)
+        self.profile = profile
         self.config = config
         self.rng = rng
         self.counters = TreeCounters()
@@ -243,10 +247,12 @@ class SearchTree:
         self.counters.clones += 1
         if not env.cheap_clone:
             self.counters.replay_steps += len(env.actions)
-        return env.clone()
+        with self.profile.phase("env.clone"):
+            return env.clone()
 
     def _step(self, parent: Node, reply: Reply, env: Environment) -> Node:
-        turn = play(env, reply, parent.reward)
+        with self.profile.phase("env.step"):
+            turn = play(env, reply, parent.reward)
         self.counters.env_steps += not turn.revision
         child = Node(
             id=self._num_nodes,
