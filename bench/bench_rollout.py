@@ -13,6 +13,11 @@ Greedy decoding makes both modes play nearly the same trajectories (reported: ba
 bf16 rounding, which can flip a greedy token), so the work is about the same; generated tokens/s
 compares the two directly.
 
+The batched run is profiled (`agentr.timing.Profile`: engine calls, history truncation,
+environment steps, idle batch places) and its requests recorded; the bare engine then replays
+those requests in calls of the run's largest batch, from a cold prefix cache, and the table
+gives the run's generated tok/s (over its wall time) as a share of the bare engine's.
+
 `--threads_probe 1 2` adds a table for vLLM-CPU's thread binding: for each OpenMP thread count
 (`VLLMEngine(cpu_threads=k)`), a fresh engine generates once for all task headers in one batch
 and once for each header alone.
@@ -33,23 +38,25 @@ from agentr.agent import build_header, run_episodes
 from agentr.engines import SamplingConfig, make_engine
 from agentr.engines.models import SMOLLM2_ID
 from agentr.envs.textcraft import TextCraftEnv
+from agentr.timing import Profile
 
 
 def run_mode(engine, tasks, turns, sampling, max_concurrent):
     calls = []
     generate = engine.generate
 
-    def counting(conversations, s):
-        calls.append(len(conversations))
+    def recording(conversations, s):
+        calls.append([list(c) for c in conversations])
         return generate(conversations, s)
 
     engine.reset_prefix_cache()
-    engine.generate = counting
+    engine.generate = recording
     tokens0 = engine.stats.generated_tokens
+    profile = Profile()
     start = time.perf_counter()
     try:
         episodes = run_episodes(engine, TextCraftEnv, tasks, max_turns=turns, sampling=sampling,
-                                max_concurrent=max_concurrent)
+                                max_concurrent=max_concurrent, profile=profile)
     finally:
         del engine.generate
     seconds = time.perf_counter() - start
@@ -61,9 +68,26 @@ def run_mode(engine, tasks, turns, sampling, max_concurrent):
         "tokens": tokens,
         "tokens_per_s": tokens / seconds,
         "calls": len(calls),
-        "max_batch": max(calls),
+        "requests": calls,
+        "max_batch": max(map(len, calls)),
         "turns": sum(e.turns for e in episodes),
+        "profile": profile,
+        "load": load_average(),
     }
+
+
+def bare_replay(engine, calls: list[list], batch: int | None, sampling) -> dict:
+    """The recorded requests again, engine alone, in calls of `batch` conversations (None: one
+    call for all), from a cold prefix cache."""
+    conversations = [c for call in calls for c in call]
+    batch = batch or len(conversations)
+    engine.reset_prefix_cache()
+    tokens0, start = engine.stats.generated_tokens, time.perf_counter()
+    for k in range(0, len(conversations), batch):
+        engine.generate(conversations[k:k + batch], sampling)
+    seconds = time.perf_counter() - start
+    tokens = engine.stats.generated_tokens - tokens0
+    return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds}
 
 
 def threads_probe(model: str, tasks: list[str], threads: list[int], max_tokens: int,
@@ -118,6 +142,8 @@ def main(argv=None) -> None:
     engine.generate([[{"role": "user", "content": "hi"}]], sampling)  # warm-up
     try:
         batched = run_mode(engine, tasks, args.turns, sampling, max_concurrent=len(tasks))
+        bare = bare_replay(engine, batched["requests"], batched["max_batch"], sampling)
+        one_call = bare_replay(engine, batched["requests"], None, sampling)
         sequential = run_mode(engine, tasks, args.turns, sampling, max_concurrent=1)
     finally:
         engine.close()
@@ -128,15 +154,15 @@ def main(argv=None) -> None:
 
     rows = [("batched (agentr)", batched), ("one request at a time", sequential)]
     table = [
-        "| mode | wall s | episodes/min | generated tok/s | generated tokens | engine calls | max batch |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| mode | wall s | episodes/min | generated tok/s | generated tokens | engine calls | max batch | load avg after |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, r in rows:
         table.append(f"| {name} | {r['seconds']:.1f} | {r['episodes_per_min']:.2f} | "
-                     f"{r['tokens_per_s']:.1f} | {r['tokens']} | {r['calls']} | {r['max_batch']} |")
+                     f"{r['tokens_per_s']:.1f} | {r['tokens']} | {r['calls']} | {r['max_batch']} | {r['load']} |")
     table.append(f"| **ratio batched / sequential** | {sequential['seconds'] / batched['seconds']:.2f}x faster | "
                  f"{batched['episodes_per_min'] / sequential['episodes_per_min']:.2f}x | "
-                 f"{batched['tokens_per_s'] / sequential['tokens_per_s']:.2f}x | | | |")
+                 f"{batched['tokens_per_s'] / sequential['tokens_per_s']:.2f}x | | | | |")
     report = "\n".join([
         *header("Agent loop: batched vs one request at a time", "bench/bench_rollout.py", argv),
         f"Engine: {type(engine).__name__} ({args.engine}"
@@ -150,6 +176,16 @@ def main(argv=None) -> None:
         "",
         f"Same trajectories in both modes: {same}/{len(tasks)} (greedy). Turns played: "
         f"{batched['turns']} / {sequential['turns']}. Successes: {successes}/{len(tasks)}.",
+        "",
+        "Generation against the bare engine on the batched run's requests (same prompts, calls of "
+        f"{batched['max_batch']}, cold prefix cache): batched run {batched['tokens_per_s']:.1f} tok/s, "
+        f"bare engine {bare['tokens_per_s']:.1f} tok/s: **{batched['tokens_per_s'] / bare['tokens_per_s']:.0%}**; "
+        f"bare engine with all {sum(map(len, batched['requests']))} requests in one call: "
+        f"{one_call['tokens_per_s']:.1f} tok/s ({batched['tokens_per_s'] / one_call['tokens_per_s']:.0%}).",
+        "",
+        f"Where the time went, batched (wall {batched['seconds']:.1f} s):",
+        "",
+        batched["profile"].table(batched["seconds"]),
         "",
         *(["## vLLM-CPU threads", "", f"max_tokens={args.max_tokens}, greedy, cold prefix cache.",
            "", *probe, ""] if probe else []),

@@ -44,6 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import load_average
+
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
 CONFIGS = ("agentr-packed", "agentr-padded", "trl")
@@ -241,10 +243,12 @@ def run_config(name: str, gc: bool, args, data_path: Path) -> dict:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
         raise SystemExit(f"{name} failed (exit {proc.returncode})")
     result = json.loads(lines[-1][len("RESULT "):])
+    result["load_average"] = load_average()
     print(f"  {label(name, gc)}: {result['tokens_per_s']:.0f} tok/s, {result['trained_tokens_per_s']:.0f} trained tok/s, "
           f"{result['tokens_per_cpu_s']:.0f} tok/CPU-s, "
           f"padding {100 * result['padding_fraction']:.1f}%, peak RSS {result['peak_rss_mb']:.0f} MB "
-          f"({time.perf_counter() - started:.0f} s with start-up)", flush=True)
+          f"({time.perf_counter() - started:.0f} s with start-up), load average {result['load_average']}",
+          flush=True)
     return result
 
 
@@ -264,8 +268,8 @@ def table(results: dict[str, dict]) -> str:
     """Rows by configuration; ratios against TRL with the same gradient-checkpointing setting."""
     lines = [
         "| configuration | grad. ckpt | tokens/s | trained tokens/s | CPU share | tokens/CPU-s | trained tokens/CPU-s "
-        "| padding | vs TRL: tokens/s | vs TRL: tokens/CPU-s | peak RSS (MB) | vs TRL: RSS |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| padding | vs TRL: tokens/s | vs TRL: tokens/CPU-s | peak RSS (MB) | vs TRL: RSS | load avg after |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results.values():
         base = results.get(label("trl", r["gc"]))
@@ -273,7 +277,8 @@ def table(results: dict[str, dict]) -> str:
         lines.append(
             f"| {r['config']} | {'on' if r['gc'] else 'off'} | {r['tokens_per_s']:.0f} | {r['trained_tokens_per_s']:.0f} "
             f"| {r['tokens_per_s'] / r['tokens_per_cpu_s']:.2f} | {r['tokens_per_cpu_s']:.0f} | {r['trained_tokens_per_cpu_s']:.0f} | {100 * r['padding_fraction']:.1f}% "
-            f"| {ratio('tokens_per_s')} | {ratio('tokens_per_cpu_s')} | {r['peak_rss_mb']:.0f} | {ratio('peak_rss_mb')} |"
+            f"| {ratio('tokens_per_s')} | {ratio('tokens_per_cpu_s')} | {r['peak_rss_mb']:.0f} | {ratio('peak_rss_mb')} "
+            f"| {r['load_average']} |"
         )
     return "\n".join(lines)
 
@@ -320,6 +325,8 @@ def main() -> None:
     results = {name: median_result(rs) for name, rs in runs.items()}
     report = table(results)
     print(report)
+    print(f"load average (1/5/15 min) before: {' '.join(f'{x:.1f}' for x in load_before)}, "
+          f"after: {' '.join(f'{x:.1f}' for x in load_after)}")
     if args.out:
         import torch
         import transformers
