@@ -343,7 +343,7 @@ SCRIPT = r"""
     var menu = select(phase1Stages.map(function (s, i) { return [i, s.name]; }), function (v) { show(+v); });
     root.appendChild(el("div", {cls: "toolbar"}, [el("label", {text: "iteration "}), menu]));
     root.appendChild(body);
-    show(0);
+    menu.value = String(phase1Stages.length - 1); show(phase1Stages.length - 1);  // the latest first
     return opener(phase1Stages, menu, show, body);
   }
 
@@ -381,7 +381,7 @@ SCRIPT = r"""
     root.appendChild(el("div", {cls: "toolbar"}, [el("label", {text: "stage "}), menu,
       select(kinds, function (v) { state.kind = v; show(); })]));
     root.appendChild(body);
-    show();
+    menu.value = String(sets.length - 1); show(sets.length - 1);
     return opener(sets.map(function (s) { return {name: s[0]}; }), menu, show, body);
   }
 
@@ -414,7 +414,7 @@ SCRIPT = r"""
     root.appendChild(el("div", {cls: "toolbar"}, [el("label", {text: "stage "}), menu,
       box("failures only", "failures"), box("with a revision turn", "revised")]));
     root.appendChild(body);
-    show();
+    menu.value = String(stages.length - 1); show(stages.length - 1);
     return opener(stages, menu, show, body);
   }
 
