@@ -10,12 +10,15 @@ import warnings
 
 import pytest
 
-from agentr.verbosity import QUIET_LOGGERS, configure_logging, verbose_requested
+from agentr.verbosity import QUIET_LOGGERS, RoutineWarnings, configure_logging, verbose_requested
+
+ENVIRONMENT = ("VLLM_LOGGING_LEVEL", "VLLM_LOGGING_CONFIG_PATH", "PYTHONWARNINGS", "TORCH_CPP_LOG_LEVEL")
 
 
 @pytest.fixture
 def restore_logging(monkeypatch):
-    monkeypatch.delenv("VLLM_LOGGING_LEVEL", raising=False)
+    for name in ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
     levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
     with warnings.catch_warnings():
         yield
@@ -42,9 +45,25 @@ def test_third_party_logs_are_quiet_unless_verbose(restore_logging, monkeypatch)
     for name in ("vllm", "transformers", "lightning.pytorch", "torch"):
         assert logging.getLogger(name).getEffectiveLevel() == logging.WARNING
     assert logging.getLogger("agentr").getEffectiveLevel() == logging.INFO
+    # engine processes are fresh interpreters: they get the same through the environment
+    assert os.environ["PYTHONWARNINGS"] == "ignore::FutureWarning,ignore::DeprecationWarning"
+    assert os.environ["TORCH_CPP_LOG_LEVEL"] == "ERROR"
+    assert os.path.exists(os.environ["VLLM_LOGGING_CONFIG_PATH"])
     monkeypatch.setenv("VLLM_LOGGING_LEVEL", "DEBUG")
+    monkeypatch.setenv("VLLM_LOGGING_CONFIG_PATH", "/mine.json")
     configure_logging(verbose=False)
-    assert os.environ["VLLM_LOGGING_LEVEL"] == "DEBUG"  # the user's own choice stays
+    assert os.environ["VLLM_LOGGING_LEVEL"] == "DEBUG"  # the user's own choices stay
+    assert os.environ["VLLM_LOGGING_CONFIG_PATH"] == "/mine.json"
+
+
+def test_routine_vllm_warnings_are_dropped_and_others_kept():
+    def record(message):
+        return logging.LogRecord("vllm.platforms.cpu", logging.WARNING, __file__, 1, message, (), None)
+
+    routine = RoutineWarnings()
+    assert not routine.filter(record("Triton is not installed. triton-cpu is expected on x86 CPUs."))
+    assert not routine.filter(record("libtcmalloc is not found in LD_PRELOAD. For best performance ..."))
+    assert routine.filter(record("The KV cache is too small for max_model_len 2048"))
 
 
 @pytest.mark.vllm
@@ -55,3 +74,21 @@ def test_vllm_logs_at_warning_when_imported_after_configuration():
     env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_LEVEL"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split()[-1] == str(logging.WARNING)
+
+
+
+def test_engine_processes_drop_routine_vllm_warnings():
+    # what an engine process does with the environment it inherits: vLLM applies the dictConfig
+    # file VLLM_LOGGING_CONFIG_PATH names when it configures its logging
+    code = ("import json, logging, logging.config, os; "
+            "logging.config.dictConfig(json.load(open(os.environ['VLLM_LOGGING_CONFIG_PATH']))); "
+            "log = logging.getLogger('vllm.platforms.cpu'); "
+            "log.warning('Triton is not installed. triton-cpu is expected on x86 CPUs.'); "
+            "log.warning('KV cache is too small'); log.info('an info line')")
+    env = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT}
+    configure = "from agentr.verbosity import configure_logging; configure_logging(False); import os, subprocess, sys; "
+    parent = configure + f"subprocess.run([sys.executable, '-c', {code!r}], check=True)"
+    out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, env=env, check=True)
+    printed = out.stdout + out.stderr
+    assert "(vllm) WARNING KV cache is too small" in printed
+    assert "Triton is not installed" not in printed and "an info line" not in printed

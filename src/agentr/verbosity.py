@@ -2,22 +2,72 @@
 
 By default the logs of vLLM, transformers, torch, Lightning (its info lines; progress bars are
 kept) and their helpers show from WARNING up, and FutureWarning/DeprecationWarning messages are
-hidden; agentr's own INFO messages go to stderr. `--verbose` on any `agentr` command, or
-`AGENTR_VERBOSE=1`, keeps every library's full log. vLLM reads VLLM_LOGGING_LEVEL once, when it
-is first imported (its engine processes inherit it), so `configure_logging` runs before any
-engine starts; an explicit VLLM_LOGGING_LEVEL is left as the user set it.
+hidden; agentr's own INFO messages go to stderr. vLLM's routine warnings, which every engine
+start on a CPU repeats and which ask nothing of the user (`ROUTINE_VLLM_WARNINGS`), and torch's
+C++ warnings are dropped too. `--verbose` on any `agentr` command, or `AGENTR_VERBOSE=1`, keeps
+every library's full log.
+
+vLLM reads its logging settings once, when it is first imported, and its engine processes are
+fresh interpreters that only inherit the environment, so everything here is also set through
+environment variables (VLLM_LOGGING_LEVEL, VLLM_LOGGING_CONFIG_PATH, PYTHONWARNINGS,
+TORCH_CPP_LOG_LEVEL) before any engine starts; a variable the user set is left as it is.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import tempfile
 import warnings
+from pathlib import Path
 
 #: Loggers held at WARNING unless verbose.
 QUIET_LOGGERS = ("vllm", "transformers", "torch", "lightning", "lightning.pytorch", "lightning.fabric",
                  "peft", "accelerate", "urllib3", "httpx", "filelock", "datasets", "numexpr")
+
+
+#: Parts of vLLM warnings that are dropped unless verbose: CPU builds without Triton, compile or
+#: tcmalloc (README: "Set-up"), and agentr's own engine shutdown.
+ROUTINE_VLLM_WARNINGS = (
+    "requires Triton", "Triton is not installed", "Triton is installed, but",
+    "Enforce eager set", "Inductor compilation was disabled", "is not found in LD_PRELOAD",
+    "Reset SSM cache type", "Process manager: force killing",
+    "does not officially support disabling chunked prefill",
+)
+
+
+class RoutineWarnings(logging.Filter):
+    """Drops records whose message contains one of `ROUTINE_VLLM_WARNINGS`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(part in message for part in ROUTINE_VLLM_WARNINGS)
+
+
+def vllm_logging_config() -> dict:
+    """vLLM's logging at WARNING, routine warnings dropped (a `logging.config.dictConfig`)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"routine": {"()": f"{__name__}.RoutineWarnings"}},
+        "formatters": {"plain": {"format": "(vllm) %(levelname)s %(message)s"}},
+        "handlers": {"vllm": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout",
+                              "level": "WARNING", "filters": ["routine"], "formatter": "plain"}},
+        "loggers": {"vllm": {"handlers": ["vllm"], "level": "WARNING", "propagate": False}},
+    }
+
+
+def _write_vllm_logging_config() -> str:
+    """`vllm_logging_config()` as a file vLLM's processes can read (VLLM_LOGGING_CONFIG_PATH)."""
+    path = Path(tempfile.gettempdir()) / f"agentr-vllm-logging-{os.getuid()}.json"
+    text = json.dumps(vllm_logging_config(), indent=1)
+    if not path.exists() or path.read_text() != text:
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        partial.write_text(text)
+        partial.replace(path)
+    return str(path)
 
 
 def verbose_requested(argv: list[str]) -> tuple[bool, list[str]]:
@@ -38,6 +88,10 @@ def configure_logging(verbose: bool) -> None:
     if verbose:
         return
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    if "VLLM_LOGGING_CONFIG_PATH" not in os.environ:
+        os.environ["VLLM_LOGGING_CONFIG_PATH"] = _write_vllm_logging_config()
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # e.g. vLLM-CPU's NUMA binding notice
     quiet_libraries()
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
