@@ -78,6 +78,12 @@ class EvaluationCallback(Callback):
                              sample_temperature=sample_temperature)
         self.history: dict[str, dict] = {}
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            from agentr.callbacks.iteration import check_driven
+
+            check_driven(trainer, self)
+
     def evaluate_stage(
         self,
         trainer: pl.Trainer,

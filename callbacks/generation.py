@@ -28,13 +28,15 @@ class GenerationCallback(Callback):
         max_model_len: longest prompt + reply, in tokens.
         kv_cache_gb: vLLM's KV-cache size in GB. None: 4 GB on CPU; on GPU vLLM sizes it from
             `gpu_memory_utilization` (see `VLLMEngine`).
-        gpu_memory_utilization: fraction of GPU memory vLLM may take (it shares the GPU with training).
+        gpu_memory_utilization: fraction of GPU memory vLLM may take. Lower than `VLLMEngine`'s
+            default (0.9, an engine alone on its GPU): here it shares the GPU with training.
         max_num_seqs: most sequences vLLM runs at once.
-        dtype: weights' dtype for generation.
+        dtype: weights' dtype for generation; bfloat16, the dtype training computes in, where
+            `VLLMEngine` alone takes the checkpoint's ("auto").
         seed: engine seed.
         merge_lora: vLLM serves adapters merged into a copy of the weights, restarting once per
             adapter, instead of through its LoRA kernels. None: on CPU only, where those kernels
-            are 5-6x slower than the merged model (bench/results/lora_serving.md).
+            are several times slower than the merged model (bench/results/lora_serving.md).
     """
 
     def __init__(
@@ -65,6 +67,10 @@ class GenerationCallback(Callback):
         self._module_kwargs: dict = {}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            from agentr.callbacks.iteration import check_driven
+
+            check_driven(trainer, self)
         # The engine serves the module's base model, with room for the module's LoRA rank.
         hparams = pl_module.hparams
         self._module_kwargs = dict(model=hparams.model, trust_remote_code=hparams.trust_remote_code)
@@ -77,15 +83,15 @@ class GenerationCallback(Callback):
         if self._engine is None:
             if not self._module_kwargs:
                 raise RuntimeError("GenerationCallback used before Trainer.fit set it up")
-            from agentr.engines import make_engine, vllm_available
+            from agentr.engines import make_engine
 
-            kind = self.kind if self.kind != "auto" else ("vllm" if vllm_available() else "hf")
-            kwargs = {**self.common_kwargs, **self._module_kwargs}
-            if kind == "vllm":  # vLLM's LoRA slots are sized up front: the smallest >= our rank
-                rank = next(r for r in (8, 16, 32, 64, 128, 256, 512) if r >= self._lora_rank)
-                kwargs.update(self.vllm_kwargs, max_lora_rank=rank)
-            log.info("starting the %s generation engine for %s", kind, kwargs["model"])
-            self._engine = make_engine(kind, **kwargs)
+            # vLLM's LoRA slots are sized up front: the smallest >= our rank (the HF engine
+            # ignores vLLM's settings)
+            rank = next(r for r in (8, 16, 32, 64, 128, 256, 512) if r >= self._lora_rank)
+            kwargs = {**self.common_kwargs, **self._module_kwargs, **self.vllm_kwargs,
+                      "max_lora_rank": rank}
+            self._engine = make_engine(self.kind, **kwargs)
+            log.info("generation engine: %s for %s", type(self._engine).__name__, kwargs["model"])
         return self._engine
 
     def policy(self, weights: str | Path | None) -> Engine:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from lightning.pytorch.loggers import WandbLogger
 from agentr.callbacks.evaluation import EvaluationCallback
 from agentr.callbacks.generation import GenerationCallback
 from agentr.errors import SettingError, check_range
+from agentr.jsonfiles import write_json
 from agentr.ranks import Ranks, main_rank_does, shared_token
 from agentr.trajectory import read_jsonl, write_jsonl_atomic
 
@@ -170,8 +170,11 @@ class AgentRIterations(Callback):
         trainer.reload_dataloaders_every_n_epochs = 1
         self.run_dir = Path(trainer.default_root_dir)
         shared_token(Ranks.current(), self.run_dir)  # fails fast unless every node sees it
+        _find_callback(trainer, AgentRIterations)  # exactly one
         self.generation = _find_callback(trainer, GenerationCallback)
         self.evaluation = _find_callback(trainer, EvaluationCallback, required=False)
+        if self.evaluation is None:
+            log.warning("no EvaluationCallback in trainer.callbacks: no stage of this fit is evaluated")
         datamodule = trainer.datamodule
         if not hasattr(datamodule, "set_epoch_hook"):
             raise TypeError(
@@ -207,10 +210,7 @@ class AgentRIterations(Callback):
         epochs = epochs[: stage.epochs]
         epochs[stage.epoch] = round(seconds, 3)
         record = {"seconds": round(sum(e for e in epochs if e is not None), 3), "epoch_seconds": epochs}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(record, indent=2))
-        os.replace(tmp, path)
+        write_json(path, record, indent=2)
 
     def _report(self, trainer: pl.Trainer) -> None:
         """Write the run's report, log it to W&B, print the summary."""
@@ -228,43 +228,64 @@ class AgentRIterations(Callback):
 
     # ---- the loop ---------------------------------------------------------------------------
     def prepare_epoch(self, trainer: pl.Trainer) -> None:
-        """Make the DataModule hold the data of the epoch about to start (called by it)."""
+        """The iteration's sequence. Called by the DataModule's `train_dataloader()`, which
+        Lightning calls before every epoch; it acts on an iteration's first epoch (or the first
+        epoch of a resumed run):
+
+        1. save the weights the previous iteration ended with as its adapter;
+        2. evaluate every finished stage without results (the base model first);
+        3. the iteration's data: expert demonstrations (the warm start, iteration 0) or Phase I,
+           the search with the previous iteration's adapter;
+        4. refuse an iteration without training data (Lightning would end the fit silently);
+        5. log what is trained (`data/...` metrics);
+        6. restart the learning-rate schedule for the iteration's steps.
+
+        Lightning then runs the iteration's training epochs (Phase II); `on_fit_end` saves and
+        evaluates the last iteration and writes the report.
+        """
         stage = self.plan[trainer.current_epoch]
         if stage.iteration == self._loaded:
             return
-        # The weights now are those the previous iteration ended with (fresh or restored).
-        self._save_adapter(trainer, stage.iteration - 1)
-        self._evaluate_finished(trainer, upto=stage.iteration - 1)
-        datamodule = trainer.datamodule
+        previous = stage.iteration - 1
+        self._save_adapter(trainer, previous)
+        self._evaluate_finished(trainer, upto=previous)
         if stage.iteration == 0:
-            datamodule.set_trajectories(self._expert_data(trainer))
+            trainer.datamodule.set_trajectories(self._expert_data(trainer))
         else:
-            out_dir = self.iteration_dir(stage.iteration) / "phase1"
-            engine = self.generation.policy(self.adapter_dir(stage.iteration - 1))
-            try:
-                dataset = datamodule.regenerate(
-                    engine, stage.iteration, self.alpha[stage.iteration - 1], out_dir
-                )
-            finally:
-                self.generation.release()
-            self._log_phase1(trainer, stage.iteration, dataset)
-            if not datamodule.train_examples:
-                # Lightning would end the fit silently on an empty epoch; say why instead.
-                raise RuntimeError(
-                    f"Phase I of iteration {stage.iteration} kept no training trajectory "
-                    f"(no path reached reward >= alpha={self.alpha[stage.iteration - 1]}; see "
-                    f"{Path(dataset).parent / 'stats.json'}). Agent-R learns from the policy's own "
-                    "successes: warm-start the model (warm_start), use easier tasks, or search more "
-                    "(search.num_simulations, search.n_expand)."
-                )
+            dataset = self._phase1(trainer, stage.iteration)
+            self._check_training_data(trainer, stage.iteration, dataset)
         self._log_data(trainer, stage.iteration)
         if stage.epoch == 0:
-            # Each iteration warms up and decays like its own fine-tuning run (a resumed run
-            # past an iteration's first epoch keeps the schedule its checkpoint restored).
-            world = trainer.world_size
-            trainer.lightning_module.restart_schedule(iteration_steps(
-                stage.epochs, datamodule.num_train_batches, world, trainer.accumulate_grad_batches))
+            self._restart_schedule(trainer, stage)
         self._loaded = stage.iteration
+
+    def _phase1(self, trainer: pl.Trainer, iteration: int) -> Path:
+        """Search with the previous iteration's adapter; the DataModule then holds the data."""
+        out_dir = self.iteration_dir(iteration) / "phase1"
+        engine = self.generation.policy(self.adapter_dir(iteration - 1))
+        try:
+            dataset = trainer.datamodule.regenerate(engine, iteration, self.alpha[iteration - 1], out_dir)
+        finally:
+            self.generation.release()
+        self._log_phase1(trainer, iteration, dataset)
+        return dataset
+
+    def _check_training_data(self, trainer: pl.Trainer, iteration: int, dataset: Path) -> None:
+        if not trainer.datamodule.train_examples:
+            raise RuntimeError(
+                f"Phase I of iteration {iteration} kept no training trajectory "
+                f"(no path reached reward >= alpha={self.alpha[iteration - 1]}; see "
+                f"{Path(dataset).parent / 'stats.json'}). Agent-R learns from the policy's own "
+                "successes: warm-start the model (warm_start), use easier tasks, or search more "
+                "(search.num_simulations, search.n_expand)."
+            )
+
+    def _restart_schedule(self, trainer: pl.Trainer, stage: Stage) -> None:
+        # Each iteration warms up and decays like its own fine-tuning run (a resumed run past an
+        # iteration's first epoch keeps the schedule its checkpoint restored).
+        trainer.lightning_module.restart_schedule(iteration_steps(
+            stage.epochs, trainer.datamodule.num_train_batches, trainer.world_size,
+            trainer.accumulate_grad_batches))
 
     def _save_adapter(self, trainer: pl.Trainer, iteration: int) -> None:
         """Save the current weights as iteration `iteration`'s adapter, unless already saved."""
@@ -340,7 +361,19 @@ class AgentRIterations(Callback):
 
 
 def _find_callback(trainer: pl.Trainer, cls: type, required: bool = True):
+    """The one `cls` in trainer.callbacks (None if absent and not `required`)."""
     found = [c for c in trainer.callbacks if isinstance(c, cls)]
+    if len(found) > 1:
+        raise ValueError(f"trainer.callbacks holds {len(found)} {cls.__name__} callbacks; an Agent-R fit takes one")
     if not found and required:
         raise ValueError(f"AgentRIterations needs a {cls.__name__} in trainer.callbacks")
     return found[0] if found else None
+
+
+def check_driven(trainer: pl.Trainer, callback: Callback) -> None:
+    """Fail a fit whose `callback` (generation or evaluation) has no AgentRIterations to call it:
+    it would silently do nothing."""
+    if not any(isinstance(c, AgentRIterations) for c in trainer.callbacks):
+        raise ValueError(
+            f"{type(callback).__name__} is called by agentr.callbacks.AgentRIterations, which is not in "
+            "trainer.callbacks: add it (see configs/quickstart.yaml)")

@@ -9,10 +9,9 @@ import torch
 
 from agentr.agent import HEADER_LEN, Episode, RolloutError
 from agentr.engines.base import Generation
+from agentr.commands.evaluate import _result_rows, format_table
 from agentr.evaluation import (
-    _result_rows,
     evaluate,
-    format_table,
     read_episodes,
     revision_starts,
     revision_test,
@@ -262,8 +261,12 @@ def test_evaluate_command_end_to_end_with_the_hf_engine(tiny_engine_model_dir, t
     out = tmp_path / "eval"
     main(["evaluate", "--model", tiny_engine_model_dir, "--engine", "hf", "--num_tasks", "2",
           "--max_turns", "2", "--max_tokens", "8", "--out_dir", str(out), "--progress", "false"])
-    printed = capsys.readouterr().out
-    assert "success_rate" in printed and "HFEngine" in printed
+    printed = capsys.readouterr()
+    assert "success_rate" in printed.out and "HFEngine" in printed.out
+    # the report of the evaluation, beside its results: every episode's outcome listed
+    assert f"report: {out / 'report.html'}" in printed.err
+    page = (out / "report.html").read_text()
+    assert "Evaluation episodes" in page and page.count('"task_id"') >= 2
     results = json.loads((out / "eval.json").read_text())
     assert results["num_episodes"] == 2 and results["num_errors"] == 0
     assert results["timing"]["generated_tokens"] > 0

@@ -59,6 +59,12 @@ def test_registry_builds_environments_by_name():
     assert env_class("http") is HTTPEnvironment
     with pytest.raises(KeyError, match="textcraft"):
         make_env("minecraft")
+    # an environment of the user's needs no registering: its import path is its name
+    assert env_class("agentr.envs.textcraft:TextCraftEnv") is TextCraftEnv
+    with pytest.raises(KeyError, match="cannot import NoSuchEnv from agentr.envs.textcraft"):
+        make_env("agentr.envs.textcraft:NoSuchEnv")
+    with pytest.raises(KeyError, match="not an agentr.envs.Environment subclass"):
+        make_env("agentr.envs.registry:make_env")
 
 
 def test_episode_over_http_matches_in_process_step_for_step(server):
@@ -278,12 +284,10 @@ def test_agentgym_field_names(server):
 
 
 def test_serve_env_cli_is_wired():
-    from agentr.cli import STAGE_COMMANDS
-    from agentr.envs.server import serve_command
+    from agentr.cli import _stage_function
+    from agentr.commands.serve_env import serve_command
 
-    module, function = STAGE_COMMANDS["serve-env"].split(":")
-    assert (module, function) == ("agentr.envs.server", "serve_command")
-    assert callable(serve_command)
+    assert _stage_function("serve-env") is serve_command
 
 
 # ---- AgentGym's own clients against `agentr serve-env` ----------------------------------------

@@ -45,3 +45,31 @@ def test_phase1_stats_are_logged_as_flat_numbers():
     assert numeric_items(stats, "phase1") == {
         "phase1/trees_searched": 4, "phase1/verdicts/Bad": 3, "phase1/transition_accuracy/pairs": 5,
         "phase1/transition_accuracy/model/equal": 0.4, "phase1/transition_step_histogram/2": 1}
+
+
+def test_a_misconfigured_callback_list_fails_loudly(tmp_path, caplog):
+    import lightning.pytorch as pl
+
+    from agentr.callbacks import AgentRIterations, EvaluationCallback, GenerationCallback
+
+    def trainer(*callbacks):
+        return pl.Trainer(callbacks=list(callbacks), default_root_dir=tmp_path, logger=False,
+                          enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
+
+    # generation and evaluation without the loop that calls them would do nothing, silently
+    generation, evaluation = GenerationCallback(), EvaluationCallback()
+    alone = trainer(generation, evaluation)
+    for callback in (generation, evaluation):
+        with pytest.raises(ValueError, match=f"{type(callback).__name__} is called by agentr.callbacks.AgentRIterations"):
+            callback.setup(alone, None, "fit")
+    loop = AgentRIterations(iterations=1, epochs=[1])
+    with pytest.raises(ValueError, match="AgentRIterations needs a GenerationCallback"):
+        loop.setup(trainer(loop, evaluation), None, "fit")
+    with pytest.raises(ValueError, match="trainer.callbacks holds 2 GenerationCallback callbacks"):
+        loop.setup(trainer(loop, GenerationCallback(), GenerationCallback()), None, "fit")
+    with pytest.raises(ValueError, match="trainer.callbacks holds 2 AgentRIterations callbacks"):
+        loop.setup(trainer(loop, AgentRIterations(iterations=1, epochs=[1]), generation), None, "fit")
+    # no evaluation is allowed, but said; past the callbacks, the DataModule is checked
+    with pytest.raises(TypeError, match="needs an agentr.data.AgentRDataModule"):
+        loop.setup(trainer(loop, generation), None, "fit")
+    assert "no EvaluationCallback in trainer.callbacks" in caplog.text

@@ -17,7 +17,7 @@ from agentr.search.mcts import Node, SearchTree, backup, search_sequential, sele
 def _node_with_children(stats: list[tuple[int, float, bool]], parent_visits: int) -> Node:
     parent = Node(id=0, parent=None, depth=0, visits=parent_visits)
     for i, (n, w, terminal) in enumerate(stats, 1):
-        parent.children.append(Node(id=i, parent=parent, depth=1, visits=n, value=w, terminal=terminal))
+        parent.children.append(Node(id=i, parent=parent, depth=1, visits=n, value_sum=w, terminal=terminal))
     return parent
 
 
@@ -80,11 +80,11 @@ def test_backup_adds_along_the_path_and_propagates_terminal():
     mid.children = [leaf1, leaf2]
     backup(leaf1, 1.0)
     assert (leaf1.visits, mid.visits, root.visits, other.visits) == (1, 1, 1, 0)
-    assert (mid.value, root.value) == (1.0, 1.0)
+    assert (mid.value_sum, root.value_sum) == (1.0, 1.0)
     assert not mid.terminal  # leaf2 is still open
     leaf2.terminal = True
     backup(leaf2, 0.5)
-    assert (mid.visits, mid.value, root.visits, root.value) == (2, 1.5, 2, 1.5)
+    assert (mid.visits, mid.value_sum, root.visits, root.value_sum) == (2, 1.5, 2, 1.5)
     assert mid.terminal and not root.terminal  # `other` is still open
 
 
@@ -116,14 +116,14 @@ def test_terminal_rules_done_failure_and_depth():
     assert not noop.terminal and noop.env is not None
     assert all(c.env is None for c in (half, boom, lose))  # terminal children release their env
     # terminal children were backed up at once: 3 visits, W = 0.5
-    assert (root.visits, root.value) == (3, 0.5)
+    assert (root.visits, root.value_sum) == (3, 0.5)
     # the descent continues into the only open child; its children sit at max_depth = 2
     assert tree.pending() is noop
     deep = tree.expand(noop, _gens(reply("noop"), reply("good")))
     assert all(c.terminal and not c.done for c in deep)  # depth limit, env not done
     assert noop.terminal and root.terminal  # every child ended
     assert tree.pending() is None and tree.finished
-    assert (root.visits, root.value) == (5, 0.5)
+    assert (root.visits, root.value_sum) == (5, 0.5)
 
 
 def test_winning_child_is_terminal_with_reward_one():
@@ -153,15 +153,15 @@ def _check_invariants(node: Node) -> tuple[int, float]:
     """visits = terminal leaves below, value = their rewards; expanded terminal <=> all children terminal."""
     if not node.children:
         if node.terminal:
-            assert (node.visits, node.value) == (1, node.reward)
+            assert (node.visits, node.value_sum) == (1, node.reward)
         else:
-            assert (node.visits, node.value) == (0, 0.0)
-        return node.visits, node.value
+            assert (node.visits, node.value_sum) == (0, 0.0)
+        return node.visits, node.value_sum
     visits = value = 0
     for child in node.children:
         v, w = _check_invariants(child)
         visits, value = visits + v, value + w
-    assert node.visits == visits and node.value == pytest.approx(value)
+    assert node.visits == visits and node.value_sum == pytest.approx(value)
     if node.terminal:
         assert all(child.terminal for child in node.children)
     return visits, value

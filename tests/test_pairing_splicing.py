@@ -1,4 +1,4 @@
-"""Pairing (DESIGN 1.2) and splicing (DESIGN 1.4) on a hand-built tree."""
+"""Pairing and splicing on a hand-built tree."""
 
 from __future__ import annotations
 

@@ -26,11 +26,11 @@ from pathlib import Path
 
 #: Subcommands outside LightningCLI: name -> "module:function".
 STAGE_COMMANDS = {
-    "collect": "agentr.search.collect:collect_command",
-    "evaluate": "agentr.evaluation:evaluate_command",
-    "report": "agentr.report:report_command",
-    "serve-env": "agentr.envs.server:serve_command",
-    "compare": "agentr.compare:compare_command",
+    "collect": "agentr.commands.collect:collect_command",
+    "evaluate": "agentr.commands.evaluate:evaluate_command",
+    "report": "agentr.commands.report:report_command",
+    "serve-env": "agentr.commands.serve_env:serve_command",
+    "compare": "agentr.commands.compare:compare_command",
 }
 
 #: Subcommands whose required arguments are positional (`agentr report RUN_DIR`, `agentr compare A B`).

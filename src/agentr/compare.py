@@ -183,31 +183,3 @@ def format_comparison(comparisons: dict[str, dict]) -> str:
     lines = [" | ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def compare_command(run_a: str, run_b: str, out: str | None = None, seed: int = 0) -> None:
-    """Compare two evaluations of the same tasks: success and reward of A minus B, paired.
-
-    RUN_A and RUN_B are eval.json files (or directories holding one), or two run directories,
-    compared stage by stage. Episodes are matched by task id (and sample index for sampled
-    evaluation); the intervals are a paired bootstrap over tasks, the p-value McNemar's exact
-    test (one episode per task). Prints a table; with --out, writes the numbers as JSON.
-
-    Args:
-        run_a: eval.json, stage directory or run directory of A.
-        run_b: the same for B.
-        out: write the comparison to this JSON file.
-        seed: seed of the bootstrap resamples.
-    """
-    try:
-        comparisons = compare_paths(run_a, run_b, seed=seed)
-    except ValueError as e:
-        raise SystemExit(f"agentr compare: {e}") from None
-    print(f"A: {run_a}\nB: {run_b}\n{PAIRED_METHOD}, {CONFIDENCE:.0%} intervals; McNemar: exact\n")
-    print(format_comparison(comparisons))
-    if out is not None:
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"a": str(run_a), "b": str(run_b), "stages": comparisons}, indent=2))
-        os.replace(tmp, path)

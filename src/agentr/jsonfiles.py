@@ -31,6 +31,11 @@ def _write_atomic(path: str | os.PathLike, chunks: Iterable[str]) -> Path:
     return path
 
 
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` atomically (reports, markers, any whole file)."""
+    return _write_atomic(path, [text])
+
+
 def write_json(path: str | os.PathLike, data: object, **dump_kwargs) -> Path:
     """Write `data` as one JSON document, atomically (`dump_kwargs` go to `json.dumps`)."""
     return _write_atomic(path, [json.dumps(data, ensure_ascii=False, **dump_kwargs)])

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agentr.jsonfiles import write_text
+
 T = TypeVar("T")
 
 #: Seconds between two looks at the markers of a rendezvous.
@@ -164,10 +166,7 @@ class Rendezvous:
 
     @staticmethod
     def _write(path: Path, text: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)  # a marker appears whole
+        write_text(path, text)  # a marker appears whole
 
 
 def main_rank_does(work: Callable[[], Any], ranks: Ranks, directory: str | os.PathLike) -> None:

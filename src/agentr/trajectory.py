@@ -55,10 +55,6 @@ class Trajectory:
             if m.get("train") and m.get("role") != "assistant":
                 raise ValueError(f"trajectory {self.id}: message {i} is {m.get('role')} but train=true")
 
-    @property
-    def num_trained_turns(self) -> int:
-        return sum(bool(m.get("train")) for m in self.messages)
-
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
 

@@ -23,6 +23,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from agentr.jsonfiles import write_text
+
 #: Loggers held at WARNING unless verbose.
 QUIET_LOGGERS = ("vllm", "transformers", "torch", "lightning", "lightning.pytorch", "lightning.fabric",
                  "peft", "accelerate", "urllib3", "httpx", "filelock", "datasets", "numexpr")
@@ -33,7 +35,7 @@ QUIET_LOGGERS = ("vllm", "transformers", "torch", "lightning", "lightning.pytorc
 ROUTINE_VLLM_WARNINGS = (
     "requires Triton", "Triton is not installed", "Triton is installed, but",
     "Enforce eager set", "Inductor compilation was disabled", "is not found in LD_PRELOAD",
-    "Reset SSM cache type", "Process manager: force killing",
+    "Reset SSM cache type", "force killing",
     "does not officially support disabling chunked prefill",
 )
 
@@ -64,8 +66,9 @@ def _write_vllm_logging_config() -> str:
     path = Path(tempfile.gettempdir()) / f"agentr-vllm-logging-{os.getuid()}.json"
     text = json.dumps(vllm_logging_config(), indent=1)
     if not path.exists() or path.read_text() != text:
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        partial.write_text(text)
+        # per process: two commands starting at once must not write one temporary file
+        partial = path.with_name(f"{path.name}.{os.getpid()}")
+        write_text(partial, text)
         partial.replace(path)
     return str(path)
 

@@ -1,4 +1,4 @@
-"""General chat data mixed into agent training (DESIGN 1.5).
+"""General chat data mixed into agent training.
 
 Agent-R mixes general conversations (ShareGPT) into its agent data so that the model keeps its
 general abilities; the paper weights the two with a mixing factor (eta = 0.2 for agent data).

@@ -42,6 +42,7 @@ import json
 import logging
 import math
 import random
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -395,6 +396,9 @@ class AgentRDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_examples:
+            # An iteration without validation data is the rule (Phase I data all trains):
+            # Lightning's warning about the empty loader says nothing to act on.
+            warnings.filterwarnings("ignore", message="Total length of `list` across ranks is zero")
             return []
         return self._loader(self._val_set, shuffle=False)
 

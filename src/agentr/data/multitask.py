@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from agentr.data.datamodule import AgentRDataModule
-from agentr.envs.base import Environment
 from agentr.envs.multitask import MultiTaskEnv, interleave
 
 

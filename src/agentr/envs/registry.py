@@ -1,7 +1,8 @@
 """Environments by name: `make_env("textcraft", max_depth=2)`.
 
 The registry maps a name to the import path of its class, so listing names never imports an
-optional dependency (ScienceWorld's Java bridge). Register your own with `register_env`.
+optional dependency (ScienceWorld's Java bridge). Your own environment needs no registering:
+name it by its import path, `make_env("my_env:CoinEnv")`.
 """
 
 from __future__ import annotations
@@ -22,21 +23,22 @@ ENVIRONMENTS: dict[str, str] = {
 }
 
 
-def register_env(name: str, target: str | type[Environment]) -> None:
-    """Make `make_env(name)` build `target` (a class, or "module:Class")."""
-    if not isinstance(target, str):
-        target = f"{target.__module__}:{target.__qualname__}"
-    ENVIRONMENTS[name] = target
-
-
 def env_class(name: str) -> type[Environment]:
-    """The class registered as `name`."""
-    if name not in ENVIRONMENTS:
-        raise KeyError(
-            f"unknown environment {name!r}; registered: {', '.join(sorted(ENVIRONMENTS))}"
-        )
-    module, _, attribute = ENVIRONMENTS[name].partition(":")
-    return getattr(importlib.import_module(module), attribute)
+    """The class registered as `name`, or named by its import path "module:Class"."""
+    target = ENVIRONMENTS.get(name, name)
+    module, _, attribute = target.partition(":")
+    if not attribute:
+        raise KeyError(f"unknown environment {name!r}; registered: {', '.join(sorted(ENVIRONMENTS))}, "
+                       "or your own as \"module:Class\"")
+    try:
+        cls = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as error:
+        if name in ENVIRONMENTS:
+            raise  # a shipped environment's optional dependency is missing: say which
+        raise KeyError(f"environment {name!r}: cannot import {attribute} from {module} ({error})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Environment)):
+        raise KeyError(f"environment {name!r} is not an agentr.envs.Environment subclass")
+    return cls
 
 
 def make_env(name: str, **kwargs: Any) -> Environment:

@@ -15,9 +15,9 @@ report at their end; `agentr report RUN_DIR` rewrites it, e.g. with other limits
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from agentr.jsonfiles import write_text
 from agentr.report.page import render
 from agentr.report.run import ReportLimits, read_run
 from agentr.report.summary import format_summary
@@ -31,28 +31,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None,
     return its path and the run data it shows (a `read_run` result)."""
     run = read_run(run_dir, limits)
     path = Path(out) if out is not None else Path(run_dir) / REPORT_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render(run), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, render(run))
     return path, run
 
 
-def report_command(run_dir: str, out: str | None = None, limits: ReportLimits = ReportLimits()) -> None:
-    """Write the HTML report of a run directory (of `agentr fit`, `collect` or `evaluate`).
-
-    The report is one self-contained HTML file: learning curve, search trees, training
-    trajectories and evaluation episodes; it opens from disk in any browser. Prints the run's
-    summary table.
-
-    Args:
-        run_dir: the run directory (trainer.default_root_dir, or a collect/evaluate out_dir).
-        out: the HTML file to write (default: RUN_DIR/report.html).
-        limits: how much of the run the page embeds.
-    """
-    path, run = write_report(run_dir, out, limits)
-    print(format_summary(run, path))
-
-
-__all__ = ["REPORT_NAME", "ReportLimits", "format_summary", "read_run", "render", "report_command",
+__all__ = ["REPORT_NAME", "ReportLimits", "format_summary", "read_run", "render",
            "write_report"]

@@ -1,5 +1,5 @@
 """Phase I of Agent-R: MCTS with the current policy, path pairing, model-guided critique and
-splicing of revision trajectories (DESIGN section 1.1-1.4)."""
+splicing of revision trajectories."""
 
 from agentr.search.config import SearchConfig
 from agentr.search.critique import parse_judgment

@@ -1,8 +1,8 @@
 """Phase I end to end: search many tasks, pair, critique, splice, and write the dataset.
 
 `collect()` keeps up to `max_concurrent_trees` tasks in flight. Each round it asks every tree in
-its search stage for the node it waits on and sends all of them to the engine in ONE
-`engine.generate` call (n = `n_expand`, sampled); every tree in its critique stage contributes
+state `SEARCH` (`TaskState`) for the node it waits on and sends all of them to the engine in ONE
+`engine.generate` call (n = `n_expand`, sampled); every tree in state `CRITIQUE` contributes
 the next bad-path steps to judge, and those go out together in one greedy call, followed (under
 `verdict: parsed_then_forced` or `forced`) by one `engine.choose` call for the steps that still
 lack a verdict. A finished task is written at once, so a run killed at any point loses only the
@@ -66,6 +66,7 @@ depend only on the prompt (the same seed for a sampling engine; greedy decoding)
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import json
 import logging
@@ -84,7 +85,7 @@ from agentr.engines.base import Conversation, Engine, SamplingConfig
 from agentr.envs.base import Environment
 from agentr.errors import ProvenanceError, check_range
 from agentr.jsonfiles import write_json
-from agentr.provenance import changed_keys, env_description, policy_provenance
+from agentr.provenance import changed_keys, policy_provenance
 from agentr.search.config import SearchConfig
 from agentr.search.critique import (
     VERDICT_CHOICES,
@@ -153,6 +154,15 @@ def fit_conversation(engine: Engine, conversation: Conversation, limit: int) -> 
     return truncate_history(conversation, engine.count_tokens, limit)
 
 
+class TaskState(enum.Enum):
+    """Where a task is in Phase I: each round, the scheduler asks every task in flight for the
+    engine requests of its state."""
+
+    SEARCH = "search"  # MCTS simulations: its next node to expand
+    CRITIQUE = "critique"  # the policy judges its bad paths' steps (transition "model")
+    DONE = "done"  # written; leaves the round
+
+
 class _Job:
     """One task on its way: search, then critique (`transition: model`), then done."""
 
@@ -167,7 +177,7 @@ class _Job:
         self.started = time.perf_counter()
         self.rng = random.Random(task_seed(seed, task_id))
         self.tree = SearchTree(env, task_id, config, self.rng, profile)
-        self.stage = "search"
+        self.state = TaskState.SEARCH
         self.walks: list[CritiqueWalk] = []
         self.verdicts: dict[int, str] = {}
         self.critiques: dict[int, StepVerdict] = {}  # node id -> its verdict and source
@@ -179,7 +189,7 @@ class _Job:
         self.critique_tokens = 0
         self.critique_requests = 0
 
-    # ---- stages ------------------------------------------------------------------------------
+    # ---- states ------------------------------------------------------------------------------
     def end_search(self) -> None:
         """Collect the leaf paths and pairs; start the critique where the mode needs it."""
         self.paths = leaf_paths(self.tree.root)
@@ -203,7 +213,7 @@ class _Job:
             elif self.config.transition == "oracle":
                 mistake = self.mistakes[i] if self.mistakes is not None else None
                 walk.settle(*((mistake, "oracle") if mistake is not None else (end, "end")))
-        self.stage = "critique" if self.config.transition == "model" and self.walks else "done"
+        self.state = TaskState.CRITIQUE if self.config.transition == "model" and self.walks else TaskState.DONE
 
     def _first_mistakes(self) -> list[int | None] | None:
         """Per walk, the first step after the divergence that the environment labels a mistake
@@ -244,7 +254,7 @@ class _Job:
             if node is not None:
                 nodes.setdefault(node.id, node)
         if not nodes:
-            self.stage = "done"
+            self.state = TaskState.DONE
         return list(nodes.values())
 
     def record_reply(self, num_tokens: int, parsed: bool) -> None:
@@ -662,13 +672,13 @@ def search_tasks(
             expansions: list[tuple[_Job, Node]] = []
             judgments: list[tuple[_Job, Node]] = []
             for job in active:
-                if job.stage == "search":
+                if job.state is TaskState.SEARCH:
                     node = job.tree.pending()
                     if node is not None:
                         expansions.append((job, node))
                         continue
                     job.end_search()
-                if job.stage == "critique":
+                if job.state is TaskState.CRITIQUE:
                     judgments.extend((job, node) for node in job.nodes_to_judge())
 
             if expansions:
@@ -689,13 +699,13 @@ def search_tasks(
                        len(active))
 
             for job in active:
-                if job.stage == "done":
+                if job.state is TaskState.DONE:
                     with prof.phase("write"):
                         finished_now.append(_write_task(job, tasks_dir, trees_dir))
                     written.update(revision=finished_now[-1]["revision"], good=finished_now[-1]["good"])
                     bar.set_postfix(revision=written["revision"], good=written["good"], refresh=False)
                     bar.update(1)
-            active = [job for job in active if job.stage != "done"]
+            active = [job for job in active if job.state is not TaskState.DONE]
     finally:
         bar.close()
         for job in active:  # interrupted: release the environments of unfinished trees
@@ -792,64 +802,3 @@ def _write_task(job: _Job, tasks_dir: Path, trees_dir: Path) -> dict:
     write_json(tasks_dir / f"{name}.stats.json", stats)
     write_jsonl_atomic(tasks_dir / f"{name}.jsonl", trajectories)
     return stats
-
-
-def collect_command(
-    model: str,
-    env: str = "textcraft",
-    out_dir: str = "runs/collect",
-    split: str = "train",
-    num_tasks: int | None = None,
-    adapter: str | None = None,
-    engine: str = "auto",
-    search: SearchConfig = SearchConfig(),
-    alpha: float = 0.5,
-    iteration: int = 1,
-    seed: int = 0,
-    max_model_len: int = 4096,
-    env_options: dict | None = None,
-    engine_options: dict | None = None,
-    progress: bool = True,
-) -> None:
-    """Phase I alone: search tasks with a model, critique, splice, and write the dataset as JSONL.
-
-    Writes OUT_DIR/dataset.jsonl (trajectories, see agentr.trajectory), OUT_DIR/trees/ (one
-    search tree per task), OUT_DIR/tasks/ (per-task results), OUT_DIR/stats.json and
-    OUT_DIR/report.html (see `agentr report`), and prints a summary. Running again with the
-    same OUT_DIR resumes: finished tasks are skipped.
-
-    Args:
-        model: Hugging Face id, model directory or .gguf file of the policy.
-        env: environment name (textcraft, sciworld, http).
-        out_dir: where the dataset, trees and stats go; an existing one is resumed.
-        split: task split to search ("train" or "test").
-        num_tasks: search only the first N tasks of the split.
-        adapter: LoRA adapter directory loaded on top of the model.
-        engine: "vllm", "hf" or "auto" (vLLM when installed).
-        search: search, pairing and critique settings.
-        alpha: reward threshold of good paths (`>=`).
-        iteration: Agent-R iteration recorded in the trajectories.
-        seed: base seed of all random choices.
-        max_model_len: context length (prompt + reply) of the engine.
-        env_options: keyword arguments of the environment, e.g. {"max_depth": 1} for TextCraft.
-        engine_options: keyword arguments of the engine, e.g. {"kv_cache_gb": 3}.
-        progress: show a progress bar.
-    """
-    from agentr.engines import make_engine
-    from agentr.envs import split_tasks
-
-    check_range("num_tasks", num_tasks, 1, optional=True)
-    check_range("alpha", alpha, 0, 1, low_open=True)
-    check_range("iteration", iteration, 0)
-    check_range("max_model_len", max_model_len, 1)
-    env_factory, task_ids = split_tasks(env, split, num_tasks, env_options)
-    with make_engine(engine, model, adapter=adapter, max_model_len=max_model_len, seed=seed,
-                     **(engine_options or {})) as policy:
-        result = collect(policy, env_factory, task_ids, search, out_dir,
-                         iteration=iteration, alpha=alpha, seed=seed, progress=progress,
-                         provenance={"env": env_description(env, env_options), "split": split})
-    from agentr.report import format_summary, write_report
-
-    report, run = write_report(out_dir)
-    print(format_summary(run, report))
-    print(f"dataset:       {result.dataset}")

@@ -26,15 +26,17 @@ class SearchConfig:
         max_depth: a child at this depth (assistant turns from the root) is terminal.
         temperature: sampling temperature of expansions (the verifier is always greedy).
         max_tokens: new tokens per sampled reply.
-        beta: a (good, bad) pair needs `r(good) - r(bad) > beta`.
+        beta: a (good, bad) pair needs `r(good) - r(bad) > beta`. The other threshold of the
+            pairing rule, alpha (a good path's reward), rises from iteration to iteration, so it
+            is a schedule of the iteration loop (`AgentRIterations.alpha`), or `--alpha` of
+            `agentr collect`; both reach `agentr.search.pairing` together.
         max_pairs_per_task: revision trajectories kept per task, after a seeded shuffle of all
             qualifying pairs (0 keeps none).
         include_good: also write every good path (`r >= alpha`) as a "good" trajectory with all
             assistant turns trained. Mode "optimal" always writes them.
         max_good_per_task: good trajectories kept per task, the shortest first (None: all).
             Sampled successes can carry redundant repeated actions, and many of them teach a
-            small model dead loops (README results: 25% repeated actions in 44 good paths, and
-            the model trained on them fell to 0% success).
+            small model dead loops (the README's quickstart results).
         mode: "agent_r": revision trajectories (t' chosen by `transition`), plus good ones where
             `include_good`; "optimal": good paths only, and only perfect ones (reward 1,
             whatever alpha says: the paper's optimal baseline), no revision trajectories. (The

@@ -60,8 +60,10 @@ class Node:
     #: The reply may be a training target (the reply rule: it has a whole action line).
     trainable: bool = True
     terminal: bool = False
+    #: N: simulations that passed through this node.
     visits: int = 0
-    value: float = 0.0
+    #: W: the sum of the rewards those simulations backed up (the mean is `mean_value`).
+    value_sum: float = 0.0
     children: list[Node] = field(default_factory=list)
     #: The environment at this node's state; held only while the node waits for expansion.
     env: Environment | None = field(default=None, repr=False)
@@ -72,7 +74,7 @@ class Node:
 
     @property
     def mean_value(self) -> float:
-        return self.value / self.visits if self.visits else 0.0
+        return self.value_sum / self.visits if self.visits else 0.0
 
     def path(self) -> list[Node]:
         """The nodes from the root to this one, both included."""
@@ -93,7 +95,7 @@ class Node:
             "id": self.id,
             "depth": self.depth,
             "N": self.visits,
-            "W": round(self.value, 6),
+            "W": round(self.value_sum, 6),
             "reward": self.reward,
             "terminal": self.terminal,
         }
@@ -114,7 +116,7 @@ class Node:
 
 def uct(child: Node, parent_visits: int, c: float) -> float:
     """`W/N + c * sqrt(ln N_parent / N)` of a visited child."""
-    return child.value / child.visits + c * math.sqrt(math.log(parent_visits) / child.visits)
+    return child.value_sum / child.visits + c * math.sqrt(math.log(parent_visits) / child.visits)
 
 
 def select_child(node: Node, c: float, rng: random.Random) -> Node | None:
@@ -141,7 +143,7 @@ def backup(node: Node, reward: float) -> None:
     current: Node | None = node
     while current is not None:
         current.visits += 1
-        current.value += reward
+        current.value_sum += reward
         if current.children and all(child.terminal for child in current.children):
             current.terminal = True
         current = current.parent

@@ -1,4 +1,4 @@
-"""Good paths, bad paths and the pairs that revision trajectories are built from (DESIGN 1.2).
+"""Good paths, bad paths and the pairs that revision trajectories are built from.
 
 A leaf path runs from the root to a terminal node without children; its reward is the leaf's
 (clamped) environment reward. A path is good when `reward >= alpha`. A pair is any (good, bad)

@@ -87,11 +87,6 @@ def _bf16_supported() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def default_precision() -> str:
-    """The Trainer precision agentr recommends here: "bf16-mixed" where bf16 is fast, else "32-true"."""
-    return "bf16-mixed" if _bf16_supported() else "32-true"
-
-
 class AgentRModule(pl.LightningModule):
     """LoRA (or full) supervised fine-tuning on the trained assistant turns of trajectories.
 
