@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/report.py
 from report import load_average, machine  # noqa: E402
 
 from agentr.compare import compare_results, format_points  # noqa: E402
+from agentr.jsonfiles import write_text  # noqa: E402
 from agentr.stats import wilson_interval  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -289,16 +290,9 @@ def write_results(args: argparse.Namespace, skipped: dict[str, str], wall: dict[
     labels = {WARM_START: "warm start alone", **{k: m.label for k, m in METHODS.items()}}
     markdown = format_markdown(results, labels)
     out = Path(args.out_dir)
-    _write_atomic(out / "results.json", json.dumps(results, indent=2))
-    _write_atomic(out / "results.md", markdown + "\n")
+    write_text(out / "results.json", json.dumps(results, indent=2))
+    write_text(out / "results.md", markdown + "\n")
     return markdown
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ---- main -------------------------------------------------------------------------------------
@@ -357,14 +351,14 @@ def main(argv: list[str] | None = None) -> int:
             branch(out / WARM_START, out / step.run)
             continue
         config_path = Path(step.command[step.command.index("--config") + 1])
-        _write_atomic(config_path, yaml.safe_dump(step.config, sort_keys=False))
+        write_text(config_path, yaml.safe_dump(step.config, sort_keys=False))
         print(f"== {step.run}: {' '.join(step.command)}", flush=True)
         began = time.perf_counter()
         try:
             code = run_fit(step.command)
         finally:
             wall[step.run] = wall.get(step.run, 0.0) + time.perf_counter() - began
-            _write_atomic(out / "wall_seconds.json", json.dumps(wall, indent=2))
+            write_text(out / "wall_seconds.json", json.dumps(wall, indent=2))
         if code != 0:
             raise SystemExit(f"{step.run}: agentr fit exited with {code}; run the same command "
                              "again to continue where it stopped")

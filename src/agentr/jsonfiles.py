@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 def _write_atomic(path: str | os.PathLike, chunks: Iterable[str]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes writing one path at once
     with open(tmp, "w", encoding="utf-8") as f:
         for chunk in chunks:
             f.write(chunk)

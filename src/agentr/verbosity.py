@@ -66,10 +66,7 @@ def _write_vllm_logging_config() -> str:
     path = Path(tempfile.gettempdir()) / f"agentr-vllm-logging-{os.getuid()}.json"
     text = json.dumps(vllm_logging_config(), indent=1)
     if not path.exists() or path.read_text() != text:
-        # per process: two commands starting at once must not write one temporary file
-        partial = path.with_name(f"{path.name}.{os.getpid()}")
-        write_text(partial, text)
-        partial.replace(path)
+        write_text(path, text)
     return str(path)
 
 

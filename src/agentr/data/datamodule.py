@@ -52,7 +52,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from agentr.agent.conversation import build_header
-from agentr.agent.turn import Reply, format_reply, is_revision, play
+from agentr.agent.turn import REVISION_ACTION, Reply, format_reply, is_revision, play
 from agentr.data.chat_mix import chat_count, load_chat, sample_chat
 from agentr.errors import SettingError, check_range
 from agentr.data.packing import BatchDataset, EpochShuffleSampler
@@ -487,7 +487,7 @@ class HTTPDataModule(AgentRDataModule):
     def __init__(self, url: str = "http://127.0.0.1:8000", env_name: str | None = None,
                  train_ids: list[str] | None = None, test_ids: list[str] | None = None,
                  instruction: str | None = None, timeout: float = 60.0,
-                 revision_action: str = "revise", **kwargs) -> None:
+                 revision_action: str = REVISION_ACTION, **kwargs) -> None:
         super().__init__(**kwargs)
         check_range("data.timeout", timeout, 0, low_open=True)
         self.url, self.env_name, self.instruction, self.timeout = url, env_name, instruction, timeout

@@ -260,12 +260,14 @@ SCRIPT = r"""
     });
     return el("table", {}, [el("thead", {}, [el("tr", {}, head.map(function (h) { return el("th", {text: h}); }))]), body]);
   }
+  // Select entry `index` of a view's `menu` and show it.
+  function choose(menu, show, index) { menu.value = String(index); show(index); }
   // A view's opener: select stage `name` in `menu`, show it, click the row whose key is `key`.
   function opener(stages, menu, show, body) {
     return function (name, key) {
       var index = stages.map(function (s) { return s.name; }).indexOf(name);
       if (index < 0) return;
-      menu.value = String(index); show(index);
+      choose(menu, show, index);
       Array.prototype.forEach.call(body.querySelectorAll("tr"), function (tr) {
         if (tr.agentrKey === key) tr.click();
       });
@@ -343,7 +345,7 @@ SCRIPT = r"""
     var menu = select(phase1Stages.map(function (s, i) { return [i, s.name]; }), function (v) { show(+v); });
     root.appendChild(el("div", {cls: "toolbar"}, [el("label", {text: "iteration "}), menu]));
     root.appendChild(body);
-    menu.value = String(phase1Stages.length - 1); show(phase1Stages.length - 1);  // the latest first
+    choose(menu, show, phase1Stages.length - 1);  // every view opens on the latest stage
     return opener(phase1Stages, menu, show, body);
   }
 
@@ -381,7 +383,7 @@ SCRIPT = r"""
     root.appendChild(el("div", {cls: "toolbar"}, [el("label", {text: "stage "}), menu,
       select(kinds, function (v) { state.kind = v; show(); })]));
     root.appendChild(body);
-    menu.value = String(sets.length - 1); show(sets.length - 1);
+    choose(menu, show, sets.length - 1);
     return opener(sets.map(function (s) { return {name: s[0]}; }), menu, show, body);
   }
 
@@ -414,7 +416,7 @@ SCRIPT = r"""
     root.appendChild(el("div", {cls: "toolbar"}, [el("label", {text: "stage "}), menu,
       box("failures only", "failures"), box("with a revision turn", "revised")]));
     root.appendChild(body);
-    menu.value = String(stages.length - 1); show(stages.length - 1);
+    choose(menu, show, stages.length - 1);
     return opener(stages, menu, show, body);
   }
 
