@@ -19,6 +19,7 @@ from search_fakes import (
     LabelledToyEnv,
     force_bad_on,
     judge_bad_on,
+    latest_action,
     reply,
     toy_policy,
 )
@@ -380,6 +381,40 @@ def test_replies_without_a_verdict_get_a_forced_one(tmp_path, caplog):
     # the same verdicts as a verifier that writes them: the same transition points
     assert _transitions(forced) == _transitions(parsed)
     assert stats["verdicts"] == parsed.stats["verdicts"]
+
+
+def _sure_of_good(*bad_actions: str):
+    """Forced verdicts of a model that always finds Good most likely; after the given actions
+    Bad is less unlikely than after any other step, the content-free one included."""
+    def force(conversation, prefix, choices):
+        bad = latest_action(conversation) in bad_actions
+        return [{" Good": 0.0, " Bad": -1.0 if bad else -3.0, " Uncertain": -3.0}[c] for c in choices]
+    return force
+
+
+def test_calibration_finds_the_steps_a_model_sure_of_good_leans_bad_on(tmp_path):
+    _, parsed = _collect(tmp_path / "parsed")  # a verifier that writes Bad for the bad actions
+    runs = {}
+    for calibrate in (False, True):
+        engine = ScriptedEngine(toy_policy(), judge=lambda c: "I cannot tell.",
+                                force=_sure_of_good(*BAD_ACTIONS))
+        _, runs[calibrate] = _collect(tmp_path / str(calibrate), engine=engine,
+                                      calibrate_verdicts=calibrate)
+        conversations = [row if isinstance(row, list) else row[0] for b in engine.batches for row in b]
+        baselines = [c for c in conversations if "Latest action: N/A" in c[0]["content"]]
+        assert len(baselines) == (2 if calibrate else 0)  # its reasons, then its verdict: once
+    # uncalibrated, every verdict is Good and t' is the end of every bad path
+    assert runs[False].stats["verdicts"]["Bad"] == 0
+    assert set(runs[False].stats["transition_sources"]) == {"end"}
+    # calibrated, the verdicts and t' are those of the verifier that writes them
+    assert runs[True].stats["verdicts"] == parsed.stats["verdicts"]
+    assert _transitions(runs[True]) == _transitions(parsed)
+    baseline = {"Good": 0.0, "Bad": -3.0, "Uncertain": -3.0}
+    assert runs[True].stats["runs"][-1]["verdict_baseline"] == baseline
+    assert runs[False].stats["runs"][-1]["verdict_baseline"] is None
+    for c in _critiques(tmp_path / "True"):
+        assert c["baseline"] == baseline and c["source"] == "forced"
+    assert all("baseline" not in c for c in _critiques(tmp_path / "False"))
 
 
 def test_forced_only_asks_for_the_verdict_without_reasons(tmp_path):

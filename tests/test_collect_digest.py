@@ -29,8 +29,10 @@ def _run(out: Path, max_concurrent_trees: int, verdict: str) -> str:
     # verdict "forced" scores the verdicts with choose(); the other mode parses the judge's reply
     engine = ScriptedEngine(toy_policy(), judge_bad_on("noop", "lose", "half", "boom"),
                             force=force_bad_on("noop", "lose", "half"))
+    # the recorded trees predate the calibration baseline that forced verdicts now carry
+    # (calibrated, these scripted verdicts and so the dataset are the same)
     config = SearchConfig(num_simulations=4, n_expand=4, max_depth=5, verdict=verdict,
-                          max_concurrent_trees=max_concurrent_trees)
+                          max_concurrent_trees=max_concurrent_trees, calibrate_verdicts=False)
     collect(engine, lambda: LabelledToyEnv(need=2), TASKS, config, out, seed=3, progress=False)
     return _digest(out)
 

@@ -8,6 +8,8 @@ from agentr.search.critique import (
     FORCED_ASK,
     CritiqueWalk,
     StepVerdict,
+    calibrated_choice,
+    content_free_step,
     forced_prefix,
     parse_judgment,
     step_conversation,
@@ -81,6 +83,25 @@ def test_step_verdicts_record_their_source():
     forced = StepVerdict("Good", "forced", None, {"Good": -0.123456, "Bad": -2.0, "Uncertain": -3.0})
     assert forced.to_dict() == {"verdict": "Good", "source": "forced",
                                 "logprobs": {"Good": -0.1235, "Bad": -2.0, "Uncertain": -3.0}}
+
+
+def test_calibrated_choice_takes_the_largest_gain_over_the_content_free_step():
+    # a prior that always says Good: the raw argmax is Good, the gain over the prior is Bad
+    assert calibrated_choice([-0.1, -2.0, -4.0], None) == 0
+    assert calibrated_choice([-0.1, -2.0, -4.0], [-0.01, -5.0, -4.5]) == 1
+    assert calibrated_choice([-1.0, -1.0, -1.0], [-1.0, -1.0, -1.0]) == 0  # a tie: the first
+    assert calibrated_choice([-3.0, -1.0, -2.0], [-3.0, -1.0, -0.5]) == 0  # ties with Bad at 0
+    with_baseline = StepVerdict("Bad", "forced", None, {"Good": -0.1, "Bad": -2.0, "Uncertain": -4.0},
+                                {"Good": -0.01, "Bad": -5.0, "Uncertain": -4.5})
+    assert with_baseline.to_dict()["baseline"] == {"Good": -0.01, "Bad": -5.0, "Uncertain": -4.5}
+
+
+def test_content_free_step_has_no_task_history_action_or_observation():
+    for direct in (False, True):
+        text = content_free_step(direct)[0]["content"]
+        assert "Task:\nN/A\n" in text and "(none yet)" in text
+        assert "Latest action: N/A\nObservation: N/A" in text
+        assert text.endswith(FORCED_ASK) == direct
 
 
 def test_verifier_prompt_drops_oldest_history_to_fit():

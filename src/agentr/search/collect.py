@@ -93,6 +93,8 @@ from agentr.search.critique import (
     VERDICTS,
     CritiqueWalk,
     StepVerdict,
+    calibrated_choice,
+    content_free_step,
     forced_prefix,
     parse_judgment,
     step_conversation,
@@ -357,12 +359,48 @@ def check_transition_source(config: SearchConfig, make_env: Callable[[], Environ
             "'model' or 'end'")
 
 
+def forces_verdicts(config: SearchConfig) -> bool:
+    """Whether Phase I under `config` may force verdicts by log-probability."""
+    return config.mode == "agent_r" and config.transition == "model" and config.verdict != "parsed"
+
+
+class _Baseline:
+    """The calibration baseline of a run's forced verdicts: the log-probability of each verdict
+    (`VERDICTS` order) for the content-free step, asked as the forced verdicts are (after the
+    verifier's own greedy reasons, or under `verdict: forced` directly). Asked for when the
+    first verdict is forced: a policy that writes all its verdicts never pays for it."""
+
+    def __init__(self, engine: Engine, config: SearchConfig, sampling: SamplingConfig) -> None:
+        self.enabled = config.calibrate_verdicts and forces_verdicts(config)
+        self.direct = config.verdict == "forced"
+        self.engine, self.sampling = engine, sampling
+        self.logprobs: list[float] | None = None
+
+    def get(self, calls: Counter, seconds: Counter, prof: Profile, in_flight: int) -> list[float] | None:
+        if not self.enabled or self.logprobs is not None:
+            return self.logprobs
+        prompt = content_free_step(self.direct)
+        reply = None
+        if not self.direct:
+            start = time.perf_counter()
+            reply = self.engine.generate([prompt], self.sampling)[0][0].text
+            _record_call(prof, seconds, "judge", time.perf_counter() - start, 0, in_flight, 1)
+            calls["judge"] += 1
+        start = time.perf_counter()
+        (choice,) = self.engine.choose([prompt], [forced_prefix(reply)], VERDICT_CHOICES)
+        _record_call(prof, seconds, "force", time.perf_counter() - start, 0, in_flight, 1)
+        calls["force"] += 1
+        self.logprobs = list(choice.logprobs)
+        return self.logprobs
+
+
 def _judge(engine: Engine, judgments: list[tuple[_Job, Node]], config: SearchConfig,
            sampling: SamplingConfig, fits: Callable[[Conversation], bool],
-           calls: Counter, seconds: Counter, prof: Profile, in_flight: int) -> None:
+           baseline: _Baseline, calls: Counter, seconds: Counter, prof: Profile,
+           in_flight: int) -> None:
     """Give every step in `judgments` a verdict by `config.verdict` (see `agentr.search.critique`):
     one batched `generate` for the reasons, then one batched `choose` for the steps still
-    without a verdict."""
+    without a verdict, calibrated against `baseline` where it is enabled."""
     direct = config.verdict == "forced"
     with prof.phase("judge.prompts"):
         prompts = [step_conversation(node.path(), node.depth, fits, direct) for _, node in judgments]
@@ -391,9 +429,12 @@ def _judge(engine: Engine, judgments: list[tuple[_Job, Node]], config: SearchCon
         _record_call(prof, seconds, "force", time.perf_counter() - start,
                      len({id(job) for job, *_ in to_force}), in_flight, len(to_force))
         calls["force"] += 1
+        base = baseline.get(calls, seconds, prof, in_flight)
         for (job, node, _, reply), choice in zip(to_force, choices):
-            job.record_verdict(node, StepVerdict(VERDICTS[choice.index], "forced", reply,
-                                                 dict(zip(VERDICTS, choice.logprobs))))
+            verdict = VERDICTS[calibrated_choice(choice.logprobs, base)]
+            job.record_verdict(node, StepVerdict(
+                verdict, "forced", reply, dict(zip(VERDICTS, choice.logprobs)),
+                None if base is None else dict(zip(VERDICTS, base))))
 
 
 def _record_call(prof: Profile, seconds: Counter, kind: str, elapsed: float, trees: int,
@@ -414,7 +455,8 @@ def phase1_report(stats: dict) -> str:
     lines = [
         f"Phase I: {stats['trees_searched']} trees, {stats['revision_trajectories']} revision + "
         f"{stats['good_trajectories']} good trajectories, {stats['wall_seconds']:.0f} s",
-        f"  verdicts: {verdicts} (by source: {sources})",
+        f"  verdicts: {verdicts} (by source: {sources}"
+        f"{'; forced ones calibrated' if stats.get('calibrate_verdicts') else ''})",
         f"  t' sources: {stats['transition_sources']}; t' histogram: "
         f"{stats['transition_step_histogram']}",
     ]
@@ -542,6 +584,7 @@ class RunCounters:
     calls: dict[str, int]  # engine calls by kind ("expand", "judge", "force")
     engine_seconds: dict[str, float]  # engine time by kind of call
     wall_seconds: float
+    verdict_baseline: dict[str, float] | None = None  # the content-free step's verdict log-probs
 
 
 def collect(
@@ -656,6 +699,7 @@ def search_tasks(
     reasons = 0 if config.verdict == "forced" else config.critique_max_tokens
     judge_limit = engine.max_model_len - reasons - _VERDICT_TOKENS
     judge_fits = lambda c: fits(engine, c, judge_limit)  # noqa: E731
+    baseline = _Baseline(engine, config, judge_sampling)
 
     active: list[_Job] = []
     try:
@@ -695,8 +739,8 @@ def search_tasks(
                 for (job, node), generations in zip(expansions, replies):
                     job.tree.expand(node, generations)
             if judgments:
-                _judge(engine, judgments, config, judge_sampling, judge_fits, calls, seconds, prof,
-                       len(active))
+                _judge(engine, judgments, config, judge_sampling, judge_fits, baseline, calls,
+                       seconds, prof, len(active))
 
             for job in active:
                 if job.state is TaskState.DONE:
@@ -715,7 +759,9 @@ def search_tasks(
 
     return RunCounters(finished=finished_now, calls={k: calls[k] for k in CALL_KINDS},
                        engine_seconds={k: seconds[k] for k in CALL_KINDS},
-                       wall_seconds=round(time.perf_counter() - started, 3))
+                       wall_seconds=round(time.perf_counter() - started, 3),
+                       verdict_baseline=None if baseline.logprobs is None
+                       else dict(zip(VERDICTS, baseline.logprobs)))
 
 
 def write_dataset(out_dir: str | Path, task_ids: Sequence[str], config: SearchConfig,
@@ -751,11 +797,13 @@ def write_dataset(out_dir: str | Path, task_ids: Sequence[str], config: SearchCo
         "engine_seconds": {k: round(sum(run.engine_seconds.get(k, 0.0) for run in runs), 3)
                            for k in CALL_KINDS},
         "ranks": len(runs),
+        "verdict_baseline": next((r.verdict_baseline for r in runs if r.verdict_baseline), None),
     })
     stats.update(
         mode=config.mode,
         transition=config.transition,
         verdict=config.verdict,
+        calibrate_verdicts=config.calibrate_verdicts,
         alpha=good_threshold(config, alpha),
         seed=seed,
         iteration=iteration,

@@ -51,6 +51,12 @@ class SearchConfig:
             "parsed_then_forced": the same, and a reply without a verdict is continued with
             `Judgment:` and the model's most likely verdict taken; "forced": the verdict alone,
             by the model's log-probabilities, without reasons (the cheapest).
+        calibrate_verdicts: a forced verdict is the one whose log-probability rose most above
+            the model's log-probability of it for a step with no content (task, action and
+            observation all "N/A"), not simply the most likely one. A small model puts most of
+            its mass on one verdict word whatever the step; the content-free baseline divides
+            that prior out (contextual calibration, Zhao et al., 2021). False: the most likely
+            verdict. Parsed verdicts are never changed.
         critique_max_tokens: new tokens per verifier answer (reasons first, then the judgment;
             unused under `verdict: forced`).
         max_concurrent_trees: trees searched together; bounds the engine batch and so the KV
@@ -70,6 +76,7 @@ class SearchConfig:
     mode: Literal["agent_r", "optimal"] = "agent_r"
     transition: Literal["model", "end", "oracle"] = "model"
     verdict: Literal["parsed", "parsed_then_forced", "forced"] = "parsed_then_forced"
+    calibrate_verdicts: bool = True
     critique_max_tokens: int = 256
     max_concurrent_trees: int = 32
 

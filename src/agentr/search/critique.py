@@ -17,6 +17,13 @@ Where the verdict comes from is `SearchConfig.verdict`:
 - "forced": no reasons. The prompt asks for the verdict directly (`FORCED_ASK`) and the model's
   most likely verdict after `Judgment:` is taken (source "forced"): the cheapest critique.
 
+Forced verdicts are calibrated (`SearchConfig.calibrate_verdicts`, default on): before judging,
+the verifier is asked the same question about a step without content (`content_free_step`: task,
+action and observation "N/A"), and a step's forced verdict is the one whose log-probability rose
+most above that baseline (`calibrated_choice`). A small model is sure of one verdict word, most
+often "Good", whatever the step; the baseline is that prior, and what rises above it is what the
+step itself says.
+
 Each step's verdict depends only on the path up to that step, so verdicts are cached per node:
 pairs that share bad steps ask once.
 """
@@ -24,7 +31,7 @@ pairs that share bad steps ask once.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from agentr.engines.base import Conversation
@@ -114,6 +121,23 @@ def verifier_conversation(task: str, history: list[tuple[str, str]], action: str
     return [{"role": "user", "content": prompt}]
 
 
+#: What stands for the task, the action and the observation of the content-free step.
+CONTENT_FREE = "N/A"
+
+
+def content_free_step(direct: bool = False) -> Conversation:
+    """The verifier chat about a step without content: the calibration baseline's prompt."""
+    return verifier_conversation(CONTENT_FREE, [], CONTENT_FREE, CONTENT_FREE, direct)
+
+
+def calibrated_choice(logprobs: Sequence[float], baseline: Sequence[float] | None) -> int:
+    """The index of the verdict whose log-probability gained most over `baseline` (the
+    content-free step's, in the same order), or of the most likely one when `baseline` is None.
+    Ties go to the earlier verdict."""
+    scores = list(logprobs) if baseline is None else [lp - b for lp, b in zip(logprobs, baseline)]
+    return max(range(len(scores)), key=lambda i: (scores[i], -i))
+
+
 def step_conversation(path: list[Node], step: int,
                       fits: Callable[[Conversation], bool] = lambda c: True,
                       direct: bool = False) -> Conversation:
@@ -146,19 +170,24 @@ class StepVerdict:
         source: "parsed", "forced" or "none" (see `VERDICT_SOURCES`).
         reply: the verifier's reasons (None under `verdict: forced`).
         logprobs: the log-probability of each verdict after `Judgment:` (forced verdicts only).
+        baseline: the same for the content-free step, where the verdict was calibrated
+            against it (the verdict is then the largest `logprobs - baseline`).
     """
 
     verdict: str
     source: str
     reply: str | None = None
     logprobs: dict[str, float] | None = None
+    baseline: dict[str, float] | None = None
 
     def to_dict(self) -> dict:
         data: dict = {"verdict": self.verdict, "source": self.source}
         if self.reply is not None:
             data["reply"] = self.reply
-        if self.logprobs is not None:
-            data["logprobs"] = {k: round(v, 4) for k, v in self.logprobs.items()}
+        for key in ("logprobs", "baseline"):
+            values = getattr(self, key)
+            if values is not None:
+                data[key] = {k: round(v, 4) for k, v in values.items()}
         return data
 
 
