@@ -47,7 +47,9 @@ from agentr.engines import make_engine
 from agentr.engines.base import SamplingConfig
 from agentr.engines.models import SMOLLM2_ID
 from agentr.envs.textcraft import TextCraftEnv
-from agentr.search.collect import collect, fit_conversation, task_seed
+from agentr.search.collect import collect
+from agentr.search.scheduler import fit_conversation
+from agentr.search.task import task_seed
 from agentr.search.config import SearchConfig
 from agentr.search.mcts import SearchTree
 from agentr.timing import Profile

@@ -26,7 +26,9 @@ from search_fakes import (
 
 from agentr.envs import textcraft
 from agentr.errors import ProvenanceError
-from agentr.search.collect import collect, phase1_report, task_seed
+from agentr.search.collect import collect
+from agentr.search.summary import phase1_report
+from agentr.search.task import task_seed
 from agentr.search.config import SearchConfig
 from agentr.trajectory import read_jsonl
 
@@ -206,7 +208,7 @@ def test_replay_environment_gives_the_same_dataset(tmp_path):
 
 def test_seed_is_per_task_and_stable_across_processes():
     assert task_seed(0, "t1") != task_seed(1, "t1") and task_seed(0, "t1") != task_seed(0, "t2")
-    code = "from agentr.search.collect import task_seed; print(task_seed(0, 't1'))"
+    code = "from agentr.search.task import task_seed; print(task_seed(0, 't1'))"
     for hashseed in ("1", "2"):
         out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": hashseed},
                              capture_output=True, text=True, check=True).stdout
@@ -490,7 +492,7 @@ def test_accuracy_of_model_end_and_random_rules_on_the_same_pairs(tmp_path):
 
 
 def test_placement_on_hand_built_pairs():
-    from agentr.search.collect import placement, transition_accuracy
+    from agentr.search.summary import placement, transition_accuracy
 
     assert placement([3, 2, 5, 4], [3, 4, 4, None]) == {
         "equal": 0.3333, "before": 0.3333, "after": 0.3333, "mean_distance": 1.0}

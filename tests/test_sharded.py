@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from search_fakes import CloneToyEnv, ScriptedEngine, judge_bad_on, toy_policy
 
-from agentr.search.collect import collect, prepare_out_dir, search_tasks
+from agentr.search.collect import collect, prepare_out_dir
+from agentr.search.scheduler import search_tasks
 from agentr.search.config import SearchConfig
 
 TASKS = [f"t{i}" for i in range(6)]

@@ -27,15 +27,9 @@ from pathlib import Path
 from agentr.engines.base import Engine
 from agentr.envs.base import Environment
 from agentr.ranks import Ranks, Rendezvous, shared_token
-from agentr.search.collect import (
-    CollectResult,
-    RunCounters,
-    collect,
-    prepare_out_dir,
-    search_tasks,
-    task_filename,
-    write_dataset,
-)
+from agentr.search.collect import CollectResult, collect, prepare_out_dir, write_dataset
+from agentr.search.run_dir import task_filename
+from agentr.search.scheduler import RunCounters, search_tasks
 from agentr.search.config import SearchConfig
 
 

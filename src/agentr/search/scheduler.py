@@ -1,0 +1,290 @@
+"""The Phase I scheduler: many tasks in flight, their engine requests batched by round.
+
+`search_tasks` keeps up to `max_concurrent_trees` tasks (`TaskSearch`) in flight. Each round it
+asks every task in state SEARCH for the node it waits on and sends all of them to the engine in
+ONE `engine.generate` call (n = `n_expand`, sampled); every task in state CRITIQUE contributes
+the next bad-path steps to judge, and those go out together in one greedy call, followed (under
+`verdict: parsed_then_forced` or `forced`) by one `engine.choose` call for the steps that still
+lack a verdict (calibrated against the content-free step, asked once per run: see
+`agentr.search.critique`). A finished task is written at once (`run_dir.write_task`), so a run
+killed at any point loses only the tasks in flight. Expansions sample with the stop strings
+`REPLY_STOP`, and a fresh seed per call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentr.agent.conversation import truncate_history
+from agentr.agent.turn import REPLY_STOP
+from agentr.engines.base import Conversation, Engine, SamplingConfig
+from agentr.envs.base import Environment
+from agentr.search.config import SearchConfig
+from agentr.search.critique import (
+    VERDICT_CHOICES,
+    VERDICTS,
+    StepVerdict,
+    calibrated_choice,
+    content_free_step,
+    forced_prefix,
+    parse_judgment,
+    step_conversation,
+)
+from agentr.search.mcts import Node
+from agentr.search.run_dir import task_filename, write_task
+from agentr.search.task import TaskSearch, TaskState
+from agentr.timing import NO_PROFILE, Profile
+
+#: Chat-template tokens per message, a generous bound used to skip exact counting.
+_TEMPLATE_BYTES_PER_MESSAGE = 32
+
+
+#: Room kept in a verifier prompt for a forced verdict: the judgment label and the verdict.
+_VERDICT_TOKENS = 16
+
+
+#: The kinds of batched engine calls of a run (sampled expansions, critiques, forced verdicts).
+CALL_KINDS = ("expand", "judge", "force")
+
+
+def call_seed(seed: int, call: int) -> int:
+    """The sampling seed of the `call`-th batched expansion call of a run."""
+    return (seed * 1_000_003 + call * 7_919) % (2**31 - 1)
+
+
+def surely_fits(conversation: Conversation, limit: int) -> bool:
+    """True when `conversation` certainly renders to at most `limit` tokens (a token covers at
+    least one byte, plus a bound on the chat template), so exact counting can be skipped."""
+    size = sum(len(m["content"].encode()) + _TEMPLATE_BYTES_PER_MESSAGE for m in conversation)
+    return size + _TEMPLATE_BYTES_PER_MESSAGE <= limit
+
+
+def fits(engine: Engine, conversation: Conversation, limit: int) -> bool:
+    return surely_fits(conversation, limit) or engine.count_tokens(conversation) <= limit
+
+
+def fit_conversation(engine: Engine, conversation: Conversation, limit: int) -> Conversation:
+    """`conversation` with its oldest turns dropped until its prompt has at most `limit` tokens."""
+    if surely_fits(conversation, limit):
+        return conversation
+    return truncate_history(conversation, engine.count_tokens, limit)
+
+
+@dataclass
+class RunCounters:
+    """What one process did in one run of the search (ranks' counters are merged)."""
+
+    finished: list[dict]  # the per-task stats of the tasks this run finished
+    calls: dict[str, int]  # engine calls by kind ("expand", "judge", "force")
+    engine_seconds: dict[str, float]  # engine time by kind of call
+    wall_seconds: float
+    verdict_baseline: dict[str, float] | None = None  # the content-free step's verdict log-probs
+
+
+def search_tasks(
+    engine: Engine,
+    make_env: Callable[[], Environment],
+    task_ids: Sequence[str],
+    config: SearchConfig,
+    out_dir: str | Path,
+    *,
+    iteration: int,
+    alpha: float,
+    seed: int,
+    progress: bool = True,
+    claim: Callable[[str], bool] | None = None,
+    profile: Profile | None = None,
+) -> RunCounters:
+    """Search the tasks of `task_ids` not done yet in `out_dir` (prepared), writing each as it ends.
+
+    `claim(task_id)`, when given, is asked before a task starts: False leaves the task to
+    another process (it counts as progress here).
+
+    `profile`, when given, gets the seconds of each phase: "engine.<kind>" (the engine calls),
+    "expand.prompts" and "judge.prompts" (building and fitting prompts), "env.step",
+    "env.clone", "write" (finished tasks); and counters: "idle_tree_seconds.<kind>" (trees in
+    flight but not in an engine call, times the call's seconds: a tree waiting on the others),
+    "requests.<kind>", "rounds", "rounds_below_capacity" (fewer trees in flight than
+    `max_concurrent_trees`), and the engine's "engine.prompt_tokens",
+    "engine.cached_prompt_tokens", "engine.generated_tokens", "engine.render_seconds".
+    """
+    prof = profile or NO_PROFILE
+    stats0 = dataclasses.replace(engine.stats)
+    out_dir = Path(out_dir)
+    task_ids = [str(t) for t in task_ids]
+    tasks_dir, trees_dir = out_dir / "tasks", out_dir / "trees"
+    done_file = lambda t: tasks_dir / f"{task_filename(t)}.jsonl"  # noqa: E731
+    todo = deque(t for t in task_ids if not done_file(t).exists())
+    started = time.perf_counter()
+    calls: Counter[str] = Counter()
+    seconds: Counter[str] = Counter()  # engine time per kind of call
+    finished_now: list[dict] = []
+    written: Counter[str] = Counter()  # trajectories written by this run
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(task_ids), initial=len(task_ids) - len(todo), unit="task", desc="collect",
+               disable=not progress)
+    expand_sampling = SamplingConfig(n=config.n_expand, temperature=config.temperature,
+                                     max_tokens=config.max_tokens, stop=REPLY_STOP)
+    judge_sampling = SamplingConfig(n=1, temperature=0.0, max_tokens=config.critique_max_tokens, seed=seed)
+    expand_limit = engine.max_model_len - config.max_tokens
+    reasons = 0 if config.verdict == "forced" else config.critique_max_tokens
+    judge_limit = engine.max_model_len - reasons - _VERDICT_TOKENS
+    judge_fits = lambda c: fits(engine, c, judge_limit)  # noqa: E731
+    baseline = _Baseline(engine, config, judge_sampling)
+
+    active: list[TaskSearch] = []
+    try:
+        while todo or active:
+            while todo and len(active) < config.max_concurrent_trees:
+                task_id = todo.popleft()
+                if claim is not None and not claim(task_id):
+                    bar.update(1)  # another process searches it
+                    continue
+                active.append(TaskSearch(task_id, make_env(), config, alpha, seed, iteration, prof))
+            prof.count("rounds")
+            prof.count("rounds_below_capacity", len(active) < config.max_concurrent_trees)
+
+            expansions: list[tuple[TaskSearch, Node]] = []
+            judgments: list[tuple[TaskSearch, Node]] = []
+            for job in active:
+                if job.state is TaskState.SEARCH:
+                    node = job.tree.pending()
+                    if node is not None:
+                        expansions.append((job, node))
+                        continue
+                    job.end_search()
+                if job.state is TaskState.CRITIQUE:
+                    judgments.extend((job, node) for node in job.nodes_to_judge())
+
+            if expansions:
+                with prof.phase("expand.prompts"):
+                    prompts = [fit_conversation(engine, job.tree.conversation(node), expand_limit)
+                               for job, node in expansions]
+                # a fresh seed per call, so that rounds do not replay the same random stream
+                sampling = dataclasses.replace(expand_sampling, seed=call_seed(seed, calls["expand"]))
+                calls["expand"] += 1
+                start = time.perf_counter()
+                replies = engine.generate(prompts, sampling)
+                _record_call(prof, seconds, "expand", time.perf_counter() - start, len(prompts),
+                             len(active))
+                for (job, node), generations in zip(expansions, replies):
+                    job.tree.expand(node, generations)
+            if judgments:
+                _judge(engine, judgments, config, judge_sampling, judge_fits, baseline, calls,
+                       seconds, prof, len(active))
+
+            for job in active:
+                if job.state is TaskState.DONE:
+                    with prof.phase("write"):
+                        finished_now.append(write_task(job, tasks_dir, trees_dir))
+                    written.update(revision=finished_now[-1]["revision"], good=finished_now[-1]["good"])
+                    bar.set_postfix(revision=written["revision"], good=written["good"], refresh=False)
+                    bar.update(1)
+            active = [job for job in active if job.state is not TaskState.DONE]
+    finally:
+        bar.close()
+        for job in active:  # interrupted: release the environments of unfinished trees
+            job.tree.close()
+        for name in ("prompt_tokens", "cached_prompt_tokens", "generated_tokens", "render_seconds"):
+            prof.count(f"engine.{name}", getattr(engine.stats, name) - getattr(stats0, name))
+
+    return RunCounters(finished=finished_now, calls={k: calls[k] for k in CALL_KINDS},
+                       engine_seconds={k: seconds[k] for k in CALL_KINDS},
+                       wall_seconds=round(time.perf_counter() - started, 3),
+                       verdict_baseline=None if baseline.logprobs is None
+                       else dict(zip(VERDICTS, baseline.logprobs)))
+
+
+def forces_verdicts(config: SearchConfig) -> bool:
+    """Whether Phase I under `config` may force verdicts by log-probability."""
+    return config.mode == "agent_r" and config.transition == "model" and config.verdict != "parsed"
+
+
+class _Baseline:
+    """The calibration baseline of a run's forced verdicts: the log-probability of each verdict
+    (`VERDICTS` order) for the content-free step, asked as the forced verdicts are (after the
+    verifier's own greedy reasons, or under `verdict: forced` directly). Asked for when the
+    first verdict is forced: a policy that writes all its verdicts never pays for it."""
+
+    def __init__(self, engine: Engine, config: SearchConfig, sampling: SamplingConfig) -> None:
+        self.enabled = config.calibrate_verdicts and forces_verdicts(config)
+        self.direct = config.verdict == "forced"
+        self.engine, self.sampling = engine, sampling
+        self.logprobs: list[float] | None = None
+
+    def get(self, calls: Counter, seconds: Counter, prof: Profile, in_flight: int) -> list[float] | None:
+        if not self.enabled or self.logprobs is not None:
+            return self.logprobs
+        prompt = content_free_step(self.direct)
+        reply = None
+        if not self.direct:
+            start = time.perf_counter()
+            reply = self.engine.generate([prompt], self.sampling)[0][0].text
+            _record_call(prof, seconds, "judge", time.perf_counter() - start, 0, in_flight, 1)
+            calls["judge"] += 1
+        start = time.perf_counter()
+        (choice,) = self.engine.choose([prompt], [forced_prefix(reply)], VERDICT_CHOICES)
+        _record_call(prof, seconds, "force", time.perf_counter() - start, 0, in_flight, 1)
+        calls["force"] += 1
+        self.logprobs = list(choice.logprobs)
+        return self.logprobs
+
+
+def _judge(engine: Engine, judgments: list[tuple[TaskSearch, Node]], config: SearchConfig,
+           sampling: SamplingConfig, fits: Callable[[Conversation], bool],
+           baseline: _Baseline, calls: Counter, seconds: Counter, prof: Profile,
+           in_flight: int) -> None:
+    """Give every step in `judgments` a verdict by `config.verdict` (see `agentr.search.critique`):
+    one batched `generate` for the reasons, then one batched `choose` for the steps still
+    without a verdict, calibrated against `baseline` where it is enabled."""
+    direct = config.verdict == "forced"
+    with prof.phase("judge.prompts"):
+        prompts = [step_conversation(node.path(), node.depth, fits, direct) for _, node in judgments]
+    to_force: list[tuple[TaskSearch, Node, Conversation, str | None]] = []
+    if direct:
+        to_force = [(job, node, prompt, None) for (job, node), prompt in zip(judgments, prompts)]
+    else:
+        start = time.perf_counter()
+        replies = engine.generate(prompts, sampling)
+        _record_call(prof, seconds, "judge", time.perf_counter() - start,
+                     len({id(job) for job, _ in judgments}), in_flight, len(prompts))
+        calls["judge"] += 1
+        for (job, node), prompt, (reply, *_) in zip(judgments, prompts, replies):
+            verdict = parse_judgment(reply.text)
+            job.record_reply(reply.num_tokens, parsed=verdict is not None)
+            if verdict is not None:
+                job.record_verdict(node, StepVerdict(verdict, "parsed", reply.text))
+            elif config.verdict == "parsed":
+                job.record_verdict(node, StepVerdict("Uncertain", "none", reply.text))
+            else:
+                to_force.append((job, node, prompt, reply.text))
+    if to_force:
+        start = time.perf_counter()
+        choices = engine.choose([p for _, _, p, _ in to_force],
+                                [forced_prefix(reply) for *_, reply in to_force], VERDICT_CHOICES)
+        _record_call(prof, seconds, "force", time.perf_counter() - start,
+                     len({id(job) for job, *_ in to_force}), in_flight, len(to_force))
+        calls["force"] += 1
+        base = baseline.get(calls, seconds, prof, in_flight)
+        for (job, node, _, reply), choice in zip(to_force, choices):
+            verdict = VERDICTS[calibrated_choice(choice.logprobs, base)]
+            job.record_verdict(node, StepVerdict(
+                verdict, "forced", reply, dict(zip(VERDICTS, choice.logprobs)),
+                None if base is None else dict(zip(VERDICTS, base))))
+
+
+def _record_call(prof: Profile, seconds: Counter, kind: str, elapsed: float, trees: int,
+                 in_flight: int, requests: int | None = None) -> None:
+    """Book one engine call of `kind`: its seconds, its requests, and the trees in flight that
+    had no part in it (they wait on it)."""
+    seconds[kind] += elapsed
+    prof.add_time(f"engine.{kind}", elapsed)
+    prof.count(f"requests.{kind}", trees if requests is None else requests)
+    prof.count(f"idle_tree_seconds.{kind}", (in_flight - trees) * elapsed)
