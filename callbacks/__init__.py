@@ -7,13 +7,13 @@
 
 from agentr.callbacks.evaluation import EvaluationCallback
 from agentr.callbacks.generation import GenerationCallback
-from agentr.callbacks.iteration import AgentRIterations, Stage, WarmStart, epoch_plan
+from agentr.callbacks.iteration import AgentRIterations, PlannedEpoch, WarmStart, epoch_plan
 
 __all__ = [
     "AgentRIterations",
     "EvaluationCallback",
     "GenerationCallback",
-    "Stage",
+    "PlannedEpoch",
     "WarmStart",
     "epoch_plan",
 ]

@@ -71,7 +71,7 @@ class WarmStart:
 
 
 @dataclass(frozen=True)
-class Stage:
+class PlannedEpoch:
     """What one training epoch belongs to."""
 
     iteration: int  # 0: warm start; 1..: Agent-R iterations
@@ -90,8 +90,8 @@ def per_iteration(values: list, iterations: int, name: str = "values") -> list:
     return [values[min(i, len(values) - 1)] for i in range(iterations)]
 
 
-def epoch_plan(iterations: int, epochs: list[int], warm_start_epochs: int = 0) -> list[Stage]:
-    """The stage of every training epoch of the fit, in order."""
+def epoch_plan(iterations: int, epochs: list[int], warm_start_epochs: int = 0) -> list[PlannedEpoch]:
+    """What every training epoch of the fit belongs to, in order."""
     check_range("AgentRIterations.iterations", iterations, 1)
     for count in epochs:
         check_range("AgentRIterations.epochs", count, 1)  # each iteration's
@@ -100,7 +100,7 @@ def epoch_plan(iterations: int, epochs: list[int], warm_start_epochs: int = 0) -
     first = 0 if warm_start_epochs else 1
     plan = []
     for iteration, count in enumerate(counts, start=first):
-        plan.extend(Stage(iteration, e, count) for e in range(count))
+        plan.extend(PlannedEpoch(iteration, e, count) for e in range(count))
     return plan
 
 
@@ -186,10 +186,10 @@ class AgentRIterations(Callback):
         self._epoch_started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        stage = self.plan[trainer.current_epoch]
+        planned = self.plan[trainer.current_epoch]
         if trainer.is_global_zero:
-            self._record_training_time(stage, time.perf_counter() - self._epoch_started)
-        if stage.iteration == self.stop_after and stage.is_last_epoch:
+            self._record_training_time(planned, time.perf_counter() - self._epoch_started)
+        if planned.iteration == self.stop_after and planned.is_last_epoch:
             trainer.should_stop = True  # the checkpoint of this epoch is still written
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -201,14 +201,14 @@ class AgentRIterations(Callback):
         if trainer.is_global_zero:
             self._report(trainer)
 
-    def _record_training_time(self, stage: Stage, seconds: float) -> None:
+    def _record_training_time(self, planned: PlannedEpoch, seconds: float) -> None:
         """Add an epoch's wall time to `iteration_<k>/training.json` (a resumed epoch replaces
         the entry of its interrupted run)."""
-        path = self.iteration_dir(stage.iteration) / "training.json"
+        path = self.iteration_dir(planned.iteration) / "training.json"
         record = json.loads(path.read_text()) if path.exists() else {}
-        epochs = (record.get("epoch_seconds") or []) + [None] * stage.epochs
-        epochs = epochs[: stage.epochs]
-        epochs[stage.epoch] = round(seconds, 3)
+        epochs = (record.get("epoch_seconds") or []) + [None] * planned.epochs
+        epochs = epochs[: planned.epochs]
+        epochs[planned.epoch] = round(seconds, 3)
         record = {"seconds": round(sum(e for e in epochs if e is not None), 3), "epoch_seconds": epochs}
         write_json(path, record, indent=2)
 
@@ -243,21 +243,21 @@ class AgentRIterations(Callback):
         Lightning then runs the iteration's training epochs (Phase II); `on_fit_end` saves and
         evaluates the last iteration and writes the report.
         """
-        stage = self.plan[trainer.current_epoch]
-        if stage.iteration == self._loaded:
+        planned = self.plan[trainer.current_epoch]
+        if planned.iteration == self._loaded:
             return
-        previous = stage.iteration - 1
+        previous = planned.iteration - 1
         self._save_adapter(trainer, previous)
         self._evaluate_finished(trainer, upto=previous)
-        if stage.iteration == 0:
+        if planned.iteration == 0:
             trainer.datamodule.set_trajectories(self._expert_data(trainer))
         else:
-            dataset = self._phase1(trainer, stage.iteration)
-            self._check_training_data(trainer, stage.iteration, dataset)
-        self._log_data(trainer, stage.iteration)
-        if stage.epoch == 0:
-            self._restart_schedule(trainer, stage)
-        self._loaded = stage.iteration
+            dataset = self._phase1(trainer, planned.iteration)
+            self._check_training_data(trainer, planned.iteration, dataset)
+        self._log_data(trainer, planned.iteration)
+        if planned.epoch == 0:
+            self._restart_schedule(trainer, planned)
+        self._loaded = planned.iteration
 
     def _phase1(self, trainer: pl.Trainer, iteration: int) -> Path:
         """Search with the previous iteration's adapter; the DataModule then holds the data."""
@@ -280,11 +280,11 @@ class AgentRIterations(Callback):
                 "(search.num_simulations, search.n_expand)."
             )
 
-    def _restart_schedule(self, trainer: pl.Trainer, stage: Stage) -> None:
+    def _restart_schedule(self, trainer: pl.Trainer, planned: PlannedEpoch) -> None:
         # Each iteration warms up and decays like its own fine-tuning run (a resumed run past an
         # iteration's first epoch keeps the schedule its checkpoint restored).
         trainer.lightning_module.restart_schedule(iteration_steps(
-            stage.epochs, trainer.datamodule.num_train_batches, trainer.world_size,
+            planned.epochs, trainer.datamodule.num_train_batches, trainer.world_size,
             trainer.accumulate_grad_batches))
 
     def _save_adapter(self, trainer: pl.Trainer, iteration: int) -> None:

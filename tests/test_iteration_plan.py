@@ -1,6 +1,6 @@
 import pytest
 
-from agentr.callbacks import Stage, epoch_plan
+from agentr.callbacks import PlannedEpoch, epoch_plan
 from agentr.callbacks.iteration import iteration_steps, per_iteration
 
 
@@ -12,7 +12,7 @@ def test_paper_schedule_three_epochs_then_one():
 
 def test_warm_start_is_iteration_zero_before_the_loop():
     plan = epoch_plan(iterations=2, epochs=[1], warm_start_epochs=2)
-    assert plan == [Stage(0, 0, 2), Stage(0, 1, 2), Stage(1, 0, 1), Stage(2, 0, 1)]
+    assert plan == [PlannedEpoch(0, 0, 2), PlannedEpoch(0, 1, 2), PlannedEpoch(1, 0, 1), PlannedEpoch(2, 0, 1)]
 
 
 def test_per_iteration_repeats_the_last_value():

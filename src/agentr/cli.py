@@ -1,7 +1,7 @@
 """The `agentr` command.
 
 `agentr fit|validate --config X.yaml` is a LightningCLI over `AgentRModule` and any
-`AgentRDataModule` subclass (named by `class_path`). The other subcommands run one stage alone,
+`AgentRDataModule` subclass (named by `class_path`). The other subcommands run one step alone,
 each a typed function whose docstring is its `--help`:
 
     agentr collect    Phase I only: MCTS revision data for a model, written as JSONL
