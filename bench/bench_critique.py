@@ -6,8 +6,9 @@ One engine, one set of TextCraft depth-1 train tasks, the quickstart's search se
 - `transition: end`: no critique at all (Direct-Revision), the floor of Phase I wall time;
 - `verdict: parsed`: the paper's critique, reasons then a parsed `Judgment:` line;
 - `verdict: parsed_then_forced` (default): the same, plus one `Engine.choose` call for the
-  replies without a verdict;
-- `verdict: forced`: the verdict alone, by log-probability, no reasons.
+  replies without a verdict, calibrated against the content-free step (the default), and
+  uncalibrated (`calibrate_verdicts: false`);
+- `verdict: forced`: the verdict alone, by log-probability, no reasons, calibrated.
 
 Expansions are sampled with the same seeds in every run, so with a seeded engine (vLLM on CPU
 or the HF engine) the trees are the same and the wall-time difference is the critique's. The
@@ -42,6 +43,7 @@ SETTINGS = (
     ("end (no critique)", {"transition": "end"}),
     ("parsed", {"verdict": "parsed"}),
     ("parsed_then_forced", {"verdict": "parsed_then_forced"}),
+    ("parsed_then_forced, uncalibrated", {"verdict": "parsed_then_forced", "calibrate_verdicts": False}),
     ("forced", {"verdict": "forced"}),
 )
 
