@@ -85,12 +85,15 @@ def test_step_verdicts_record_their_source():
                                 "logprobs": {"Good": -0.1235, "Bad": -2.0, "Uncertain": -3.0}}
 
 
-def test_calibrated_choice_takes_the_largest_gain_over_the_content_free_step():
-    # a prior that always says Good: the raw argmax is Good, the gain over the prior is Bad
+def test_calibrated_choice_asks_whether_bad_gained_over_the_content_free_step():
+    # a prior that always says Good: the raw argmax is Good, the gain over the prior is Bad's
     assert calibrated_choice([-0.1, -2.0, -4.0], None) == 0
     assert calibrated_choice([-0.1, -2.0, -4.0], [-0.01, -5.0, -4.5]) == 1
-    assert calibrated_choice([-1.0, -1.0, -1.0], [-1.0, -1.0, -1.0]) == 0  # a tie: the first
-    assert calibrated_choice([-3.0, -1.0, -2.0], [-3.0, -1.0, -0.5]) == 0  # ties with Bad at 0
+    assert calibrated_choice([-1.0, -1.0, -1.0], [-1.0, -1.0, -1.0]) == 0  # no gain: not Bad; Good first
+    # Bad lost ground: not Bad, then the likelier of Good and Uncertain
+    assert calibrated_choice([-2.0, -3.0, -0.5], [-0.5, -1.0, -3.0]) == 2
+    # Uncertain, nearly impossible at the baseline, gains most, but only Bad-or-not is asked
+    assert calibrated_choice([-0.2, -3.0, -5.0], [-0.1, -2.5, -9.0]) == 0
     with_baseline = StepVerdict("Bad", "forced", None, {"Good": -0.1, "Bad": -2.0, "Uncertain": -4.0},
                                 {"Good": -0.01, "Bad": -5.0, "Uncertain": -4.5})
     assert with_baseline.to_dict()["baseline"] == {"Good": -0.01, "Bad": -5.0, "Uncertain": -4.5}

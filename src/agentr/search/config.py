@@ -51,12 +51,12 @@ class SearchConfig:
             "parsed_then_forced": the same, and a reply without a verdict is continued with
             `Judgment:` and the model's most likely verdict taken; "forced": the verdict alone,
             by the model's log-probabilities, without reasons (the cheapest).
-        calibrate_verdicts: a forced verdict is the one whose log-probability rose most above
-            the model's log-probability of it for a step with no content (task, action and
-            observation all "N/A"), not simply the most likely one. A small model puts most of
-            its mass on one verdict word whatever the step; the content-free baseline divides
-            that prior out (contextual calibration, Zhao et al., 2021). False: the most likely
-            verdict. Parsed verdicts are never changed.
+        calibrate_verdicts: a forced verdict is Bad when the log-probability of Bad rose more
+            above its value for a step with no content (task, action and observation all
+            "N/A") than that of Good-or-Uncertain did, not when Bad is simply the most likely.
+            A small model puts most of its mass on one verdict word whatever the step; the
+            content-free baseline divides that prior out (contextual calibration, Zhao et al.,
+            2021). False: the most likely verdict. Parsed verdicts are never changed.
         critique_max_tokens: new tokens per verifier answer (reasons first, then the judgment;
             unused under `verdict: forced`).
         max_concurrent_trees: trees searched together; bounds the engine batch and so the KV

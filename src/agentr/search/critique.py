@@ -19,10 +19,10 @@ Where the verdict comes from is `SearchConfig.verdict`:
 
 Forced verdicts are calibrated (`SearchConfig.calibrate_verdicts`, default on): before judging,
 the verifier is asked the same question about a step without content (`content_free_step`: task,
-action and observation "N/A"), and a step's forced verdict is the one whose log-probability rose
-most above that baseline (`calibrated_choice`). A small model is sure of one verdict word, most
-often "Good", whatever the step; the baseline is that prior, and what rises above it is what the
-step itself says.
+action and observation "N/A"), and a step's forced verdict is Bad when Bad's log-probability rose
+more above that baseline than Good-or-Uncertain's did (`calibrated_choice`). A small model is sure of one verdict
+word, most often "Good", whatever the step; the baseline is that prior, and what rises above it
+is what the step itself says.
 
 Each step's verdict depends only on the path up to that step, so verdicts are cached per node:
 pairs that share bad steps ask once.
@@ -30,6 +30,7 @@ pairs that share bad steps ask once.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -131,11 +132,29 @@ def content_free_step(direct: bool = False) -> Conversation:
 
 
 def calibrated_choice(logprobs: Sequence[float], baseline: Sequence[float] | None) -> int:
-    """The index of the verdict whose log-probability gained most over `baseline` (the
-    content-free step's, in the same order), or of the most likely one when `baseline` is None.
-    Ties go to the earlier verdict."""
-    scores = list(logprobs) if baseline is None else [lp - b for lp, b in zip(logprobs, baseline)]
-    return max(range(len(scores)), key=lambda i: (scores[i], -i))
+    """The index (in `VERDICTS`) of the forced verdict given the log-probability of each verdict,
+    calibrated against `baseline` (the content-free step's, same order; None: the most likely
+    verdict).
+
+    Calibrated, the walk's one question is asked: Bad, or not? The step is Bad when Bad's
+    log-probability gained more over the baseline than that of "Good or Uncertain" did; else it
+    is the likelier of Good and Uncertain. (Comparing the three gains instead lets a verdict the
+    baseline finds nearly impossible win on noise.)
+    """
+    if baseline is None:
+        return max(range(len(logprobs)), key=lambda i: (logprobs[i], -i))
+    bad = VERDICTS.index("Bad")
+    rest = [i for i in range(len(VERDICTS)) if i != bad]
+    gain_bad = logprobs[bad] - baseline[bad]
+    gain_rest = (_logsumexp([logprobs[i] for i in rest]) - _logsumexp([baseline[i] for i in rest]))
+    if gain_bad > gain_rest:
+        return bad
+    return max(rest, key=lambda i: (logprobs[i], -i))
+
+
+def _logsumexp(values: Sequence[float]) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
 
 
 def step_conversation(path: list[Node], step: int,
