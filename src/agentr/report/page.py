@@ -293,7 +293,7 @@ SCRIPT = r"""
       if (n.critique) {
         var c = n.critique;
         items.push(el("h5", {}, ["verifier ", el("span", {cls: "verdict " + c.verdict, text: c.verdict})]));
-        Object.keys(c).forEach(function (k) { if (k !== "verdict" && k !== "reply") items.push(el("p", {text: k + ": " + c[k]})); });
+        Object.keys(c).forEach(function (k) { if (k !== "verdict" && k !== "reply") items.push(el("p", {text: k + ": " + (typeof c[k] === "object" ? JSON.stringify(c[k]) : c[k])})); });
         items.push(el("pre", {text: c.reply}));
       }
       clear(detail).appendChild(el("div", {}, items));
