@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 from agentr.engines.base import Engine
-from agentr.errors import check_range
+from agentr.engines.config import EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -21,48 +20,18 @@ class GenerationCallback(Callback):
     The engine is built on first use from the LightningModule's base model, and each Phase I
     switches it to the newest LoRA adapter (a fresh adapter request). On GPU, vLLM sleeps while
     the trainer uses the GPU and wakes for generation; on CPU both are no-ops, and vLLM serves
-    each adapter merged into a copy of the weights (see `merge_lora`).
+    each adapter merged into a copy of the weights (see `EngineConfig.merge_lora`).
 
     Args:
-        engine: "vllm", "hf" (transformers generate) or "auto" (vLLM where installed).
-        max_model_len: longest prompt + reply, in tokens.
-        kv_cache_gb: vLLM's KV-cache size in GB. None: 4 GB on CPU; on GPU vLLM sizes it from
-            `gpu_memory_utilization` (see `VLLMEngine`).
-        gpu_memory_utilization: fraction of GPU memory vLLM may take. Lower than `VLLMEngine`'s
-            default (0.9, an engine alone on its GPU): here it shares the GPU with training.
-        max_num_seqs: most sequences vLLM runs at once.
-        dtype: weights' dtype for generation; bfloat16, the dtype training computes in, where
-            `VLLMEngine` alone takes the checkpoint's ("auto").
-        seed: engine seed.
-        merge_lora: vLLM serves adapters merged into a copy of the weights, restarting once per
-            adapter, instead of through its LoRA kernels. None: on CPU only, where those kernels
-            are several times slower than the merged model (bench/results/lora_serving.md).
+        engine: which engine and how large (`EngineConfig`); unset `dtype` and
+            `gpu_memory_utilization` take the values for an engine sharing its GPU with training.
+        seed: the engine's global seed (per-request seeds come from the search and evaluation
+            settings).
     """
 
-    def __init__(
-        self,
-        engine: Literal["auto", "vllm", "hf"] = "auto",
-        max_model_len: int = 4096,
-        kv_cache_gb: float | None = None,
-        gpu_memory_utilization: float = 0.3,
-        max_num_seqs: int = 128,
-        dtype: str = "bfloat16",
-        seed: int = 0,
-        merge_lora: bool | None = None,
-    ) -> None:
-        check_range("GenerationCallback.max_model_len", max_model_len, 1)
-        check_range("GenerationCallback.kv_cache_gb", kv_cache_gb, 0, low_open=True, optional=True)
-        check_range("GenerationCallback.gpu_memory_utilization", gpu_memory_utilization, 0, 1,
-                    low_open=True)
-        check_range("GenerationCallback.max_num_seqs", max_num_seqs, 1)
-        self.kind = engine
-        self.common_kwargs = dict(max_model_len=max_model_len, dtype=dtype, seed=seed)
-        self.vllm_kwargs = dict(
-            kv_cache_gb=kv_cache_gb,
-            gpu_memory_utilization=gpu_memory_utilization,
-            max_num_seqs=max_num_seqs,
-            merge_lora=merge_lora,
-        )
+    def __init__(self, engine: EngineConfig = EngineConfig(), seed: int = 0) -> None:
+        self.config = engine
+        self.seed = seed
         self._engine: Engine | None = None
         self._module_kwargs: dict = {}
 
@@ -85,13 +54,12 @@ class GenerationCallback(Callback):
                 raise RuntimeError("GenerationCallback used before Trainer.fit set it up")
             from agentr.engines import make_engine
 
-            # vLLM's LoRA slots are sized up front: the smallest >= our rank (the HF engine
-            # ignores vLLM's settings)
+            # vLLM's LoRA slots are sized up front: the smallest >= our rank
             rank = next(r for r in (8, 16, 32, 64, 128, 256, 512) if r >= self._lora_rank)
-            kwargs = {**self.common_kwargs, **self._module_kwargs, **self.vllm_kwargs,
-                      "max_lora_rank": rank}
-            self._engine = make_engine(self.kind, **kwargs)
-            log.info("generation engine: %s for %s", type(self._engine).__name__, kwargs["model"])
+            self._engine = make_engine(self.config, **self._module_kwargs, seed=self.seed,
+                                       shares_gpu=True, max_lora_rank=rank)
+            log.info("generation engine: %s for %s", type(self._engine).__name__,
+                     self._module_kwargs["model"])
         return self._engine
 
     def policy(self, weights: str | Path | None) -> Engine:

@@ -11,8 +11,9 @@ import yaml
 from search_fakes import ScriptedEngine, reply
 from test_fit import write_config
 
-from agentr.callbacks import AgentRIterations, EvaluationCallback, GenerationCallback, WarmStart
+from agentr.callbacks import AgentRIterations, EvaluationCallback, WarmStart
 from agentr.cli import main
+from agentr.engines import EngineConfig
 from agentr.errors import SettingError
 from agentr.search import SearchConfig
 
@@ -76,6 +77,54 @@ def test_fit_refuses_a_bad_setting_in_one_line(tmp_path, capsys, edit, message):
     assert code == 2 and error_line(err) == f"agentr: error: {message}"
 
 
+def _generation(config) -> dict:
+    return config["trainer"]["callbacks"][0]["init_args"]
+
+
+@pytest.mark.parametrize("init_args, message", [
+    ({"engine": "auto"}, "GenerationCallback's engine: auto is now written engine: {kind: auto}"),
+    ({"engine": "hf", "max_model_len": 1024},
+     "GenerationCallback's engine: hf is now written engine: {kind: hf}"),
+    ({"kv_cache_gb": 1}, "GenerationCallback's kv_cache_gb is now written engine: {kv_cache_gb: 1}"),
+])
+def test_fit_names_the_new_spelling_of_the_engine_settings(tmp_path, capsys, init_args, message):
+    def edit(config):
+        _generation(config).clear()
+        _generation(config).update(init_args)
+
+    path = edited_config(tmp_path, edit)
+    code, err = run(["fit", "--config", path], capsys)
+    assert code == 2 and error_line(err).startswith(f"agentr: error: {path}: {message}: ")
+
+
+def test_fit_names_a_misspelt_engine_setting(tmp_path, capsys):
+    path = edited_config(tmp_path, lambda c: _generation(c)["engine"].update(max_modl_len=1))
+    code, err = run(["fit", "--config", path], capsys)
+    assert code == 2 and "Group 'engine' does not accept option 'max_modl_len'" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--engine", "hf"], "--engine hf is now written --engine.kind hf"),
+    (["--engine=vllm"], "--engine vllm is now written --engine.kind vllm"),
+    (["--max_model_len", "2048"], "--max_model_len is now written --engine.max_model_len 2048"),
+    (["--engine_options", '{"kv_cache_gb": 3, "cpu_threads": 1}'],
+     "--engine_options is now written --engine.kv_cache_gb 3 --engine.cpu_threads 1"),
+])
+@pytest.mark.parametrize("command", ["collect", "evaluate"])
+def test_stage_commands_name_the_new_spelling_of_the_engine_settings(capsys, no_engine, command,
+                                                                      args, message):
+    code, err = run([command, "--model", "some/model", *args], capsys)
+    assert code == 2 and error_line(err).startswith(f"agentr: error: {message}: ")
+
+
+def test_a_stage_config_file_with_the_old_engine_spelling_is_named(tmp_path, capsys, no_engine):
+    path = tmp_path / "evaluate.yaml"
+    path.write_text("model: some/model\nengine: vllm\n")
+    code, err = run(["evaluate", "--config", str(path)], capsys)
+    assert code == 2 and error_line(err).startswith(
+        f"agentr: error: {path}: engine: vllm is now written engine: {{kind: vllm}}: ")
+
+
 @pytest.mark.parametrize("command, args, message", [
     ("evaluate", ["--num_tasks", "0"], "num_tasks=0 is out of range: must be >= 1 (or null)"),
     ("evaluate", ["--num_tasks", "-1"], "num_tasks=-1 is out of range: must be >= 1 (or null)"),
@@ -84,6 +133,9 @@ def test_fit_refuses_a_bad_setting_in_one_line(tmp_path, capsys, edit, message):
     ("collect", ["--alpha", "1.5"], "alpha=1.5 is out of range: must be in (0, 1]"),
     ("collect", ["--alpha", "0"], "alpha=0.0 is out of range: must be in (0, 1]"),
     ("collect", ["--search.max_tokens", "-5"], "search.max_tokens=-5 is out of range: must be >= 1"),
+    ("evaluate", ["--engine.max_model_len", "0"], "engine.max_model_len=0 is out of range: must be >= 1"),
+    ("collect", ["--engine.kv_cache_gb", "0"],
+     "engine.kv_cache_gb=0.0 is out of range: must be > 0 (or null)"),
 ])
 def test_stage_commands_refuse_a_bad_setting_before_loading_a_model(capsys, no_engine, command, args, message):
     code, err = run([command, "--model", "some/model", *args], capsys)
@@ -156,8 +208,8 @@ def test_the_offline_model_is_a_pinned_wheel(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("component, settings", [
-    (GenerationCallback, {"gpu_memory_utilization": 0}),
-    (GenerationCallback, {"max_num_seqs": 0}),
+    (EngineConfig, {"gpu_memory_utilization": 0}),
+    (EngineConfig, {"max_num_seqs": 0}),
     (EvaluationCallback, {"num_tasks": 0}),
     (EvaluationCallback, {"max_turns": 0}),
     (AgentRIterations, {"epochs": [0]}),

@@ -334,15 +334,17 @@ def test_collect_subcommand_runs_phase_one(tmp_path, monkeypatch, capsys):
 
     engines = []
 
-    def fake_make_engine(kind, model, **kwargs):
-        assert (kind, model, kwargs["max_model_len"]) == ("hf", "some/model", 4096)
+    def fake_make_engine(config, model, **kwargs):
+        assert (config.kind, model, config.max_model_len, config.kv_cache_gb) == (
+            "hf", "some/model", 4096, 3)
         engines.append(ScriptedEngine(lambda conv, n: [reply("inventory")] * n))
         return engines[-1]
 
     monkeypatch.setattr(agentr.engines, "make_engine", fake_make_engine)
     from agentr.cli import main
 
-    main(["collect", "--model", "some/model", "--engine", "hf", "--out_dir", str(tmp_path),
+    main(["collect", "--model", "some/model", "--engine.kind", "hf", "--engine.kv_cache_gb", "3",
+          "--out_dir", str(tmp_path),
           "--num_tasks", "2", "--env_options", '{"min_depth": 1, "max_depth": 1}',
           "--search.num_simulations", "1", "--search.max_depth", "2", "--search.mode", "optimal",
           "--progress", "false"])

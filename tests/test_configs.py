@@ -31,6 +31,15 @@ def test_fit_config_parses(path, capsys):
     ]
     # The data's tokenizer is linked to the trained model, so configs never set it twice.
     assert "model" not in config["data"]["init_args"]
+    assert config["trainer"]["callbacks"][0]["init_args"]["engine"]["kind"] in ("auto", "vllm")
+
+
+def test_fit_takes_the_search_settings_without_init_args(capsys):
+    """`agentr fit --data.search.X` (as `agentr collect --search.X`), besides the full
+    `--data.init_args.search.X`."""
+    config = resolved(["fit", "--config", str(CONFIGS / "quickstart.yaml"),
+                       "--data.search.num_simulations", "7"], capsys)
+    assert config["data"]["init_args"]["search"]["num_simulations"] == 7
 
 
 @pytest.mark.parametrize("baseline, setting", [("direct_revision", {"transition": "end"}),

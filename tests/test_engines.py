@@ -13,6 +13,7 @@ import pytest
 
 from agentr.engines import (
     ContextLengthError,
+    EngineConfig,
     EngineError,
     SamplingConfig,
     check_adapter,
@@ -25,6 +26,7 @@ CONV = [{"role": "system", "content": "You are an agent."},
 CONV2 = CONV + [{"role": "assistant", "content": "Action: inventory"},
                 {"role": "user", "content": "Inventory: You are not carrying anything."}]
 GREEDY = SamplingConfig(temperature=0.0, max_tokens=8)
+HF_512 = EngineConfig(kind="hf", max_model_len=512)
 
 
 def _make_adapter(model_dir: str, out_dir, rank: int = 8, seed: int = 1) -> str:
@@ -72,7 +74,7 @@ def foreign_adapter_dir(smollm2_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hf_engine(tiny_engine_model_dir):
-    return make_engine("hf", tiny_engine_model_dir, max_model_len=512, seed=0)
+    return make_engine(EngineConfig(kind="hf", max_model_len=512), tiny_engine_model_dir, seed=0)
 
 
 # ---- shared checks, run against both engines ---------------------------------------------------
@@ -219,11 +221,11 @@ def test_make_engine_opens_an_adapter_and_closes_on_exit(hf_engine, tiny_engine_
     hf_engine.load_adapter(None)
     closed = []
     monkeypatch.setattr(HFEngine, "close", lambda self: closed.append(self))
-    with make_engine("hf", tiny_engine_model_dir, adapter=adapter_dir, max_model_len=512) as engine:
+    with make_engine(HF_512, tiny_engine_model_dir, adapter=adapter_dir) as engine:
         assert engine.generate([CONV], GREEDY) == expected
     assert closed == [engine]
     with pytest.raises(ValueError, match="another base model"):
-        make_engine("hf", tiny_engine_model_dir, adapter=foreign_adapter_dir, max_model_len=512)
+        make_engine(HF_512, tiny_engine_model_dir, adapter=foreign_adapter_dir)
     assert len(closed) == 2  # a failed load does not leak the engine
 
 
@@ -247,12 +249,71 @@ def test_prompts_are_the_chat_template(hf_engine):
 @pytest.mark.parametrize("kind", ["hf", "vllm", "auto"])
 def test_missing_model_path_is_a_clear_error(kind, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist|no config.json|neither"):
-        make_engine(kind, str(tmp_path / "no-such-model"))
+        make_engine(EngineConfig(kind=kind), str(tmp_path / "no-such-model"))
 
 
-def test_unknown_engine_kind(tiny_engine_model_dir):
-    with pytest.raises(ValueError, match="unknown engine kind"):
-        make_engine("tgi", tiny_engine_model_dir)
+@pytest.fixture
+def built(monkeypatch):
+    """make_engine with recording stand-ins for both engine classes: {"kind", **constructor args}."""
+    import agentr.engines
+    from agentr.engines import hf_engine, vllm_engine
+
+    made = {}
+
+    def recorder(kind):
+        class Recorded:
+            def __init__(self, model, **kwargs):
+                made.update(kind=kind, model=model, **kwargs)
+        return Recorded
+
+    monkeypatch.setattr(agentr.engines, "resolve_model", lambda model: model)
+    monkeypatch.setattr(hf_engine, "HFEngine", recorder("hf"))
+    monkeypatch.setattr(vllm_engine, "VLLMEngine", recorder("vllm"))
+    return made
+
+
+def test_one_engine_config_drives_either_engine(built, monkeypatch):
+    import agentr.engines
+
+    config = EngineConfig(max_model_len=2048, kv_cache_gb=3, max_num_seqs=64, cpu_threads=2)
+    monkeypatch.setattr(agentr.engines, "vllm_available", lambda: True)
+    make_engine(config, "m", seed=7, max_lora_rank=32)
+    assert built == dict(kind="vllm", model="m", max_model_len=2048, dtype="auto", seed=7,
+                         trust_remote_code=False, kv_cache_gb=3, gpu_memory_utilization=0.9,
+                         max_num_seqs=64, merge_lora=None, cpu_threads=2, max_lora_rank=32)
+    built.clear()
+    monkeypatch.setattr(agentr.engines, "vllm_available", lambda: False)
+    make_engine(config, "m", seed=7, max_lora_rank=32)  # "auto" without vLLM: HF, without vLLM's settings
+    assert built == dict(kind="hf", model="m", max_model_len=2048, dtype="auto", seed=7,
+                         trust_remote_code=False, num_threads=2)
+
+
+def test_an_engine_sharing_its_gpu_with_training_gets_the_shared_defaults(built):
+    make_engine(EngineConfig(kind="vllm"), "m", shares_gpu=True)
+    assert (built["dtype"], built["gpu_memory_utilization"]) == ("bfloat16", 0.3)
+    make_engine(EngineConfig(kind="vllm", dtype="float16", gpu_memory_utilization=0.5), "m",
+                shares_gpu=True)
+    assert (built["dtype"], built["gpu_memory_utilization"]) == ("float16", 0.5)
+
+
+def test_the_generation_callback_builds_a_gpu_sharing_engine(built):
+    from types import SimpleNamespace
+
+    from agentr.callbacks import GenerationCallback
+
+    callback = GenerationCallback(EngineConfig(kind="vllm", max_model_len=1024), seed=3)
+    module = SimpleNamespace(hparams=SimpleNamespace(model="m", trust_remote_code=False, lora_r=12))
+    callback.setup(None, module, "validate")
+    callback.engine  # built on first use
+    assert {k: built[k] for k in ("kind", "max_model_len", "seed", "dtype",
+                                  "gpu_memory_utilization", "max_lora_rank")} == dict(
+        kind="vllm", max_model_len=1024, seed=3, dtype="bfloat16", gpu_memory_utilization=0.3,
+        max_lora_rank=16)
+
+
+def test_unknown_engine_kind():
+    with pytest.raises(ValueError, match="engine.kind='tgi' is not an engine"):
+        EngineConfig(kind="tgi")
 
 
 def test_check_adapter(tiny_engine_model_dir, adapter_dir, foreign_adapter_dir, tmp_path):

@@ -78,7 +78,7 @@ def write_config(tmp_path: Path, model_dir: str, max_concurrent_trees: int = 32,
                        "init_args": {"save_dir": str(run), "name": "logs"}},
             "callbacks": [
                 {"class_path": "agentr.callbacks.GenerationCallback",
-                 "init_args": {"engine": engine, "max_model_len": 1024, "kv_cache_gb": 1}},
+                 "init_args": {"engine": {"kind": engine, "max_model_len": 1024, "kv_cache_gb": 1}}},
                 {"class_path": "agentr.callbacks.AgentRIterations",
                  "init_args": {"iterations": 2, "epochs": [2, 1], "alpha": [0.5, 1.0]}},
                 {"class_path": "agentr.callbacks.EvaluationCallback",

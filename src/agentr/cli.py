@@ -89,7 +89,8 @@ def _user_error(error: BaseException) -> Exception | None:
 
 def _check_config_files(argv: list[str]) -> None:
     """Raise `SettingError` naming the file when a `--config` file is not valid YAML (the
-    parser would report it as "<unicode string>")."""
+    parser would report it as "<unicode string>"), or when it or the command line spells the
+    engine's settings the old way (see `_check_engine_spelling`)."""
     import yaml
 
     from agentr.errors import SettingError
@@ -99,7 +100,7 @@ def _check_config_files(argv: list[str]) -> None:
     for path in paths:
         try:
             with open(path, encoding="utf-8") as f:
-                yaml.safe_load(f)
+                document = yaml.safe_load(f)
         except OSError:
             continue  # not a file (a config given inline): the parser reports it
         except yaml.YAMLError as error:
@@ -109,6 +110,63 @@ def _check_config_files(argv: list[str]) -> None:
                 where = f":{mark.line + 1}:{mark.column + 1}"
             problem = getattr(error, "problem", None) or str(error)
             raise SettingError(f"{path}{where}: not valid YAML ({problem})") from None
+        if isinstance(document, dict):
+            callbacks = (document.get("trainer") or {}).get("callbacks") or []
+            for callback in callbacks if isinstance(callbacks, list) else []:
+                if isinstance(callback, dict) and str(callback.get("class_path", "")).endswith(
+                        "GenerationCallback"):
+                    _check_engine_spelling(callback.get("init_args") or {},
+                                           f"{path}: GenerationCallback's ")
+            if argv and argv[0] in STAGE_COMMANDS:
+                _check_engine_spelling(document, f"{path}: ")
+    if argv and argv[0] in STAGE_COMMANDS:
+        options = {}
+        for i, arg in enumerate(argv):
+            if arg.startswith("--"):
+                name, equals, value = arg[2:].partition("=")
+                options[name] = value if equals or i + 1 == len(argv) else argv[i + 1]
+        _check_engine_spelling(options, "", command_line=True)
+
+
+def _check_engine_spelling(settings: dict, where: str, command_line: bool = False) -> None:
+    """Raise `SettingError` with the new spelling where `settings` (a stage command's, or a
+    `GenerationCallback`'s init_args) set the engine the old way: `engine: auto`, a flat
+    `max_model_len` (or another `agentr.engines.EngineConfig` field) or `engine_options`, where
+    the group `engine` now holds them all."""
+    from dataclasses import fields
+
+    import yaml
+
+    from agentr.engines.config import KINDS, EngineConfig
+    from agentr.errors import SettingError
+
+    def spelled(values: dict) -> str:
+        if command_line:
+            return " ".join(f"--engine.{k} {v}" for k, v in values.items())
+        return "engine: {" + ", ".join(f"{k}: {v}" for k, v in values.items()) + "}"
+
+    old = new = None
+    engine = settings.get("engine")
+    if isinstance(engine, str) and engine in KINDS:
+        old, new = (f"--engine {engine}" if command_line else f"engine: {engine}"), {"kind": engine}
+    elif "engine_options" in settings:
+        options = settings["engine_options"]
+        if isinstance(options, str):
+            try:
+                options = yaml.safe_load(options)
+            except yaml.YAMLError:
+                options = None
+        old = "--engine_options" if command_line else "engine_options"
+        new = options if isinstance(options, dict) and options else {"kv_cache_gb": 3}
+    else:
+        for field in fields(EngineConfig):
+            if field.name in settings:
+                old = f"--{field.name}" if command_line else field.name
+                new = {field.name: settings[field.name]}
+                break
+    if old is not None:
+        raise SettingError(f"{where}{old} is now written {spelled(new)}: the engine's settings "
+                           "are one group, `engine` (see --help)")
 
 
 def _run(argv: list[str], args: list[str] | None, verbose: bool) -> None:

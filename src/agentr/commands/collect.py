@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from agentr.engines.config import EngineConfig
 from agentr.errors import check_range
 from agentr.provenance import env_description
 from agentr.search.collect import collect
@@ -15,14 +16,12 @@ def collect_command(
     split: str = "train",
     num_tasks: int | None = None,
     adapter: str | None = None,
-    engine: str = "auto",
+    engine: EngineConfig = EngineConfig(),
     search: SearchConfig = SearchConfig(),
     alpha: float = 0.5,
     iteration: int = 1,
     seed: int = 0,
-    max_model_len: int = 4096,
     env_options: dict | None = None,
-    engine_options: dict | None = None,
     progress: bool = True,
 ) -> None:
     """Phase I alone: search tasks with a model, critique, splice, and write the dataset as JSONL.
@@ -39,14 +38,13 @@ def collect_command(
         split: task split to search ("train" or "test").
         num_tasks: search only the first N tasks of the split.
         adapter: LoRA adapter directory loaded on top of the model.
-        engine: "vllm", "hf" or "auto" (vLLM when installed).
+        engine: which engine generates, and how large (e.g. --engine.kind hf,
+            --engine.max_model_len 2048, --engine.kv_cache_gb 3).
         search: search, pairing and critique settings.
         alpha: reward threshold of good paths (`>=`).
         iteration: Agent-R iteration recorded in the trajectories.
-        seed: base seed of all random choices.
-        max_model_len: context length (prompt + reply) of the engine.
+        seed: base seed of all random choices (and the engine's).
         env_options: keyword arguments of the environment, e.g. {"max_depth": 1} for TextCraft.
-        engine_options: keyword arguments of the engine, e.g. {"kv_cache_gb": 3}.
         progress: show a progress bar.
     """
     from agentr.engines import make_engine
@@ -55,10 +53,8 @@ def collect_command(
     check_range("num_tasks", num_tasks, 1, optional=True)
     check_range("alpha", alpha, 0, 1, low_open=True)
     check_range("iteration", iteration, 0)
-    check_range("max_model_len", max_model_len, 1)
     env_factory, task_ids = split_tasks(env, split, num_tasks, env_options)
-    with make_engine(engine, model, adapter=adapter, max_model_len=max_model_len, seed=seed,
-                     **(engine_options or {})) as policy:
+    with make_engine(engine, model, adapter=adapter, seed=seed) as policy:
         result = collect(policy, env_factory, task_ids, search, out_dir,
                          iteration=iteration, alpha=alpha, seed=seed, progress=progress,
                          provenance={"env": env_description(env, env_options), "split": split})

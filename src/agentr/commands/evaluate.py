@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal
 
+from agentr.engines.config import EngineConfig
 from agentr.errors import check_range
 from agentr.evaluation import evaluate, revision_test
 from agentr.provenance import env_description, policy_provenance
@@ -56,14 +56,13 @@ def evaluate_command(
     split: str = "test",
     env: str = "textcraft",
     adapter: str | None = None,
-    engine: Literal["auto", "vllm", "hf"] = "auto",
+    engine: EngineConfig = EngineConfig(),
     max_turns: int = 100,
     num_tasks: int | None = None,
     out_dir: str = "runs/evaluate",
     temperature: float = 0.0,
     max_tokens: int = 128,
     max_concurrent: int | None = None,
-    max_model_len: int = 4096,
     seed: int = 0,
     episodes_per_task: int = 0,
     sample_temperature: float = 1.0,
@@ -72,7 +71,6 @@ def evaluate_command(
     max_error_rate: float = 0.1,
     revision_max_reward: float = 0.0,
     env_options: dict | None = None,
-    engine_options: dict | None = None,
     progress: bool = True,
 ) -> None:
     """Evaluate a model (or a LoRA adapter on it) on a task split: success rate, reward, loops.
@@ -89,16 +87,16 @@ def evaluate_command(
         split: task split ("train" or "test").
         env: environment name (textcraft, sciworld, http, multitask) or "module:Class".
         adapter: LoRA adapter directory loaded on top of the model.
-        engine: "vllm", "hf" or "auto" (vLLM when installed).
+        engine: which engine generates, and how large (e.g. --engine.kind hf,
+            --engine.max_model_len 2048, --engine.kv_cache_gb 3).
         max_turns: turn limit per episode (the paper's 100).
         num_tasks: evaluate only the first N tasks of the split.
         out_dir: where results and trajectories go.
         temperature: 0 for greedy decoding (the paper's setting).
         max_tokens: tokens per reply.
         max_concurrent: live episodes at most (default: what the KV cache holds).
-        max_model_len: context length (prompt + reply) of the engine.
         seed: seed of sampling (each sampled episode's seed derives from it, its task and its
-            index) and of the revision test's cut points.
+            index), of the revision test's cut points, and the engine's.
         episodes_per_task: sampled episodes per task, played after the greedy ones (0: none).
         sample_temperature: temperature of the sampled episodes.
         revision_from: a reference model's trajectories.jsonl: run the revision test on it.
@@ -109,22 +107,20 @@ def evaluate_command(
             reward is at most this (default 0, the paper's failed trajectories; 0.99 would
             also take partial successes).
         env_options: keyword arguments of the environment, e.g. {"max_depth": 2} for TextCraft.
-        engine_options: keyword arguments of the engine, e.g. {"kv_cache_gb": 3}.
         progress: show a progress bar.
     """
     from agentr.engines import make_engine
     from agentr.envs import split_tasks
 
     for name, value in (("max_turns", max_turns), ("max_tokens", max_tokens),
-                        ("max_model_len", max_model_len), ("revision_max_turns", revision_max_turns)):
+                        ("revision_max_turns", revision_max_turns)):
         check_range(name, value, 1)
     check_range("num_tasks", num_tasks, 1, optional=True)
     check_range("max_concurrent", max_concurrent, 1, optional=True)
     check_range("temperature", temperature, 0)
     check_range("max_error_rate", max_error_rate, 0, 1)
     env_factory, task_ids = split_tasks(env, split, num_tasks, env_options)
-    with make_engine(engine, model, adapter=adapter, max_model_len=max_model_len, seed=seed,
-                     **(engine_options or {})) as policy:
+    with make_engine(engine, model, adapter=adapter, seed=seed) as policy:
         provenance = {**policy_provenance(policy), "env": env_description(env, env_options),
                       "split": split}
         results = evaluate(policy, env_factory, task_ids, max_turns=max_turns,

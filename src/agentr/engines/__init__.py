@@ -1,6 +1,6 @@
 """Generation engines: one interface (`Engine`), a vLLM and a Hugging Face implementation.
 
-    engine = make_engine("auto", "HuggingFaceTB/SmolLM2-135M-Instruct", max_model_len=4096)
+    engine = make_engine(EngineConfig(max_model_len=4096), "HuggingFaceTB/SmolLM2-135M-Instruct")
     replies = engine.generate([conversation], SamplingConfig(n=4, temperature=1.0))
 """
 
@@ -8,20 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from typing import Literal
 
 from agentr.engines.base import Conversation, Engine, EngineStats, Generation, SamplingConfig
 from agentr.engines.common import ContextLengthError, EngineError, check_adapter
+from agentr.engines.config import EngineConfig
 from agentr.engines.models import resolve_model
 
 log = logging.getLogger(__name__)
-
-#: Engine arguments only the vLLM engine has; `make_engine` drops them for the HF engine so that
-#: one config (e.g. the generation callback's) can drive either engine.
-VLLM_ONLY_ARGS = frozenset({
-    "kv_cache_gb", "gpu_memory_utilization", "enable_lora", "max_lora_rank", "max_num_seqs",
-    "tensor_parallel_size", "enable_sleep_mode", "cpu_threads", "merge_lora",
-})
 
 
 def vllm_available() -> bool:
@@ -30,37 +23,47 @@ def vllm_available() -> bool:
 
 
 def make_engine(
-    kind: Literal["vllm", "hf", "auto"], model: str, adapter: str | None = None, **kwargs
+    config: EngineConfig, model: str, adapter: str | None = None, *, seed: int = 0,
+    shares_gpu: bool = False, max_lora_rank: int = 16, trust_remote_code: bool = False,
 ) -> Engine:
-    """Build a generation engine for `model` (a Hugging Face id, model directory or `.gguf`).
+    """Build the generation engine `config` describes for `model` (a Hugging Face id, model
+    directory or `.gguf`).
 
     The engine is a context manager that closes it: `with make_engine(...) as engine: ...`.
 
     Args:
-        kind: "vllm", "hf" (transformers generate) or "auto" (vLLM where installed, else HF).
+        config: the engine's settings; `kind: auto` is vLLM where installed, else HF, and the
+            HF engine ignores the vLLM-only ones.
         model: resolved with `agentr.engines.models.resolve_model`.
         adapter: a LoRA adapter directory to generate with (None: the base model).
-        **kwargs: the engine's constructor arguments (see `VLLMEngine` and `HFEngine`).
+        seed: the engine's global seed.
+        shares_gpu: the engine shares its GPU with training (`agentr fit`): the defaults of
+            `EngineConfig.dtype` and `gpu_memory_utilization` for that case.
+        max_lora_rank: the largest LoRA rank vLLM makes room for.
+        trust_remote_code: run code shipped with the model (only for models that need it).
 
     Raises:
         FileNotFoundError: the model does not exist.
     """
     path = resolve_model(model)
+    config = config.resolved(shares_gpu)
+    kind = config.kind
     if kind == "auto":
         kind = "vllm" if vllm_available() else "hf"
+    common = dict(max_model_len=config.max_model_len, dtype=config.dtype, seed=seed,
+                  trust_remote_code=trust_remote_code)
     if kind == "vllm":
         from agentr.engines.vllm_engine import VLLMEngine
 
-        engine: Engine = VLLMEngine(path, **kwargs)
-    elif kind == "hf":
+        engine: Engine = VLLMEngine(
+            path, **common, kv_cache_gb=config.kv_cache_gb,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            max_num_seqs=config.max_num_seqs, merge_lora=config.merge_lora,
+            cpu_threads=config.cpu_threads, max_lora_rank=max_lora_rank)
+    else:
         from agentr.engines.hf_engine import HFEngine
 
-        dropped = sorted(VLLM_ONLY_ARGS & kwargs.keys())
-        if dropped:
-            log.debug("HF engine: ignoring vLLM-only arguments %s", dropped)
-        engine = HFEngine(path, **{k: v for k, v in kwargs.items() if k not in VLLM_ONLY_ARGS})
-    else:
-        raise ValueError(f"unknown engine kind {kind!r}; expected 'vllm', 'hf' or 'auto'")
+        engine = HFEngine(path, **common, num_threads=config.cpu_threads)
     if adapter:
         try:
             engine.load_adapter(adapter)
@@ -74,11 +77,11 @@ __all__ = [
     "ContextLengthError",
     "Conversation",
     "Engine",
+    "EngineConfig",
     "EngineError",
     "EngineStats",
     "Generation",
     "SamplingConfig",
-    "VLLM_ONLY_ARGS",
     "check_adapter",
     "make_engine",
     "resolve_model",

@@ -24,6 +24,7 @@ from agentr.engines.common import (
     fit_model_len,
     render_prompt_ids,
 )
+from agentr.engines.config import DTYPE_ALONE
 from agentr.engines.models import resolve_model
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class HFEngine(Engine):
         self,
         model: str,
         max_model_len: int = 4096,
-        dtype: str = "auto",
+        dtype: str = DTYPE_ALONE,
         seed: int = 0,
         batch_size: int = 16,
         num_threads: int | None = None,

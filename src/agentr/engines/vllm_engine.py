@@ -59,6 +59,7 @@ from agentr.engines.common import (
     render_prompt_ids,
     request_seed,
 )
+from agentr.engines.config import DTYPE_ALONE, GPU_MEMORY_ALONE
 from agentr.engines.models import resolve_model
 
 log = logging.getLogger(__name__)
@@ -201,10 +202,10 @@ class VLLMEngine(Engine):
         self,
         model: str,
         max_model_len: int = 4096,
-        dtype: str = "auto",
+        dtype: str = DTYPE_ALONE,
         seed: int = 0,
         kv_cache_gb: float | None = None,
-        gpu_memory_utilization: float = 0.9,
+        gpu_memory_utilization: float = GPU_MEMORY_ALONE,
         enable_lora: bool = True,
         max_lora_rank: int = 16,
         max_num_seqs: int = 128,
