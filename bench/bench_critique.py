@@ -32,7 +32,7 @@ from pathlib import Path
 
 from report import header, load_average, machine, write_report
 
-from agentr.engines import make_engine
+from agentr.engines import EngineConfig, make_engine
 from agentr.engines.models import SMOLLM2_ID
 from agentr.envs.textcraft import TextCraftEnv
 from agentr.search.collect import collect
@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     base = dict(num_simulations=args.num_simulations, n_expand=args.n_expand, max_depth=args.max_depth,
                 max_tokens=args.max_tokens, critique_max_tokens=args.critique_max_tokens,
                 max_pairs_per_task=2, max_good_per_task=2, max_concurrent_trees=max(1, len(task_ids)))
-    engine_options = {"kv_cache_gb": args.kv_cache_gb} if args.kv_cache_gb else {}
     load_before = load_average()
     rows = []
-    with make_engine(args.engine, args.model, adapter=args.adapter, max_model_len=args.max_model_len,
-                     seed=args.seed, **engine_options) as engine, tempfile.TemporaryDirectory() as tmp:
+    config = EngineConfig(kind=args.engine, max_model_len=args.max_model_len, kv_cache_gb=args.kv_cache_gb)
+    with make_engine(config, args.model, adapter=args.adapter, seed=args.seed) as engine, \
+            tempfile.TemporaryDirectory() as tmp:
         engine_name = type(engine).__name__
         for name, overrides in SETTINGS:
             start = time.perf_counter()

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from report import header, load_average, machine, write_report
 
-from agentr.engines import make_engine
 from agentr.engines.models import SMOLLM2_ID, merge_adapter
+from agentr.engines.vllm_engine import VLLMEngine
 from agentr.envs import split_tasks
 from agentr.evaluation import evaluate
 from agentr.search.collect import collect
@@ -33,8 +33,11 @@ from agentr.search.config import SearchConfig
 
 def run(model: str, adapter: str | None, env_factory, tasks, train_tasks, args, **engine_kwargs) -> dict:
     start = time.perf_counter()
-    with make_engine("vllm", model, adapter=adapter, max_model_len=2048, kv_cache_gb=args.kv_cache_gb,
-                     max_num_seqs=64, **engine_kwargs) as engine:
+    # VLLMEngine itself, not make_engine: the merged mode turns LoRA off, which no config does.
+    with VLLMEngine(model, max_model_len=2048, kv_cache_gb=args.kv_cache_gb, max_num_seqs=64,
+                    **engine_kwargs) as engine:
+        if adapter:
+            engine.load_adapter(adapter)
         started = time.perf_counter() - start
         results = evaluate(engine, env_factory, tasks, max_turns=args.turns, max_tokens=args.max_tokens,
                            progress=False)

@@ -56,7 +56,7 @@ def make_run(root: Path, iterations: int, trees: int, depth: int, obs: int, epis
     for stage in ["base"] + [f"iteration_{k}" for k in range(1, iterations + 1)]:
         out = root / stage
         out.mkdir(parents=True)
-        with open(out / "trajectories.jsonl", "w") as f:
+        with open(out / "episodes.jsonl", "w") as f:
             for i in range(episodes):
                 f.write(json.dumps({"task_id": str(i), "messages": header_messages + sum((turn() for _ in range(depth)), []),
                                     "actions": ["act"] * depth, "reward": 0.0, "success": False, "turns": depth}) + "\n")

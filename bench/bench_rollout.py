@@ -35,7 +35,7 @@ import time
 from report import header, load_average, machine, write_report
 
 from agentr.agent import build_header, run_episodes
-from agentr.engines import SamplingConfig, make_engine
+from agentr.engines import EngineConfig, SamplingConfig, make_engine
 from agentr.engines.models import SMOLLM2_ID
 from agentr.envs.textcraft import TextCraftEnv
 from agentr.timing import Profile
@@ -127,16 +127,15 @@ def main(argv=None) -> None:
     parser.add_argument("--max_tokens", type=int, default=48, help="tokens per reply")
     parser.add_argument("--kv_cache_gb", type=float, default=4)
     parser.add_argument("--cpu_threads", type=int, default=None,
-                        help="vLLM-CPU OpenMP threads (default: vLLM's auto binding)")
+                        help="CPU threads of generation (EngineConfig.cpu_threads; default: vLLM's auto binding)")
     parser.add_argument("--threads_probe", type=int, nargs="*", default=[],
                         help="also probe these vLLM-CPU thread counts")
     parser.add_argument("--out", default="bench/results/rollout.md", help="markdown file, or - for stdout only")
     args = parser.parse_args(argv)
 
     load_before = load_average()
-    kwargs = ({"kv_cache_gb": args.kv_cache_gb, "cpu_threads": args.cpu_threads}
-              if args.engine == "vllm" else {})
-    engine = make_engine(args.engine, args.model, max_model_len=4096, **kwargs)
+    engine = make_engine(EngineConfig(kind=args.engine, max_model_len=4096, kv_cache_gb=args.kv_cache_gb,
+                                      cpu_threads=args.cpu_threads), args.model)
     tasks = TextCraftEnv().task_ids("test")[: args.tasks]
     sampling = SamplingConfig(temperature=0.0, max_tokens=args.max_tokens)
     engine.generate([[{"role": "user", "content": "hi"}]], sampling)  # warm-up

@@ -43,7 +43,7 @@ from dataclasses import replace
 
 from report import load_average, machine
 
-from agentr.engines import make_engine
+from agentr.engines import EngineConfig, make_engine
 from agentr.engines.base import SamplingConfig
 from agentr.engines.models import SMOLLM2_ID
 from agentr.envs.textcraft import TextCraftEnv
@@ -213,10 +213,9 @@ def main(argv: list[str] | None = None) -> int:
                           transition="model" if args.critique else "end",
                           critique_max_tokens=64, max_concurrent_trees=max(1, len(task_ids)))
     in_flight = args.in_flight or [len(task_ids)]
-    engine_options = {"kv_cache_gb": args.kv_cache_gb} if args.kv_cache_gb else {}
     t0 = time.perf_counter()
-    engine = make_engine(args.engine, args.model, max_model_len=args.max_model_len, seed=args.seed,
-                         **engine_options)
+    engine = make_engine(EngineConfig(kind=args.engine, max_model_len=args.max_model_len,
+                                      kv_cache_gb=args.kv_cache_gb), args.model, seed=args.seed)
     if args.adapter:
         engine.load_adapter(args.adapter)
     load_s = time.perf_counter() - t0

@@ -22,7 +22,7 @@ class EvaluationCallback(Callback):
     """Evaluates the policy of every finished stage (base model, warm start, each iteration).
 
     `AgentRIterations` calls `evaluate_stage` at the right moments; results are cached in the
-    stage's directory (`eval.json`, `trajectories.jsonl`) with the fingerprint of what made them
+    stage's directory (`eval.json`, `episodes.jsonl`) with the fingerprint of what made them
     (the weights' digests, environment, tasks and settings: `agentr.provenance`), so a resumed
     run redoes only the evaluations whose fingerprint changed. An evaluation where more than
     `max_error_rate` of the episodes ended in an environment error fails the fit (and is not

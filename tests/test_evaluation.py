@@ -130,7 +130,7 @@ def test_evaluate_writes_results_and_every_trajectory(tmp_path):
     assert results["timing"]["generated_tokens"] == 0  # the scripted engine counts nothing
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved["metrics"] == results["metrics"]
-    episodes = read_episodes(tmp_path / "trajectories.jsonl")
+    episodes = read_episodes(tmp_path / "episodes.jsonl")
     assert sorted(e.task_id for e in episodes) == ["1", "3", "4"]
     assert all(len(e.messages) == HEADER_LEN + 2 * e.turns for e in episodes)
 
@@ -165,7 +165,7 @@ def test_sampled_evaluation_is_reported_apart_and_reproducible(tmp_path):
     assert "bootstrap over tasks" in sampled["interval_method"]["success_rate"]
     lo, hi = sampled["metrics"]["success_rate_ci"]
     assert lo <= sampled["metrics"]["success_rate"] <= hi
-    assert len(read_episodes(tmp_path / "sampled_trajectories.jsonl")) == 12
+    assert len(read_episodes(tmp_path / "sampled_episodes.jsonl")) == 12
     # The same seed reproduces every sampled episode, however the episodes are batched ...
     again = evaluate(SeedPolicyEngine(), CounterEnv, tasks, max_turns=3, episodes_per_task=4,
                      seed=5, max_concurrent=1, progress=False)
@@ -204,7 +204,7 @@ def test_evaluate_keeps_finished_episodes_when_the_engine_dies(tmp_path):
     with pytest.raises(RolloutError):
         evaluate(scripted(step_reply, fail_at_call=3), CounterEnv, ["1", "2", "5"],
                  out_dir=tmp_path, progress=False)
-    kept = read_episodes(tmp_path / "trajectories.jsonl")
+    kept = read_episodes(tmp_path / "episodes.jsonl")
     assert [e.task_id for e in kept] == ["1", "2"] and all(e.success for e in kept)
     assert not (tmp_path / "eval.json").exists()  # no results claimed for a broken run
 
@@ -212,7 +212,7 @@ def test_evaluate_keeps_finished_episodes_when_the_engine_dies(tmp_path):
 def _failed_reference(tmp_path):
     evaluate(scripted(always("Action: inventory")), CounterEnv, ["1", "2", "3", "4"],
              max_turns=6, out_dir=tmp_path / "ref", progress=False)
-    return tmp_path / "ref" / "trajectories.jsonl"
+    return tmp_path / "ref" / "episodes.jsonl"
 
 
 def test_revision_cut_points_are_seeded_and_only_for_failures(tmp_path):
@@ -243,7 +243,7 @@ def test_revision_test_continues_failed_trajectories(tmp_path):
                             out_dir=tmp_path / "rev", progress=False)
     assert results["num_episodes"] == 4
     assert results["metrics"]["revision_reward"] == 1.0
-    episodes = read_episodes(tmp_path / "rev" / "revision_trajectories.jsonl")
+    episodes = read_episodes(tmp_path / "rev" / "revision_episodes.jsonl")
     for e in episodes:
         cut = e.meta["cut_turn"]
         assert e.start_turn == cut and e.actions[:cut] == ["inventory"] * cut
@@ -259,7 +259,7 @@ def test_evaluate_command_end_to_end_with_the_hf_engine(tiny_engine_model_dir, t
     from agentr.cli import main
 
     out = tmp_path / "eval"
-    main(["evaluate", "--model", tiny_engine_model_dir, "--engine", "hf", "--num_tasks", "2",
+    main(["evaluate", "--model", tiny_engine_model_dir, "--engine.kind", "hf", "--num_tasks", "2",
           "--max_turns", "2", "--max_tokens", "8", "--out_dir", str(out), "--progress", "false"])
     printed = capsys.readouterr()
     assert "success_rate" in printed.out and "HFEngine" in printed.out
@@ -270,14 +270,14 @@ def test_evaluate_command_end_to_end_with_the_hf_engine(tiny_engine_model_dir, t
     results = json.loads((out / "eval.json").read_text())
     assert results["num_episodes"] == 2 and results["num_errors"] == 0
     assert results["timing"]["generated_tokens"] > 0
-    episodes = read_episodes(out / "trajectories.jsonl")
+    episodes = read_episodes(out / "episodes.jsonl")
     assert [e.turns for e in episodes] == [2, 2]
     assert episodes[0].messages[HEADER_LEN - 1]["content"].startswith("Crafting commands:")
 
     # the revision test on those (failed) trajectories
-    main(["evaluate", "--model", tiny_engine_model_dir, "--engine", "hf", "--num_tasks", "1",
+    main(["evaluate", "--model", tiny_engine_model_dir, "--engine.kind", "hf", "--num_tasks", "1",
           "--max_turns", "1", "--max_tokens", "8", "--out_dir", str(tmp_path / "rev"),
-          "--revision_from", str(out / "trajectories.jsonl"), "--revision_max_turns", "2",
+          "--revision_from", str(out / "episodes.jsonl"), "--revision_max_turns", "2",
           "--progress", "false"])
     assert "revision revision_reward" in capsys.readouterr().out
     revision = json.loads((tmp_path / "rev" / "revision.json").read_text())
@@ -361,7 +361,7 @@ def test_a_torn_last_line_is_skipped_with_a_warning(tmp_path, caplog):
     assert len(episodes) == 4 and "torn last line" in caplog.text
     assert revision_test(scripted(step_reply), CounterEnv, reference, progress=False)["num_episodes"] == 4
     reference.write_text(whole.splitlines()[0][:57] + "\n" + whole)  # damage elsewhere is an error
-    with pytest.raises(ValueError, match=r"trajectories\.jsonl:1: not a JSON record"):
+    with pytest.raises(ValueError, match=r"episodes\.jsonl:1: not a JSON record"):
         read_episodes(reference)
 
 

@@ -4,11 +4,12 @@
 result) and, optionally, `episodes_per_task` sampled episodes per task (sampled evaluation: more
 episodes, hence narrower intervals, where tasks are few). It writes, to `out_dir`:
 
-    trajectories.jsonl          every headline episode (an `agentr.agent.Episode` per line),
-                                appended as each one ends, so a dead engine leaves the finished ones
-    sampled_trajectories.jsonl  every sampled episode (with `episodes_per_task`)
-    eval.json                   the results (only once everything finished; a run first
-                                removes the eval.json of a previous one)
+    episodes.jsonl          every headline episode (an `agentr.agent.Episode` per line, not
+                            an `agentr.trajectory.Trajectory`), appended as each one ends, so a
+                            dead engine leaves the finished ones
+    sampled_episodes.jsonl  every sampled episode (with `episodes_per_task`)
+    eval.json               the results (only once everything finished; a run first removes
+                            the eval.json of a previous one)
 
 eval.json holds:
 
@@ -34,12 +35,12 @@ a crashed simulator) are counted apart and left out of the metrics; when they ar
 Replies are sampled with the stop strings `REPLY_STOP` by default and stored by the reply rule
 of `agentr.agent.turn`, so the history the policy sees is the one training renders.
 
-`revision_test` continues *failed* trajectories of a reference model (a `trajectories.jsonl`
-written by `evaluate`) from a random, seeded cut point for at most 50 more turns and measures
-the reward reached: the paper's test of whether a model recovers from a bad trajectory. A
-failed trajectory is one whose final reward is at most `max_reward` (0 by default: the paper
-continues the trajectories with reward 0; partial rewards are not failures). It writes
-`revision.json` and `revision_trajectories.jsonl`.
+`revision_test` continues *failed* episodes of a reference model (an `episodes.jsonl` written
+by `evaluate`) from a random, seeded cut point for at most 50 more turns and measures the
+reward reached: the paper's test of whether a model recovers from a bad trajectory. A failed
+episode is one whose final reward is at most `max_reward` (0 by default: the paper continues
+the trajectories with reward 0; partial rewards are not failures). It writes `revision.json`
+and `revision_episodes.jsonl`.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ from agentr.provenance import describe_env, policy_provenance, task_digest
 #: Error prefixes of episodes stopped by a failing environment (not by the agent): see
 #: `agentr.agent.rollout`. They are reported apart and never scored as failures.
 INFRASTRUCTURE_ERRORS = ("environment:", "reset:", "replay:")
+#: The files of episodes (`Episode` records, one per line) `evaluate` and `revision_test` write.
+EPISODES_FILE, SAMPLED_EPISODES_FILE = "episodes.jsonl", "sampled_episodes.jsonl"
+REVISION_EPISODES_FILE = "revision_episodes.jsonl"
 
 
 def is_infrastructure_error(episode: Episode) -> bool:
@@ -81,7 +85,7 @@ def is_infrastructure_error(episode: Episode) -> bool:
 
 
 def read_episodes(path: str | os.PathLike) -> list[Episode]:
-    """The episodes of a `trajectories.jsonl` file written by `evaluate` (a torn last line,
+    """The episodes of an `episodes.jsonl` file written by `evaluate` (a torn last line,
     left by a run killed mid-write, is skipped with a warning)."""
     episodes = []
     for lineno, record in read_records(path):
@@ -213,7 +217,7 @@ def evaluate(
             (`is_infrastructure_error`); such episodes are left out of the metrics.
         provenance: what made the policy and the tasks (`agentr.provenance.policy_provenance`,
             environment, split), recorded in the results' "fingerprint" with the settings.
-        out_dir: where `trajectories.jsonl` and `eval.json` go (None: write nothing).
+        out_dir: where `episodes.jsonl` and `eval.json` go (None: write nothing).
         progress: show a progress bar.
 
     Returns:
@@ -239,14 +243,14 @@ def evaluate(
     run = dict(max_turns=max_turns, max_concurrent=max_concurrent,
                success_threshold=success_threshold, progress=progress)
     episodes, results = _run_and_record(engine, env, task_ids, sampling, out_dir,
-                                        "trajectories.jsonl", settings, **run)
+                                        EPISODES_FILE, settings, **run)
     _check_infrastructure(episodes, max_error_rate, provenance)
     if episodes_per_task:
         seeds = {(t, j): sample_seed(seed, t, j) for t in task_ids for j in range(episodes_per_task)}
         starts = [EpisodeStart(t, seed=s, meta={"sample": j, "seed": s}) for (t, j), s in seeds.items()]
         sampled_episodes, sampled = _run_and_record(
             engine, env, starts, replace(sampling, temperature=sample_temperature), out_dir,
-            "sampled_trajectories.jsonl", settings, **run)
+            SAMPLED_EPISODES_FILE, settings, **run)
         _check_infrastructure(sampled_episodes, max_error_rate, provenance)
         results["sampled"] = {"episodes_per_task": episodes_per_task, **sampled}
     results["fingerprint"] = evaluation_fingerprint(
@@ -294,20 +298,20 @@ def revision_test(
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict:
-    """Continue failed trajectories of a reference model from a random cut; measure the reward.
+    """Continue failed episodes of a reference model from a random cut; measure the reward.
 
     Args:
-        reference: a `trajectories.jsonl` written by `evaluate` (or its episodes).
+        reference: an `episodes.jsonl` written by `evaluate` (or its episodes).
         max_turns: turns the model may add after the cut (the paper's 50).
         seed: seeds the cut points.
-        num_tasks: use only the first N failed trajectories.
+        num_tasks: use only the first N failed episodes.
         max_error_rate: as in `evaluate`.
         max_reward: reference episodes whose final reward is at most this are the failed ones
             (the paper's: 0).
 
     Returns:
         {"metrics": {revision_reward, success_rate, loop_count, ...}, ...}; written to
-        `out_dir/revision.json`, the episodes to `out_dir/revision_trajectories.jsonl`.
+        `out_dir/revision.json`, the episodes to `out_dir/revision_episodes.jsonl`.
     """
     if isinstance(reference, (str, os.PathLike)):
         reference = read_episodes(reference)
@@ -316,7 +320,7 @@ def revision_test(
     _start_output(out_dir, "revision.json")
     episodes, results = _run_and_record(
         engine, env, starts, SamplingConfig(temperature=0.0, max_tokens=max_tokens, stop=REPLY_STOP),
-        out_dir, "revision_trajectories.jsonl",
+        out_dir, REVISION_EPISODES_FILE,
         {"max_turns": max_turns, "cut_seed": seed, "max_reward": max_reward},
         max_turns=max_turns, max_concurrent=max_concurrent, success_threshold=success_threshold,
         progress=progress)

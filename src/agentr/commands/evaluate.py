@@ -7,7 +7,7 @@ from pathlib import Path
 
 from agentr.engines.config import EngineConfig
 from agentr.errors import check_range
-from agentr.evaluation import evaluate, revision_test
+from agentr.evaluation import EPISODES_FILE, evaluate, revision_test
 from agentr.provenance import env_description, policy_provenance
 from agentr.report import write_report
 
@@ -76,11 +76,11 @@ def evaluate_command(
     """Evaluate a model (or a LoRA adapter on it) on a task split: success rate, reward, loops.
 
     Writes OUT_DIR/eval.json (metrics with 95% intervals, timing, settings, per-episode
-    summary), OUT_DIR/trajectories.jsonl (every episode) and OUT_DIR/report.html (see
+    summary), OUT_DIR/episodes.jsonl (every episode) and OUT_DIR/report.html (see
     `agentr report`), and prints a table. With
     --episodes_per_task K, also plays K sampled episodes per task (reported apart, under
     "sampled"). With --revision_from, also runs the revision test on that file's failed
-    trajectories, those with reward at most --revision_max_reward (OUT_DIR/revision.json).
+    episodes, those with reward at most --revision_max_reward (OUT_DIR/revision.json).
 
     Args:
         model: Hugging Face id, model directory or .gguf file.
@@ -91,7 +91,7 @@ def evaluate_command(
             --engine.max_model_len 2048, --engine.kv_cache_gb 3).
         max_turns: turn limit per episode (the paper's 100).
         num_tasks: evaluate only the first N tasks of the split.
-        out_dir: where results and trajectories go.
+        out_dir: where results and episodes go.
         temperature: 0 for greedy decoding (the paper's setting).
         max_tokens: tokens per reply.
         max_concurrent: live episodes at most (default: what the KV cache holds).
@@ -99,7 +99,7 @@ def evaluate_command(
             index), of the revision test's cut points, and the engine's.
         episodes_per_task: sampled episodes per task, played after the greedy ones (0: none).
         sample_temperature: temperature of the sampled episodes.
-        revision_from: a reference model's trajectories.jsonl: run the revision test on it.
+        revision_from: a reference model's episodes.jsonl: run the revision test on it.
         revision_max_turns: turns allowed after the cut in the revision test.
         max_error_rate: the largest share of episodes that may end in an environment error (a
             dead server): those are not scored, and above this share the command fails.
@@ -142,5 +142,5 @@ def evaluate_command(
             rows += _result_rows(revision, prefix="revision ")
     print(format_table(rows))
     report, _ = write_report(out_dir)
-    print(f"results: {Path(out_dir) / 'eval.json'}; trajectories: "
-          f"{Path(out_dir) / 'trajectories.jsonl'}; report: {report}", file=sys.stderr)
+    print(f"results: {Path(out_dir) / 'eval.json'}; episodes: "
+          f"{Path(out_dir) / EPISODES_FILE}; report: {report}", file=sys.stderr)

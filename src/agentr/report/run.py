@@ -3,10 +3,10 @@
 Three kinds of directory are understood:
 
 - a fit run (`trainer.default_root_dir`): `base/`, `iteration_<k>/` with `eval.json`,
-  `trajectories.jsonl`, `training.json`, `phase1/` (an `agentr collect` directory) or, for the
+  `episodes.jsonl`, `training.json`, `phase1/` (an `agentr collect` directory) or, for the
   warm start, `data.jsonl`;
 - an `agentr collect` out_dir (`stats.json`, `trees/`, `tasks/`, `dataset.jsonl`);
-- an `agentr evaluate` out_dir (`eval.json`, `trajectories.jsonl`).
+- an `agentr evaluate` out_dir (`eval.json`, `episodes.jsonl`).
 
 Fields other agentr versions add are carried through untouched where they are scalars or small
 lists (new metrics, intervals given as `<metric>_ci: [lo, hi]`, fingerprints, verdict sources);
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from agentr.agent.conversation import HEADER_LEN
 from agentr.agent.turn import REVISION_ACTION, is_revision, parse_action
+from agentr.evaluation import EPISODES_FILE
 
 
 @dataclass
@@ -114,7 +115,7 @@ def _read_stage(path: Path, name: str, iteration: int | None, limits: ReportLimi
     results = _read_json(path / "eval.json")
     if results is not None:
         stage["eval"] = _eval_summary(results)
-        stage["episodes"] = _read_episodes(path / "trajectories.jsonl", results, limits)
+        stage["episodes"] = _read_episodes(path / EPISODES_FILE, results, limits)
     training = _read_json(path / "training.json")
     if training is not None:
         stage["training"] = _scalars(training)
