@@ -74,7 +74,7 @@ def foreign_adapter_dir(smollm2_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hf_engine(tiny_engine_model_dir):
-    return make_engine(EngineConfig(kind="hf", max_model_len=512), tiny_engine_model_dir, seed=0)
+    return make_engine(HF_512, tiny_engine_model_dir, seed=0)
 
 
 # ---- shared checks, run against both engines ---------------------------------------------------
