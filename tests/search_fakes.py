@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from agentr.agent.conversation import HEADER_LEN
 from agentr.agent.turn import parse_action
 from agentr.engines.base import Choice, Conversation, Engine, Generation, SamplingConfig
-from agentr.engines.common import best_choice
+from agentr.engines.common import best_choice, request_seed
 from agentr.envs.base import Environment
 from agentr.search.critique import VERIFIER_PROMPT
 
@@ -181,6 +181,25 @@ def toy_policy(weights: dict[str, float] | None = None) -> Callable[[Conversatio
         return [reply(a, thought="try " + a) for a in rng.choices(names, weights=w, k=n)]
 
     return policy
+
+
+class SeedDrawnEngine(ScriptedEngine):
+    """Samples toy actions from each request's own seed (as vLLM does with per-request seeds),
+    not from the prompt: what a tree draws depends on the seeds it is given alone."""
+
+    def __init__(self, weights: dict[str, float] | None = None, **kwargs):
+        super().__init__(toy_policy(weights), judge_bad_on("noop", "lose", "half", "boom"), **kwargs)
+        self.weights = weights or {"good": 3, "noop": 2, "lose": 1, "half": 1, "boom": 0.5}
+
+    def generate(self, conversations, sampling):
+        if any(map(is_verifier, conversations)):
+            return super().generate(conversations, sampling)
+        self.calls.append(("expand", len(conversations), sampling))
+        seeds = sampling.request_seeds or [request_seed(sampling.seed, i) for i in range(len(conversations))]
+        names, w = list(self.weights), list(self.weights.values())
+        return [[Generation(reply(a, thought="try " + a), 3)
+                 for a in random.Random(seed).choices(names, weights=w, k=sampling.n)]
+                for seed in seeds]
 
 
 def force_bad_on(*bad_actions: str) -> Callable[[Conversation, str, Sequence[str]], list[float]]:

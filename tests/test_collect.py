@@ -13,6 +13,7 @@ from search_fakes import (
     CloneToyEnv,
     Killed,
     ScriptedEngine,
+    SeedDrawnEngine,
     ToyEnv,
     actions_so_far,
     content_rng,
@@ -108,10 +109,17 @@ def test_each_engine_call_batches_the_trees(tmp_path):
 
 
 def test_batch_composition_does_not_change_the_dataset(tmp_path):
-    _, wide = _collect(tmp_path / "wide")
-    engine, narrow = _collect(tmp_path / "narrow", max_concurrent_trees=2)
+    # The engine draws from the request seeds alone: a tree searches the same whatever shares
+    # its batches, so methods that judge differently still search the same trees.
+    _, wide = _collect(tmp_path / "wide", engine=SeedDrawnEngine())
+    engine, narrow = _collect(tmp_path / "narrow", engine=SeedDrawnEngine(), max_concurrent_trees=2)
     assert max(c[1] for c in engine.calls if c[0] == "expand") <= 2
     assert wide.dataset.read_bytes() == narrow.dataset.read_bytes()
+    _collect(tmp_path / "alone", engine=SeedDrawnEngine(), tasks=["t3"])
+    tree = lambda run: (tmp_path / run / "trees" / "t3.json").read_bytes()  # noqa: E731
+    assert tree("alone") == tree("wide")
+    _, reseeded = _collect(tmp_path / "reseeded", engine=SeedDrawnEngine(), seed=1)
+    assert reseeded.dataset.read_bytes() != wide.dataset.read_bytes()
 
 
 def test_modes_differ_as_specified(tmp_path):

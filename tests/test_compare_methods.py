@@ -28,7 +28,8 @@ def experiment():
 def small(experiment, tmp_path, *extra):
     return experiment.parse_args(["--out_dir", str(tmp_path / "out"), "--iterations", "2",
                                   "--eval_tasks", "3", "--episodes_per_task", "2",
-                                  "--tasks_per_iteration", "4", "--max_turns", "5", *extra])
+                                  "--tasks_per_iteration", "4", "--max_turns", "5", "--epochs", "3",
+                                  *extra])
 
 
 def evaluation(outcomes: list[bool], samples: int = 2) -> dict:
@@ -68,7 +69,8 @@ def test_run_configs_parse_and_carry_the_scale(experiment, tmp_path, capsys):
         iterations = callbacks["agentr.callbacks.AgentRIterations"]
         evaluation_args = callbacks["agentr.callbacks.EvaluationCallback"]
         assert config["trainer"]["default_root_dir"] == str(tmp_path / "out" / run)
-        assert iterations["iterations"] == 2 and iterations["stop_after"] == (0 if run == "warm_start" else None)
+        assert iterations["iterations"] == 2 and iterations["epochs"] == [3]
+        assert iterations["stop_after"] == (0 if run == "warm_start" else None)
         assert (evaluation_args["num_tasks"], evaluation_args["episodes_per_task"],
                 evaluation_args["max_turns"]) == (3, 2, 5)
         assert config["data"]["init_args"]["num_tasks"] == 4
@@ -88,6 +90,8 @@ def test_methods_without_their_setting_are_skipped_with_the_reason(experiment):
 def test_bad_scale_and_reference_are_refused(experiment, tmp_path):
     with pytest.raises(SystemExit):
         small(experiment, tmp_path, "--iterations", "0")
+    with pytest.raises(SystemExit):
+        small(experiment, tmp_path, "--epochs", "0")
     with pytest.raises(SystemExit):
         small(experiment, tmp_path, "--methods", "agent_r", "--reference", "direct_revision")
 

@@ -121,6 +121,8 @@ def run_config(base: dict, run_dir: Path, args: argparse.Namespace, search: dict
         raise ValueError("the base config has no warm start (AgentRIterations.warm_start): the "
                          "methods branch from it")
     iterations["iterations"] = args.iterations
+    if args.epochs is not None:
+        iterations["epochs"] = [args.epochs]
     if stop_after is not None:
         iterations["stop_after"] = stop_after
     evaluation = _callback(config, EVALUATION_CALLBACK)
@@ -305,6 +307,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reference", default="direct_revision", choices=list(METHODS),
                         help="the method every other is compared with")
     parser.add_argument("--iterations", type=int, default=2, help="Agent-R iterations per method")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="training epochs of every iteration (default: the base config's); "
+                             "a finished run is not redone, so give another value its own --out_dir")
     parser.add_argument("--tasks_per_iteration", type=int, default=16, help="Phase I trees per iteration")
     parser.add_argument("--eval_tasks", type=int, default=30, help="held-out tasks per evaluation")
     parser.add_argument("--episodes_per_task", type=int, default=8, help="sampled episodes per task")
@@ -313,8 +318,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dry_run", action="store_true", help="print the plan and the commands; run nothing")
     parser.add_argument("--report_only", action="store_true", help="only rebuild the tables from what is done")
     args = parser.parse_args(argv)
-    for name in ("iterations", "tasks_per_iteration", "eval_tasks", "max_turns"):
-        if getattr(args, name) < 1:
+    for name in ("iterations", "epochs", "tasks_per_iteration", "eval_tasks", "max_turns"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.episodes_per_task < 0:
         parser.error(f"--episodes_per_task must be >= 0, got {args.episodes_per_task}")

@@ -8,7 +8,9 @@ the next bad-path steps to judge, and those go out together in one greedy call, 
 lack a verdict (calibrated against the content-free step, asked once per run: see
 `agentr.search.critique`). A finished task is written at once (`run_dir.write_task`), so a run
 killed at any point loses only the tasks in flight. Expansions sample with the stop strings
-`REPLY_STOP`, and a fresh seed per call.
+`REPLY_STOP`, each request seeded by its task and the task's expansion count
+(`expansion_seed`), so that a tree's samples do not depend on which other trees share the
+batch: the methods of a comparison search the same trees until their critiques differ.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from agentr.agent.conversation import truncate_history
 from agentr.agent.turn import REPLY_STOP
 from agentr.engines.base import Conversation, Engine, SamplingConfig
+from agentr.engines.common import derive_seed
 from agentr.envs.base import Environment
 from agentr.search.config import SearchConfig
 from agentr.search.critique import (
@@ -52,9 +55,9 @@ _VERDICT_TOKENS = 16
 CALL_KINDS = ("expand", "judge", "force")
 
 
-def call_seed(seed: int, call: int) -> int:
-    """The sampling seed of the `call`-th batched expansion call of a run."""
-    return (seed * 1_000_003 + call * 7_919) % (2**31 - 1)
+def expansion_seed(seed: int, task_id: str, expansion: int) -> int:
+    """The sampling seed of task `task_id`'s `expansion`-th expansion in a run seeded `seed`."""
+    return derive_seed(seed, task_id, expansion)
 
 
 def surely_fits(conversation: Conversation, limit: int) -> bool:
@@ -167,8 +170,9 @@ def search_tasks(
                 with prof.phase("expand.prompts"):
                     prompts = [fit_conversation(engine, job.tree.conversation(node), expand_limit)
                                for job, node in expansions]
-                # a fresh seed per call, so that rounds do not replay the same random stream
-                sampling = dataclasses.replace(expand_sampling, seed=call_seed(seed, calls["expand"]))
+                sampling = dataclasses.replace(expand_sampling, request_seeds=tuple(
+                    expansion_seed(seed, job.task_id, job.tree.counters.expansions)
+                    for job, _ in expansions))
                 calls["expand"] += 1
                 start = time.perf_counter()
                 replies = engine.generate(prompts, sampling)
