@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from agentr.agent.conversation import HEADER_LEN
 from agentr.agent.turn import parse_action
 from agentr.engines.base import Choice, Conversation, Engine, Generation, SamplingConfig
-from agentr.engines.common import best_choice, request_seed
+from agentr.engines.common import best_choice
 from agentr.envs.base import Environment
 from agentr.search.critique import VERIFIER_PROMPT
 
@@ -171,14 +171,21 @@ class LabelledToyEnv(CloneToyEnv):
         return [a.strip().lower() != "good" for a in actions]
 
 
+#: How likely the toy policies are to play each action of the toy game.
+TOY_WEIGHTS = {"good": 3, "noop": 2, "lose": 1, "half": 1, "boom": 0.5}
+
+
+def toy_replies(rng: random.Random, n: int, weights: dict[str, float] | None = None) -> list[str]:
+    """n replies playing actions of the toy game drawn from `rng` by `weights`."""
+    weights = weights or TOY_WEIGHTS
+    return [reply(a, thought="try " + a)
+            for a in rng.choices(list(weights), weights=list(weights.values()), k=n)]
+
+
 def toy_policy(weights: dict[str, float] | None = None) -> Callable[[Conversation, int], list[str]]:
     """Samples n actions of the toy game by `weights`, from a prompt-seeded random source."""
-    weights = weights or {"good": 3, "noop": 2, "lose": 1, "half": 1, "boom": 0.5}
-    names, w = list(weights), list(weights.values())
-
     def policy(conversation: Conversation, n: int) -> list[str]:
-        rng = content_rng(conversation)
-        return [reply(a, thought="try " + a) for a in rng.choices(names, weights=w, k=n)]
+        return toy_replies(content_rng(conversation), n, weights)
 
     return policy
 
@@ -189,17 +196,15 @@ class SeedDrawnEngine(ScriptedEngine):
 
     def __init__(self, weights: dict[str, float] | None = None, **kwargs):
         super().__init__(toy_policy(weights), judge_bad_on("noop", "lose", "half", "boom"), **kwargs)
-        self.weights = weights or {"good": 3, "noop": 2, "lose": 1, "half": 1, "boom": 0.5}
+        self.weights = weights
 
     def generate(self, conversations, sampling):
         if any(map(is_verifier, conversations)):
             return super().generate(conversations, sampling)
         self.calls.append(("expand", len(conversations), sampling))
-        seeds = sampling.request_seeds or [request_seed(sampling.seed, i) for i in range(len(conversations))]
-        names, w = list(self.weights), list(self.weights.values())
-        return [[Generation(reply(a, thought="try " + a), 3)
-                 for a in random.Random(seed).choices(names, weights=w, k=sampling.n)]
-                for seed in seeds]
+        assert sampling.request_seeds is not None, "expansions must seed each request"
+        return [[Generation(text, 3) for text in toy_replies(random.Random(seed), sampling.n, self.weights)]
+                for seed in sampling.request_seeds]
 
 
 def force_bad_on(*bad_actions: str) -> Callable[[Conversation, str, Sequence[str]], list[float]]:
