@@ -7,6 +7,7 @@ import json
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -301,6 +302,13 @@ def _post(url: str, path: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
+def _get(url: str, path: str) -> object:
+    """requests.get(...).json() with the `assert status_code == 200` of AgentGym's clients."""
+    with urllib.request.urlopen(url + path, timeout=5) as response:
+        assert response.status == 200
+        return json.loads(response.read())
+
+
 class AgentGymClient:
     """The fields AgentGym's clients (agentenv.envs.textcraft/sciworld/babyai) read, no more:
     `/create` -> id (TextCraft also observation); `/reset` -> observation (SciWorld:
@@ -329,8 +337,8 @@ class AgentGymClient:
             return answer["observation"], answer["score"], answer["done"]
         return answer["observation"], answer["reward"], answer["done"]
 
-    def close(self) -> None:
-        _post(self.url, "/close", {"id": self.env_id})
+    def close(self) -> bool:
+        return _post(self.url, "/close", {"id": self.env_id})
 
 
 class ScoredEnv(Environment):
@@ -383,7 +391,7 @@ def test_agentgym_textcraft_client_plays_agentgym_task_numbers():
                             answer_format=ANSWER_FORMATS["textcraft"])) as server:
         local = TextCraftEnv(split_scheme="agentgym")
         remote = AgentGymClient(server.url, "textcraft")
-        assert remote.observation == ""
+        assert remote.observation == local.reset("0")  # /create starts task `id`, as AgentGym's
         for data_idx in (0, 140, 533, 544 + 7):  # ids past the 544 goals wrap, as AgentGym's
             task_id = str(data_idx % 544)
             assert remote.reset(data_idx) == local.reset(task_id)
@@ -433,7 +441,100 @@ def test_sciworld_numbering_ends_where_agentgyms_does():
             remote._request("POST", "/reset", {"id": remote.env_id, "data_idx": count})
 
 
+def test_agentgym_clients_get_errors_with_status_200_and_close_answers_false():
+    """What AgentGym's clients can handle: a refused request answers 200 and `{"error": ...}`
+    (they `assert` 200), `close` of a closed instance `false`; agentr's own endpoints keep 404."""
+    for kind in ("textcraft", "sciworld", "babyai"):
+        with serving(EnvService("scored", ScoredEnv, answer_format=ANSWER_FORMATS[kind])) as server:
+            remote = AgentGymClient(server.url, kind)
+            remote.reset(0)
+            for path, body in (("/step", {"id": 999, "action": "look"}),
+                               ("/reset", {"id": 999, "data_idx": 0})):
+                assert "no environment with id 999" in _post(server.url, path, body)["error"]
+            assert "no environment" in _get(server.url, "/observation?id=999")["error"]
+            assert remote.close() is True
+            assert remote.close() is False  # closed twice
+            answer = _post(server.url, "/step", {"id": remote.env_id, "action": "look"})
+            assert "closed" in answer["error"] and "observation" not in answer
+            with pytest.raises(urllib.error.HTTPError) as refused:  # agentr's own: 4xx
+                _post(server.url, "/clone", {"id": remote.env_id})
+            assert refused.value.code == 404
+            with pytest.raises(urllib.error.HTTPError) as malformed:
+                _post(server.url, "/step", {"id": "x", "action": "look"})
+            assert malformed.value.code == 400  # malformed: not an AgentGym error either
+
+
+def test_sciworld_shape_passes_a_failure_score_through_and_agentr_reads_reward_zero():
+    """ScienceWorld scores a failure -100 and ends the task: AgentGym's SciWorld server answers
+    that score (and its change as `reward`), agentr's reward is 0."""
+
+    class FailingEnv(ScoredEnv):
+        def __init__(self) -> None:
+            super().__init__()
+            self.raw_score = 0  # as ScienceWorldEnv's: ScienceWorld's own score
+
+        def spawn(self) -> FailingEnv:
+            return FailingEnv()
+
+        def _step(self, action: str) -> tuple[str, float, bool]:
+            if action == "focus on air":
+                self.raw_score = -100
+                return "You focus on the air.", 0.0, True
+            observation, reward, done = super()._step(action)
+            self.raw_score = round(100 * reward)
+            return observation, reward, done
+
+    service = EnvService("sciworld", FailingEnv, answer_format=ANSWER_FORMATS["sciworld"])
+    with serving(service) as server:
+        remote = AgentGymClient(server.url, "sciworld")
+        remote.reset(0)
+        assert remote.step("progress") == ("You did progress.", 25, False)
+        answer = _post(server.url, "/step", {"id": remote.env_id, "action": "focus on air"})
+        assert (answer["score"], answer["reward"], answer["done"]) == (-100, -125, True)
+        mine = client(server.url)
+        mine.reset("boil:0")
+        assert mine.step("focus on air") == ("You focus on the air.", 0.0, True)
+        mine.close()
+
+
+def test_textcraft_client_custom_task_is_refused_in_agentgyms_error_shape():
+    """AgentGym's TextCraftEnvClient posts `commands`/`goal` to `/create` (None unless a custom
+    task is given): without them it gets task `id`'s observation; with them, a clear refusal."""
+    service = EnvService("textcraft", lambda: TextCraftEnv(split_scheme="agentgym"),
+                         answer_format=ANSWER_FORMATS["textcraft"])
+    with serving(service) as server:
+        plain = {"minecraft_dir": "agentenv_textcraft/", "commands": None, "goal": None}
+        created = _post(server.url, "/create", plain)
+        assert created["observation"] == TextCraftEnv(split_scheme="agentgym").reset("0")
+        custom = {**plain, "commands": "craft 1 stick using 2 planks", "goal": "minecraft:stick"}
+        refused = _post(server.url, "/create", custom)
+        assert "id" not in refused and "custom tasks (commands and goal" in refused["error"]
+        assert list(service.instances) == [created["id"]]  # nothing was created
+
+
 # ---- finished episodes ------------------------------------------------------------------------
+def test_no_environment_plays_a_step_after_done_in_any_shape():
+    """One rule, every environment: a step after done is never played. TextCraft's shape
+    answers the episode-over observation with the final reward; SciWorld's and BabyAI's answer
+    their servers' "has finished" error."""
+    for kind in ("textcraft", "sciworld", "babyai"):
+        service = EnvService("scored", ScoredEnv, answer_format=ANSWER_FORMATS[kind])
+        with serving(service) as server:
+            remote = AgentGymClient(server.url, kind)
+            remote.reset(0)
+            assert remote.step("finish")[2] is True
+            env = service.instances[remote.env_id].env
+            answer = _post(server.url, "/step", {"id": remote.env_id, "action": "progress"})
+            if kind == "textcraft":
+                assert answer == {"observation": EPISODE_OVER, "reward": 1.0, "done": True}
+            else:
+                assert answer["error"].startswith(f"The task with environment {remote.env_id} "
+                                                  "has finished")
+            assert env.actions == ["finish"]  # not played
+            remote.reset(1)  # a reset starts again
+            assert remote.step("progress")[2] is False
+
+
 def test_step_after_done_over_http_answers_like_a_local_environment(server):
     local, remote = TextCraftEnv(max_depth=2), client(server.url)
     task_id = local.task_ids("test")[0]

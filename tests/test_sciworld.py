@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from agentr.envs import UnknownTaskError
-from agentr.envs.sciworld import TASKS, JavaNotFoundError, ScienceWorldEnv, find_java, parse_task_id
+from agentr.envs.sciworld import (
+    EPISODE_OVER,
+    TASKS,
+    JavaNotFoundError,
+    ScienceWorldEnv,
+    find_java,
+    parse_task_id,
+)
 
 # A few tasks whose gold paths are quick to generate (well under a second each).
 GOLD_TASKS = [
@@ -45,6 +52,70 @@ def test_missing_java_is_explained(monkeypatch):
     monkeypatch.setattr(sciworld, "find_java", lambda: None)
     with pytest.raises(JavaNotFoundError, match="openjdk-17"):
         ScienceWorldEnv().reset("boil:0")
+
+
+class FakeSimulator:
+    """The parts of `scienceworld.ScienceWorldEnv` that ScienceWorldEnv uses, without Java:
+    "focus on air" fails the task (score -100), "focus on dog" completes it."""
+
+    def __init__(self) -> None:
+        self.server, self.score, self.played = self, 0.0, []
+
+    def load(self, name, variation, simplifications, generateGoldPath=False):  # noqa: N803
+        self.score = 0.0
+
+    def getTaskDescription(self):  # noqa: N802 (ScienceWorld's naming)
+        return "Your task is to find a(n) animal."
+
+    def step(self, action):
+        self.played.append(action)
+        self.score = {"focus on air": -1.0, "focus on dog": 1.0}.get(action, self.score)
+        return f"You did {action}."
+
+    def getScore(self):  # noqa: N802
+        return self.score
+
+    def getCompleted(self):  # noqa: N802
+        return self.score == 1.0
+
+    def getNumMoves(self):  # noqa: N802
+        return len(self.played)
+
+    def close(self):
+        pass
+
+
+def fake_env() -> ScienceWorldEnv:
+    env = ScienceWorldEnv()
+    env._sim = FakeSimulator()
+    return env
+
+
+def test_failure_keeps_scienceworlds_score_and_no_step_is_played_after_done():
+    env = fake_env()
+    env.reset("find-animal:225")
+    assert env.step("focus on air") == ("You did focus on air.", 0.0, True)
+    assert env.raw_score == -100  # agentr's reward is 0; AgentGym's server answers -100
+    played = list(env._sim.played)
+    assert env.step("focus on dog") == (EPISODE_OVER, 0.0, True)  # as TextCraft: refused
+    assert env._sim.played == played
+    env.reset("find-animal:225")
+    assert env.step("focus on dog")[1:] == (1.0, True) and env.raw_score == 100
+    assert env.step("look around") == (EPISODE_OVER, 1.0, True)
+
+
+def test_agentgym_sciworld_client_sees_minus_100_then_finished():
+    """AgentGym's SciWorld client reads `score` (its reward) and `done`, asserting status 200."""
+    from test_http_env import AgentGymClient, _post, serving
+
+    from agentr.envs.server import ANSWER_FORMATS, EnvService
+
+    with serving(EnvService("sciworld", fake_env, answer_format=ANSWER_FORMATS["sciworld"])) as server:
+        remote = AgentGymClient(server.url, "sciworld")
+        assert remote.reset(0) == "Your task is to find a(n) animal.\nYou did look around."
+        assert remote.step("focus on air") == ("You did focus on air.", -100, True)
+        answer = _post(server.url, "/step", {"id": remote.env_id, "action": "focus on dog"})
+        assert "has finished" in answer["error"]
 
 
 # ---- the real simulator: one JVM for the module (starting one takes a second or two) ---------
@@ -92,6 +163,8 @@ def test_failure_ends_the_episode_with_reward_zero_and_bad_actions_do_not_raise(
     observation, reward, done = env.step("fly to the moon")
     assert isinstance(observation, str) and (reward, done) == (0.0, False)
     assert env.step("focus on air") == ("You focus on the air.", 0.0, True)  # negative score
+    assert env.raw_score == -100
+    assert env.step("look around") == (EPISODE_OVER, 0.0, True)
 
 
 @pytest.mark.java

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import random
 import re
 import subprocess
 import sys
@@ -292,6 +293,20 @@ def test_agentgym_numbering_is_depth_sorted_shallowest_first_ties_by_item_id():
         assert env.reset(task_id) == agentr.reset(same)
         assert play(env, task_id, env.expert_actions(task_id))[:2] == (1.0, True)
     assert env.goal_of("0") == "acacia planks"  # depth 1, first item id
+
+
+def test_agentgym_servers_agree_on_depth_bands_but_not_on_the_goal_of_an_id():
+    """AgentGym's server numbers goals by a stable sort on depth of its recipe files' goals in
+    `os.listdir` order, which differs between machines: every order puts the same goals in each
+    depth band (ids 0-124, 125-415, 416-532, 533-543), but an id's goal follows the order."""
+    env = TextCraftEnv(split_scheme="agentgym")
+    ours = [env.tasks.goals[i] for i in range(544)]
+    listing = sorted(env.book.recipes)
+    random.Random(0).shuffle(listing)  # another machine's directory order
+    theirs = sorted(listing, key=env.book.depth)  # AgentGym's `sorted(..., key=depth)`
+    for start, stop in ((0, 125), (125, 416), (416, 533), (533, 544)):
+        assert set(theirs[start:stop]) == set(ours[start:stop])
+    assert sum(a == b for a, b in zip(ours, theirs)) < 20  # per-id goals mostly differ
 
 
 def test_paper_splits_are_the_official_ids_and_disjoint():

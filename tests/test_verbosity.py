@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 import warnings
+from types import SimpleNamespace
 
 import pytest
 
+from agentr import verbosity
 from agentr.verbosity import QUIET_LOGGERS, RoutineWarnings, configure_logging, verbose_requested
 
 ENVIRONMENT = ("VLLM_LOGGING_LEVEL", "VLLM_LOGGING_CONFIG_PATH", "PYTHONWARNINGS", "TORCH_CPP_LOG_LEVEL")
@@ -19,6 +21,7 @@ ENVIRONMENT = ("VLLM_LOGGING_LEVEL", "VLLM_LOGGING_CONFIG_PATH", "PYTHONWARNINGS
 def restore_logging(monkeypatch):
     for name in ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(verbosity, "_verbose", verbosity._verbose)  # restored afterwards
     levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
     with warnings.catch_warnings():
         yield
@@ -32,6 +35,56 @@ def test_verbose_flag_and_environment_variable(monkeypatch):
     assert verbose_requested(["fit", "--config", "x.yaml"]) == (False, ["fit", "--config", "x.yaml"])
     monkeypatch.setenv("AGENTR_VERBOSE", "1")
     assert verbose_requested(["collect"]) == (True, ["collect"])
+
+
+SPELLINGS = [
+    (["--verbose"], True),
+    (["--verbose", "true"], True),
+    (["--verbose=true"], True),
+    (["--verbose", "True"], True),
+    (["--verbose", "false"], False),
+    (["--verbose=false"], False),
+    (["--verbose", "--verbose", "no"], False),  # the last one wins
+]
+
+
+@pytest.mark.parametrize("spelling, expected", SPELLINGS)
+def test_every_spelling_of_verbose_is_read_for_every_command(monkeypatch, spelling, expected):
+    monkeypatch.setenv("AGENTR_VERBOSE", "1")  # an explicit flag wins over the environment
+    for command in (["serve-env", "--name", "textcraft"], ["fit", "--config", "x.yaml"],
+                    ["report", "runs/a"]):
+        assert verbose_requested([*command, *spelling]) == (expected, command)
+        assert verbose_requested([command[0], *spelling, *command[1:]]) == (expected, command)
+    # a value the parser would refuse is left for it to report (AGENTR_VERBOSE decides)
+    assert verbose_requested(["fit", "--verbose=maybe"]) == (True, ["fit", "--verbose=maybe"])
+
+
+@pytest.mark.parametrize("spelling, expected", SPELLINGS)
+def test_serve_env_logs_requests_as_its_help_says(restore_logging, monkeypatch, capsys,
+                                                  spelling, expected):
+    """`agentr serve-env --verbose true` (as `--help` shows it) runs, and every spelling turns the
+    server's request log on or off."""
+    from agentr.cli import main
+    from agentr.commands import serve_env
+
+    monkeypatch.delenv("AGENTR_VERBOSE", raising=False)
+    asked = []
+
+    def interrupt():
+        raise KeyboardInterrupt  # stops at once, as Ctrl-C would
+
+    def make_server(name, host, port, options, max_envs, verbose, *rest):  # binds nothing
+        asked.append(verbose)
+        answers = SimpleNamespace(format=SimpleNamespace(name=name))
+        return SimpleNamespace(url="http://127.0.0.1:0", service=answers,
+                               serve_forever=interrupt, server_close=lambda: None)
+
+    monkeypatch.setattr(serve_env, "make_server", make_server)
+    main(["serve-env", "--name", "textcraft", "--port", "0", *spelling])
+    assert asked == [expected]
+    with pytest.raises(SystemExit):
+        main(["serve-env", "--help"])
+    assert "--verbose {true,false}" in capsys.readouterr().out
 
 
 def test_third_party_logs_are_quiet_unless_verbose(restore_logging, monkeypatch):

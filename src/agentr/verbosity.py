@@ -4,8 +4,8 @@ By default the logs of vLLM, transformers, torch, Lightning (its info lines; pro
 kept) and their helpers show from WARNING up, and FutureWarning/DeprecationWarning messages are
 hidden; agentr's own INFO messages go to stderr. vLLM's routine warnings, which every engine
 start on a CPU repeats and which ask nothing of the user (`ROUTINE_VLLM_WARNINGS`), and torch's
-C++ warnings are dropped too. `--verbose` on any `agentr` command, or `AGENTR_VERBOSE=1`, keeps
-every library's full log.
+C++ warnings are dropped too. `--verbose` (or `--verbose true`, `--verbose=true`; `false` turns
+it off) on any `agentr` command, or `AGENTR_VERBOSE=1`, keeps every library's full log.
 
 vLLM reads its logging settings once, when it is first imported, and its engine processes are
 fresh interpreters that only inherit the environment, so everything here is also set through
@@ -70,15 +70,46 @@ def _write_vllm_logging_config() -> str:
     return str(path)
 
 
+#: The words `--verbose` takes as its value, as the command-line parser reads booleans.
+BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+_verbose = False  # what the running `agentr` command asked for (set by `configure_logging`)
+
+
 def verbose_requested(argv: list[str]) -> tuple[bool, list[str]]:
-    """Whether `--verbose` is in `argv` or AGENTR_VERBOSE is set to 1/true/yes; `argv` without it."""
-    rest = [a for a in argv if a != "--verbose"]
-    from_env = os.environ.get("AGENTR_VERBOSE", "").strip().lower() in ("1", "true", "yes")
-    return from_env or len(rest) < len(argv), rest
+    """Whether the command asks to be verbose, and `argv` without the asking.
+
+    `--verbose`, `--verbose true`, `--verbose=true` (or yes/on) and `--verbose false` (or
+    `=false`, no, off) are all read here, for every command, before any parser sees `argv`: the
+    last one wins, else AGENTR_VERBOSE (1/true/yes). A `--verbose=VALUE` with another value is
+    left in `argv`, for the command's parser to report.
+    """
+    verbose, rest, i = None, [], 0
+    while i < len(argv):
+        name, equals, value = argv[i].partition("=")
+        if name != "--verbose" or (equals and value.lower() not in BOOLEAN_WORDS):
+            rest.append(argv[i])
+            i += 1
+            continue
+        if not equals and i + 1 < len(argv) and argv[i + 1].lower() in BOOLEAN_WORDS:
+            value, i = argv[i + 1], i + 1
+        verbose = BOOLEAN_WORDS.get(value.lower(), True)  # a bare `--verbose` is true
+        i += 1
+    if verbose is None:
+        verbose = os.environ.get("AGENTR_VERBOSE", "").strip().lower() in ("1", "true", "yes")
+    return verbose, rest
+
+
+def is_verbose() -> bool:
+    """Whether the running `agentr` command is verbose (`configure_logging`'s last setting), for
+    commands that log more when asked (`serve-env` logs every request)."""
+    return _verbose
 
 
 def configure_logging(verbose: bool) -> None:
     """agentr's INFO messages on stderr; other libraries at WARNING unless `verbose`."""
+    global _verbose
+    _verbose = verbose
     agentr = logging.getLogger("agentr")
     if not agentr.handlers:
         handler = logging.StreamHandler(sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from agentr.envs.server import make_server
+from agentr.verbosity import is_verbose
 
 
 def serve_command(
@@ -30,7 +31,9 @@ def serve_command(
         port: the port (0 picks a free one).
         options: constructor options of the environment, e.g. {"split_scheme": "agentgym"}.
         max_envs: the most environment instances open at once (`/create` and `/clone`).
-        verbose: log every request.
+        verbose: log every request. On the command line every spelling (`--verbose`,
+            `--verbose true`, `--verbose=true`, `--verbose false`) is the `agentr` command's own
+            `--verbose`, which also shows other libraries' full logs; so is AGENTR_VERBOSE=1.
         answer_format: the AgentGym server whose answers to imitate: "textcraft", "sciworld",
             "babyai" or "agentgym"; default: the environment's name when it is one of them,
             else "agentgym".
@@ -39,7 +42,7 @@ def serve_command(
             may stay open (408 past it).
     """
     server = make_server(
-        name, host, port, options, max_envs, verbose, answer_format, max_body_bytes,
+        name, host, port, options, max_envs, verbose or is_verbose(), answer_format, max_body_bytes,
         request_timeout,
     )  # fmt: skip
     print(

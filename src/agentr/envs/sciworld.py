@@ -69,6 +69,9 @@ JAVA_HELP = (
     "openjdk=17`, then check `java -version`."
 )
 
+#: What a step after done answers (ScienceWorld itself would play on).
+EPISODE_OVER = "The task is finished: the episode is over."
+
 _LAUNCH_LOCK = threading.Lock()
 
 
@@ -165,6 +168,9 @@ class ScienceWorldEnv(Environment):
     answer (AgentGym's format). **Reward** is the task score / 100 after each step, in [0, 1];
     done when the task is completed, or failed: a negative score (e.g. focusing on a wrong
     object) ends the episode with reward 0. With `step_limit`, done also after that many moves.
+    `raw_score` is ScienceWorld's own score after the last step, -100 (failed) to 100, which
+    AgentGym's server answers as `score`. A step after done plays nothing: it answers
+    `EPISODE_OVER` with the final reward, done (as TextCraft does).
 
     **The JVM**: each instance starts its own on the first `reset` (about a second), with the
     heap capped by `max_heap` (default "1g"); `close()` stops it. Java must be installed
@@ -217,6 +223,8 @@ class ScienceWorldEnv(Environment):
         self._sim: Any = None  # scienceworld.ScienceWorldEnv, started on first use
         self._gold: dict[str, list[str]] = {}
         self.task_description = ""
+        self.raw_score = 0
+        self._final: float | None = None  # the reward that ended the episode
 
     # ---- Environment API ---------------------------------------------------------------------
     @property
@@ -251,18 +259,22 @@ class ScienceWorldEnv(Environment):
         sim.load(name, variation, self.simplifications, generateGoldPath=False)
         self.task_description = str(sim.server.getTaskDescription())
         look = str(sim.server.step("look around"))
+        self.raw_score, self._final = 0, None
         return f"{self.task_description}\n{look}"
 
     def _step(self, action: str) -> tuple[str, float, bool]:
+        if self._final is not None:
+            return EPISODE_OVER, self._final, True
         server = self.simulator().server
         observation = str(server.step(str(action)))
-        score = int(round(100 * server.getScore()))
-        if score < 0:
-            return observation, 0.0, True
-        done = bool(server.getCompleted())
+        self.raw_score = int(round(100 * server.getScore()))
+        reward = min(max(self.raw_score, 0), 100) / 100.0
+        done = self.raw_score < 0 or bool(server.getCompleted())
         if self.step_limit is not None and server.getNumMoves() > self.step_limit:
             done = True
-        return observation, min(score, 100) / 100.0, done
+        if done:
+            self._final = reward
+        return observation, reward, done
 
     def reset(self, task_id: str) -> str:
         observation = super().reset(task_id)

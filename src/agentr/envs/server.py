@@ -3,15 +3,22 @@
     agentr serve-env --name textcraft --port 8000
     agentr serve-env --name textcraft --options '{"split_scheme": "agentgym"}'
 
-Endpoints (JSON bodies and answers; errors are `{"error": "...", "error_type": "..."}` with an
-HTTP status of 400, 404, 408, 413, 429 or 500):
+Endpoints (JSON bodies and answers; errors are `{"error": "...", "error_type": "..."}`):
 
     GET  /                       -> "This is agentr environment textcraft."
     POST /create                 -> {"id": 0, ...}
     POST /reset  {"id", "data_idx"} -> {"observation", ...}
     POST /step   {"id", "action"}   -> {"observation", "reward", "done", ...}
     GET  /observation?id=0       -> the last observation (a JSON string)
-    POST /close  {"id"}          -> true (false when there was no such instance)
+    POST /close  {"id"}          -> true (false when there is no such instance: never created,
+                                    or closed already)
+
+**Errors.** On those AgentGym endpoints a well-formed request that the game state refuses (an
+unknown or closed instance id, an unknown task, a step before reset or after done, a custom
+task) is answered with HTTP 200 and the error, as AgentGym's servers answer (their clients
+`assert` the status is 200). A malformed request is a 400 (AgentGym's FastAPI answers 422), and
+the server's limits answer 408, 413 and 429; an environment's bug, 500. agentr's own endpoints
+below answer every error with its 4xx status (404 for an unknown id or task).
 
 agentr's own additions, which `HTTPEnvironment` uses when it finds them:
 
@@ -26,15 +33,24 @@ environment's name, or `answer_format`), so that AgentGym's own clients work unc
 
 - "textcraft" (also "agentgym", for other environments): `/create` and `/reset` answer `id`,
   `observation`, `reward` 0, `done` false; `/step` answers `observation`, `reward`, `done`. An
-  integer `data_idx` wraps modulo the task count (544), as AgentGym's server does.
+  integer `data_idx` wraps modulo the task count (544), as AgentGym's server does. "textcraft"'s
+  `/create` starts task `data_idx` = the new id, as AgentGym's does, and answers its
+  observation ("agentgym"'s answers ""). A custom task (`commands`, `goal` in `/create`) is
+  refused: agentr plays its own tasks (AgentGym's server takes them, then starts task `id`).
 - "sciworld": `/create` answers `id`; `/reset` answers `task_description` (the first line of
   the first observation), `observation` (the rest), `reward`, `score`, `done`; `/step` answers
-  `observation`, `reward` (the change of score), `score` (the reward x 100, ScienceWorld's
-  0..100) and `done`. An integer `data_idx` is an index into AgentGym's list of games (every
-  variation of every task but 5-1, 5-2, 9-1, 9-2, 9-3, 10-1, 10-2, in task-code order); past
-  its end is an error, as there; "boil:3" names a task directly.
+  `observation`, `reward` (the change of score), `score` and `done`. `score` is ScienceWorld's
+  own, -100 after a failure (e.g. focusing on a wrong object), as AgentGym passes it on, where
+  agentr's reward is 0 (`ScienceWorldEnv.raw_score`; other environments: the reward x 100). An
+  integer `data_idx` is an index into AgentGym's list of games (every variation of every task
+  but 5-1, 5-2, 9-1, 9-2, 9-3, 10-1, 10-2, in task-code order); past its end is an error, as
+  there; "boil:3" names a task directly.
 - "babyai": `/create` answers `id`; `/reset` and `/step` answer `observation`, `reward`,
   `score` (= the reward), `done`.
+
+**After done** no environment plays a step: "textcraft" and "agentgym" answer the episode-over
+observation (`EPISODE_OVER`) with the final reward and done (AgentGym's TextCraft server would
+play on), "sciworld" and "babyai" the error `... has finished`, as AgentGym's servers do.
 
 `data_idx` must be an integer or a string, `id` an integer (or digits): anything else is a 400.
 
@@ -49,6 +65,7 @@ Uses only the standard library (`http.server.ThreadingHTTPServer`).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -62,15 +79,29 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from agentr.envs.base import SPLITS, Environment, UnknownTaskError
+from agentr.envs.http import EPISODE_OVER
 from agentr.envs.registry import make_env
 
 logger = logging.getLogger(__name__)
 
 
 class _Failure(Exception):
-    def __init__(self, status: int, message: str, error_type: str = "BadRequest") -> None:
+    """A refused request, answered with `status` and `payload()`.
+
+    `in_game` marks a well-formed request that the game state refuses (an unknown or closed
+    instance, an unknown task, a finished episode): AgentGym's servers answer those with HTTP 200
+    and `{"error": ...}`, and so does this one on their endpoints (`AGENTGYM_ROUTES`).
+    """
+
+    def __init__(
+        self, status: int, message: str, error_type: str = "BadRequest", in_game: bool = False
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.error_type = status, message, error_type
+        self.in_game = in_game
+
+    def payload(self) -> dict[str, str]:
+        return {"error": self.message, "error_type": self.error_type}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -87,21 +118,30 @@ class AnswerFormat:
     Attributes:
         name: the format's name (also the `HTTPEnvironment` protocol preset that reads it).
         create_observation: `/create` answers `observation`, `reward`, `done` besides `id`.
+        create_starts_task: `/create` starts task `data_idx` = the new id and answers its
+            observation (AgentGym's TextCraft server does; "" where there is no such task).
         score_scale: answers carry `score` = reward x this (None: no `score` field).
+        raw_score: `score` is the environment's own `raw_score` where it has one (ScienceWorld's
+            score, -100 after a failure, where agentr's reward is 0), as AgentGym passes it on.
         reward_is_change: `/step`'s `reward` is the change of `score` (SciWorld's), not the
             reward.
         task_description: `/reset` answers the first line of the observation apart.
         wrap_task_ids: an integer `data_idx` wraps modulo the environment's task count.
         sciworld_numbering: an integer `data_idx` indexes AgentGym's SciWorld games.
+        finished_is_error: a step after done answers `{"error": "... has finished."}` (BabyAI's
+            and SciWorld's servers), not the episode-over observation with the final reward.
     """
 
     name: str
     create_observation: bool = False
+    create_starts_task: bool = False
     score_scale: float | None = None
+    raw_score: bool = False
     reward_is_change: bool = False
     task_description: bool = False
     wrap_task_ids: bool = False
     sciworld_numbering: bool = False
+    finished_is_error: bool = False
 
     def task_id(self, env: Environment, data_idx: Any) -> str:
         """The environment's task id for a request's `data_idx`."""
@@ -116,9 +156,9 @@ class AnswerFormat:
             return str(data_idx % count)
         return str(data_idx)
 
-    def created(self, env_id: int) -> dict[str, Any]:
+    def created(self, env_id: int, observation: str) -> dict[str, Any]:
         if self.create_observation:
-            return {"id": env_id, "observation": "", "reward": 0, "done": False}
+            return {"id": env_id, "observation": observation, "reward": 0, "done": False}
         return {"id": env_id}
 
     def reset(self, env_id: int, observation: str) -> dict[str, Any]:
@@ -131,26 +171,47 @@ class AnswerFormat:
             answer["score"] = 0
         return answer
 
-    def step(self, observation: str, reward: float, done: bool, before: float) -> dict[str, Any]:
-        """`before` is the reward of the previous answer (SciWorld's `reward` is the change)."""
+    def score(self, env: Environment, reward: float) -> float | None:
+        """The `score` of a `/step` answer after `reward` (None: the format has no `score`)."""
         if self.score_scale is None:
+            return None
+        raw = getattr(env, "raw_score", None) if self.raw_score else None
+        return raw if raw is not None else round(reward * self.score_scale, 6)
+
+    def step(
+        self, observation: str, reward: float, done: bool, score: float | None, before: float
+    ) -> dict[str, Any]:
+        """`score` from `score()`; `before`, the previous answer's (SciWorld's `reward` is the
+        change of score)."""
+        if score is None:
             return {"observation": observation, "reward": reward, "done": done}
-        score = round(reward * self.score_scale, 6)
         if self.reward_is_change:
-            reward = round((reward - before) * self.score_scale, 6)
+            reward = round(score - before, 6)
         return {"observation": observation, "reward": reward, "score": score, "done": done}
+
+    def finished(self, env_id: int, reward: float, score: float | None) -> dict[str, Any]:
+        """The answer to a step after done, which no environment plays: the episode-over
+        observation with the final reward and score, or BabyAI's and SciWorld's error."""
+        if self.finished_is_error:
+            message = f"The task with environment {env_id} has finished: reset it to play again."
+            raise _Failure(409, message, "EpisodeFinished", in_game=True)
+        return self.step(EPISODE_OVER, reward, True, score, score or 0.0)
 
 
 ANSWER_FORMATS: dict[str, AnswerFormat] = {
     "agentgym": AnswerFormat("agentgym", create_observation=True, wrap_task_ids=True),
-    "textcraft": AnswerFormat("textcraft", create_observation=True, wrap_task_ids=True),
-    "babyai": AnswerFormat("babyai", score_scale=1.0),
+    "textcraft": AnswerFormat(
+        "textcraft", create_observation=True, create_starts_task=True, wrap_task_ids=True
+    ),
+    "babyai": AnswerFormat("babyai", score_scale=1.0, finished_is_error=True),
     "sciworld": AnswerFormat(
         "sciworld",
         score_scale=100.0,
+        raw_score=True,
         reward_is_change=True,
         task_description=True,
         sciworld_numbering=True,
+        finished_is_error=True,
     ),
 }
 
@@ -177,12 +238,18 @@ def _sciworld_task_id(index: int) -> str:
 # ------------------------------------------------------------------------------------------------
 # The service
 # ------------------------------------------------------------------------------------------------
+#: The endpoints of AgentGym's servers, where an in-game refusal is answered with HTTP 200 (their
+#: clients `assert` the status is 200); agentr's own endpoints keep the 4xx.
+AGENTGYM_ROUTES = frozenset({"/create", "/reset", "/step", "/observation", "/close"})
+
+
 class _Instance:
     def __init__(self, env: Environment) -> None:
         self.env = env
         self.lock = threading.Lock()
         self.observation = ""
         self.reward = 0.0  # of the last answer
+        self.score: float | None = None  # of the last answer, in formats that answer one
 
 
 class EnvService:
@@ -212,7 +279,7 @@ class EnvService:
         handlers = {
             ("GET", "/"): lambda: f"This is agentr environment {self.name}.",
             ("GET", "/info"): self.info,
-            ("POST", "/create"): self.create,
+            ("POST", "/create"): lambda: self.create(body),
             ("POST", "/reset"): lambda: self.reset(body),
             ("POST", "/step"): lambda: self.step(body),
             ("GET", "/observation"): lambda: self.get_observation(query),
@@ -223,7 +290,12 @@ class EnvService:
         if route not in handlers:
             known = ", ".join(f"{m} {p}" for m, p in handlers)
             raise _Failure(404, f"no endpoint {method} {path}; endpoints: {known}", "NotFound")
-        return handlers[route]()
+        try:
+            return handlers[route]()
+        except _Failure as failure:
+            if failure.in_game and route[1] in AGENTGYM_ROUTES:
+                return failure.payload()  # answered with 200, as AgentGym's servers do
+            raise
 
     # ---- endpoints -----------------------------------------------------------------------------
     def prototype(self) -> Environment:
@@ -244,45 +316,57 @@ class EnvService:
             "expert": type(env).expert_actions is not Environment.expert_actions,
         }
 
-    def create(self) -> dict[str, Any]:
+    def create(self, body: Any) -> dict[str, Any]:
+        _refuse_custom_task(body)
         self._check_room()
-        return self.format.created(self._add(_Instance(self.factory())))
+        instance = _Instance(self.factory())
+        env_id = self._add(instance)
+        if self.format.create_starts_task:
+            with instance.lock, contextlib.suppress(_Failure):  # no task `env_id`: stays ""
+                self._start(instance, env_id)
+        return self.format.created(env_id, instance.observation)
 
     def reset(self, body: Any) -> dict[str, Any]:
         instance, env_id = self._instance(body)
         raw = _require(body, "data_idx")
         with instance.lock:
-            try:
-                observation = instance.env.reset(self.format.task_id(instance.env, raw))
-            except UnknownTaskError as error:
-                raise _Failure(404, str(error), "UnknownTaskError") from None
-            instance.observation, instance.reward = observation, 0.0
+            observation = self._start(instance, raw)
         return self.format.reset(env_id, observation)
 
     def step(self, body: Any) -> dict[str, Any]:
-        instance, _ = self._instance(body)
+        """Play `action`, or answer as the format does after done: agentr never plays a step
+        after done, in any environment."""
+        instance, env_id = self._instance(body)
         action = _require(body, "action")
         if not isinstance(action, str):
             raise _Failure(400, f"'action' must be a string, got {action!r}")
         with instance.lock:
-            if instance.env.task_id is None:
-                raise _Failure(400, "step before reset: POST /reset first")
-            observation, reward, done = instance.env.step(action)
-            before, instance.observation, instance.reward = instance.reward, observation, reward
-        return self.format.step(observation, reward, done, before)
+            env = instance.env
+            if env.task_id is None:
+                raise _Failure(400, "step before reset: POST /reset first", "NotReset", in_game=True)
+            if env.done:
+                return self.format.finished(env_id, instance.reward, instance.score)
+            observation, reward, done = env.step(action)
+            score = self.format.score(env, reward)
+            answer = self.format.step(observation, reward, done, score, instance.score or 0.0)
+            instance.observation, instance.reward, instance.score = observation, reward, score
+        return answer
 
     def get_observation(self, query: Mapping[str, str]) -> str:
         instance, _ = self._instance(query)
         return instance.observation
 
     def close(self, body: Any) -> bool:
-        _, env_id = self._instance(body)
+        """Close instance `id`: true, or false when there is none (never created, or closed
+        already), as AgentGym's TextCraft and BabyAI servers answer."""
+        env_id = _env_id(_require(body, "id"))
         with self.lock:
             instance = self.instances.pop(env_id, None)
-        if instance is not None:
-            with instance.lock:
-                instance.env.close()
-        return instance is not None
+        if instance is None:
+            return False
+        with instance.lock:
+            instance.env.close()
+        return True
 
     def clone(self, body: Any) -> dict[str, Any]:
         instance, _ = self._instance(body)
@@ -292,6 +376,7 @@ class EnvService:
                 raise _Failure(400, "clone before reset: POST /reset first")
             copy = _Instance(instance.env.clone())
             copy.observation, copy.reward = instance.observation, instance.reward
+            copy.score = instance.score
         return {"id": self._add(copy)}
 
     def expert(self, body: Any) -> dict[str, Any]:
@@ -310,7 +395,17 @@ class EnvService:
         try:
             return env.expert_actions(self.format.task_id(env, raw))
         except UnknownTaskError as error:
-            raise _Failure(404, str(error), "UnknownTaskError") from None
+            raise _unknown_task(error) from None
+
+    def _start(self, instance: _Instance, raw: Any) -> str:
+        """Reset `instance` (its lock held) on the task of `data_idx` `raw`."""
+        try:
+            observation = instance.env.reset(self.format.task_id(instance.env, raw))
+        except UnknownTaskError as error:
+            raise _unknown_task(error) from None
+        instance.observation, instance.reward = observation, 0.0
+        instance.score = self.format.score(instance.env, 0.0)
+        return observation
 
     def _full(self) -> _Failure:
         return _Failure(
@@ -342,8 +437,10 @@ class EnvService:
         if instance is None:
             raise _Failure(
                 404,
-                f"no environment with id {env_id}: POST /create makes one",
+                f"no environment with id {env_id} (never created, or closed): POST /create "
+                "makes one",
                 "UnknownEnvironment",
+                in_game=True,
             )
         return instance, env_id
 
@@ -355,6 +452,27 @@ class EnvService:
             instance.env.close()
         if prototype is not None:
             prototype.close()
+
+
+def _unknown_task(error: UnknownTaskError) -> _Failure:
+    return _Failure(404, str(error), "UnknownTaskError", in_game=True)
+
+
+def _refuse_custom_task(body: Any) -> None:
+    """Refuse a task of the client's own in `/create` (AgentGym's TextCraft client sends
+    `commands` and `goal`): agentr's environments play only their own tasks. AgentGym's TextCraft
+    server takes them but starts task `id` all the same."""
+    fields = body if isinstance(body, Mapping) else {}
+    given = [key for key in ("commands", "goal") if fields.get(key) is not None]
+    if given:
+        raise _Failure(
+            400,
+            f"custom tasks ({' and '.join(given)} in POST /create) are not supported: agentr "
+            "plays its environments' own tasks; create without them and reset to a task id "
+            "(GET /info lists them)",
+            "CustomTaskUnsupported",
+            in_game=True,
+        )
 
 
 def _require(body: Any, key: str) -> Any:
