@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from agentr.search.critique import (
@@ -97,6 +99,21 @@ def test_calibrated_choice_asks_whether_bad_gained_over_the_content_free_step():
     with_baseline = StepVerdict("Bad", "forced", None, {"Good": -0.1, "Bad": -2.0, "Uncertain": -4.0},
                                 {"Good": -0.01, "Bad": -5.0, "Uncertain": -4.5})
     assert with_baseline.to_dict()["baseline"] == {"Good": -0.01, "Bad": -5.0, "Uncertain": -4.5}
+
+
+def test_calibrated_choice_weighs_good_and_uncertain_together():
+    # "not Bad" is the mass of Good and Uncertain together (logsumexp), not the likelier one
+    # alone (max): which of the two holds the mass must not matter. Probabilities in VERDICTS order.
+    def choice(step, baseline):
+        return calibrated_choice([math.log(q) for q in step], [math.log(q) for q in baseline])
+
+    good, bad = 0, 1
+    # not-Bad fell from 0.6 to 0.5 while Bad rose: Bad. By the likelier one alone, not-Bad
+    # rose from 0.3 to 0.5, more than Bad did, and Bad would lose.
+    assert choice([0.5, 0.5, 1e-6], [0.3, 0.4, 0.3]) == bad
+    # not-Bad rose from 0.55 to 0.6 while Bad fell: not Bad, the likelier Good. By the likelier
+    # one alone, not-Bad fell from 0.55 to 0.32, more than Bad did, and Bad would win.
+    assert choice([0.32, 0.4, 0.28], [0.55, 0.45, 1e-6]) == good
 
 
 def test_content_free_step_has_no_task_history_action_or_observation():

@@ -12,6 +12,11 @@ Bootstrap intervals are percentile intervals over `BOOTSTRAP_RESAMPLES` resample
 a fixed seed, so the same results always give the same interval. A percentile interval
 collapses to a point when every value is the same (all episodes failed, or two runs agree on
 every episode): read 0/n with the Wilson interval of the tasks in mind.
+
+Every interval contains its point estimate and lies in the range its values can take ([0, 1]
+for a rate, [-1, 1] for a difference of rates), exactly: floating-point rounding (a Wilson
+bound of 2.8e-17 at 0/n, a bootstrap bound an ulp past the mean) is clamped away, so that
+`estimate - low` and `high - estimate` are never negative (as plotted error bars must be).
 """
 
 from __future__ import annotations
@@ -32,6 +37,13 @@ def _check_confidence(confidence: float) -> None:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
 
 
+def _containing(low: float, high: float, estimate: float, floor: float,
+                ceiling: float) -> tuple[float, float]:
+    """(low, high) clamped into [floor, ceiling], then widened to hold `estimate` (which wins
+    should rounding put it an ulp outside the range)."""
+    return min(max(low, floor), estimate), max(min(high, ceiling), estimate)
+
+
 def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """The Wilson score interval of a binomial proportion `successes / n`."""
     _check_confidence(confidence)
@@ -41,7 +53,7 @@ def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> t
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return _containing(centre - half, centre + half, p, 0.0, 1.0)
 
 
 def cluster_bootstrap_interval(
@@ -53,7 +65,8 @@ def cluster_bootstrap_interval(
     """Percentile bootstrap interval of the mean of all values, resampling whole groups.
 
     Each resample draws `len(groups)` groups with replacement and takes the mean over all
-    their values (so a group weighs by its size, as in the point estimate).
+    their values (so a group weighs by its size, as in the point estimate). The interval lies
+    within the values' range and contains the point estimate `sum(map(sum, groups)) / n`.
     """
     import numpy as np
 
@@ -67,7 +80,10 @@ def cluster_bootstrap_interval(
     means = sums[picks].sum(axis=1) / sizes[picks].sum(axis=1)
     tail = (1 - confidence) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
-    return float(low), float(high)
+    # the estimate as callers compute it (`agentr.compare`), so that it lies inside exactly
+    estimate = sum(map(sum, groups)) / sum(map(len, groups))
+    floor, ceiling = min(map(min, groups)), max(map(max, groups))
+    return _containing(float(low), float(high), float(estimate), float(floor), float(ceiling))
 
 
 def mcnemar_exact_p(only_a: int, only_b: int) -> float:
