@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from agentr.engines.base import Engine
 from agentr.errors import check_range
 from agentr.provenance import changed_keys
-from agentr.ranks import Ranks, main_rank_does
+from agentr.ranks import Ranks
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,10 @@ class EvaluationCallback(Callback):
     run redoes only the evaluations whose fingerprint changed. An evaluation where more than
     `max_error_rate` of the episodes ended in an environment error fails the fit (and is not
     cached).
+    In a multi-GPU run every rank plays a share of the episodes with its own engine (the
+    generation callback's, as in Phase I): a rank with room claims the next ones, and rank 0
+    merges them into the files one process writes (`agentr.evaluation.evaluate` with `ranks`);
+    the ranks wait for one another on marker files, so a rank that raises stops the others.
     Metrics go to every logger (`eval/success_rate` with `eval/success_rate_ci_low` and
     `_ci_high`, `eval/avg_reward`, `eval/loop_count`, `eval/revision_rate`, ...; the sampled
     evaluation's as `eval_sampled/...`) and a plot of success rate per stage with its 95%
@@ -97,6 +101,8 @@ class EvaluationCallback(Callback):
 
         `provenance` holds the digests of the weights `policy()` generates with
         (`GenerationCallback.provenance`); cached results made from anything else are redone.
+        Every rank calls this at the same point; when the stage is evaluated again, every rank
+        calls `policy()` and plays its share of the episodes.
         """
         from agentr.evaluation import evaluation_fingerprint
 
@@ -120,10 +126,10 @@ class EvaluationCallback(Callback):
         if fresh:
             if changed and ranks.is_main:
                 log.warning("%s: evaluating again, %s changed since %s was written", name, changed, results_path)
-            # rank 0 evaluates while the others wait on a marker (no collective timeout); it
-            # starts once every rank is here, so none is still reading the old results
-            main_rank_does(lambda: self._run(trainer, policy(), Path(out_dir), task_ids, provenance), ranks,
-                           Path(trainer.default_root_dir) / "ranks")
+            # every rank plays its share; they wait for one another on markers in `out_dir`
+            # (no collective timeout), starting once every rank is here, so that none is still
+            # reading the old results
+            self._run(trainer, policy(), Path(out_dir), task_ids, provenance, ranks)
         results = json.loads(results_path.read_text())
         if (fresh or name not in self.history) and trainer.is_global_zero:
             self.history[name] = results
@@ -137,7 +143,7 @@ class EvaluationCallback(Callback):
         return results
 
     def _run(self, trainer: pl.Trainer, engine: Engine, out_dir: Path, task_ids: list[str],
-             provenance: dict) -> None:
+             provenance: dict, ranks: Ranks) -> None:
         from agentr.evaluation import evaluate
 
         evaluate(
@@ -147,40 +153,53 @@ class EvaluationCallback(Callback):
             out_dir=out_dir,
             max_error_rate=self.max_error_rate,
             provenance=provenance,
+            ranks=ranks,
             **self.settings,
         )
 
     def _plot(self, path: Path) -> None:
-        import matplotlib
+        """Plot the success rate of every stage so far with its interval to `path`. The plot only
+        pictures what eval.json holds, so a failure to draw or write it is a warning, never the
+        end of the fit."""
+        fig = None
+        try:
+            import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
 
-        names = list(self.history)
-        fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3))
-        series = [("greedy" if self.temperature == 0 else f"temperature {self.temperature}",
-                   [self.history[n] for n in names])]
-        if all("sampled" in self.history[n] for n in names) and names:
-            series.append((f"{self.episodes_per_task} sampled per task",
-                           [self.history[n]["sampled"] for n in names]))
-        top = 1e-3
-        for offset, (label, results) in zip((-0.05, 0.05), series):
-            rates = [r["metrics"]["success_rate"] for r in results]
-            cis = [r["metrics"].get("success_rate_ci") or [rate, rate] for r, rate in zip(results, rates)]
-            errors = [[rate - lo for rate, (lo, _) in zip(rates, cis)],
-                      [hi - rate for rate, (_, hi) in zip(rates, cis)]]
-            x = [i + (offset if len(series) > 1 else 0) for i in range(len(names))]
-            ax.errorbar(x, rates, yerr=errors, marker="o", capsize=3, label=label)
-            top = max(top, *(hi for _, hi in cis))
-        ax.set_xticks(range(len(names)), names)
-        ax.set_ylabel(f"success rate ({self.split})")
-        ax.set_ylim(0, min(1.0, top * 1.1) if top < 1 else 1.05)
-        ax.set_title("95% intervals", fontsize=9)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+            names = list(self.history)
+            fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3))
+            series = [("greedy" if self.temperature == 0 else f"temperature {self.temperature}",
+                       [self.history[n] for n in names])]
+            if all("sampled" in self.history[n] for n in names) and names:
+                series.append((f"{self.episodes_per_task} sampled per task",
+                               [self.history[n]["sampled"] for n in names]))
+            top = 1e-3
+            for offset, (label, results) in zip((-0.05, 0.05), series):
+                rates = [r["metrics"]["success_rate"] for r in results]
+                cis = [r["metrics"].get("success_rate_ci") or [rate, rate]
+                       for r, rate in zip(results, rates)]
+                # never negative, even should a bound miss its rate by a rounding error
+                errors = [[max(0.0, rate - lo) for rate, (lo, _) in zip(rates, cis)],
+                          [max(0.0, hi - rate) for rate, (_, hi) in zip(rates, cis)]]
+                x = [i + (offset if len(series) > 1 else 0) for i in range(len(names))]
+                ax.errorbar(x, rates, yerr=errors, marker="o", capsize=3, label=label)
+                top = max(top, *(hi for _, hi in cis))
+            ax.set_xticks(range(len(names)), names)
+            ax.set_ylabel(f"success rate ({self.split})")
+            ax.set_ylim(0, min(1.0, top * 1.1) if top < 1 else 1.05)
+            ax.set_title("95% intervals", fontsize=9)
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            fig.savefig(path, dpi=100)
+        except Exception as e:  # noqa: BLE001 - any failure: the results themselves are saved
+            log.warning("could not plot the success rate per stage to %s (%s: %s); the fit goes on",
+                        path, type(e).__name__, e)
+        finally:
+            if fig is not None:
+                plt.close(fig)
 
 
 def loggable_metrics(metrics: dict, prefix: str) -> dict[str, float]:

@@ -64,3 +64,32 @@ def test_sweep_parameters_are_valid_overrides(capsys):
     config = resolved(command + overrides, capsys)
     assert config["model"]["learning_rate"] == sweep["parameters"]["model.learning_rate"]["values"][0]
     assert config["trainer"]["logger"]["class_path"] == "lightning.pytorch.loggers.WandbLogger"
+
+
+def build(args: list[str]):
+    """The Trainer, module and data of `agentr fit` with `args`, built as fit builds them."""
+    from agentr.cli import _lightning_cli
+
+    return _lightning_cli(args, run=False)
+
+
+@pytest.mark.parametrize("path", FIT_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_fit_config_builds_its_trainer_and_strategy(path, tmp_path):
+    """Building the Trainer catches what parsing does not (a strategy Lightning refuses)."""
+    config = yaml.safe_load(path.read_text())
+    cli = build(["--config", str(path), "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+                 "--trainer.default_root_dir", str(tmp_path)])
+    strategy = config["trainer"].get("strategy")
+    if strategy is not None:
+        assert f"{type(cli.trainer.strategy).__module__}.{type(cli.trainer.strategy).__name__}" \
+            == strategy["class_path"]
+    assert [type(c).__name__ for c in cli.trainer.callbacks if type(c).__module__.startswith("agentr")] \
+        == ["GenerationCallback", "AgentRIterations", "EvaluationCallback"]
+
+
+def test_a_strategy_given_as_a_bare_class_path_is_refused_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(CONFIGS / "quickstart.yaml"),
+              "--trainer.strategy", "agentr.training.fsdp.AgentRFSDPStrategy"])
+    assert exit_.value.code == 2
+    assert "class_path: agentr.training.fsdp.AgentRFSDPStrategy" in capsys.readouterr().err

@@ -35,11 +35,32 @@ def test_expandable_segments_are_dropped_and_other_allocator_options_kept():
     assert "PYTORCH_CUDA_ALLOC_CONF" not in engine_environment(0, 1, {}, 1)  # unset stays unset
 
 
-def _cuda():
+def _cuda(vllm: bool = True):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
+    if vllm:
+        pytest.importorskip("vllm")
     return torch
+
+
+@pytest.mark.gpu
+def test_hf_engine_on_cuda_batches_seeded_requests_with_the_draws_of_each_alone(tiny_engine_model_dir):
+    from test_engines import CONV, CONV2
+
+    from agentr.engines import EngineConfig, SamplingConfig, make_engine
+
+    _cuda(vllm=False)
+    engine = make_engine(EngineConfig(kind="hf", max_model_len=512), tiny_engine_model_dir, seed=0)
+    try:
+        assert next(engine.model.parameters()).device.type == "cuda"
+        sampling = SamplingConfig(n=2, temperature=1.0, max_tokens=8, request_seeds=(11, 12))
+        together = engine.generate([CONV, CONV2], sampling)
+        alone = engine.generate([CONV2], SamplingConfig(n=2, temperature=1.0, max_tokens=8,
+                                                        request_seeds=(12,)))
+        assert alone[0] == together[1]
+    finally:
+        engine.close()
 
 
 @pytest.mark.gpu

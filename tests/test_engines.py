@@ -200,6 +200,34 @@ def test_hf_request_seeds_make_each_draw_independent_of_its_batch(hf_engine):
     assert len({alone[0][0].text, *others}) > 1  # the seed is what decides
 
 
+def test_hf_seeded_requests_share_one_generate_call(hf_engine, monkeypatch):
+    """Per-request seeds no longer cost the batch: 2 conversations x 3 samples, one call."""
+    calls = []
+    generate = hf_engine.model.generate
+    monkeypatch.setattr(hf_engine.model, "generate",
+                        lambda **kwargs: calls.append(kwargs["input_ids"].shape[0]) or generate(**kwargs))
+    out = hf_engine.generate([CONV, CONV2], SamplingConfig(n=3, temperature=1.0, max_tokens=4,
+                                                           request_seeds=(3, 4)))
+    assert calls == [6] and [len(samples) for samples in out] == [3, 3]
+
+
+def test_gumbel_sampler_draws_from_the_tempered_softmax():
+    """The argmax of the processed scores is a draw from softmax(logits / temperature), and a
+    row's draws depend on its seed alone."""
+    import torch
+
+    from agentr.engines.hf_engine import GumbelSampler
+
+    logits, temperature, rows = torch.tensor([2.0, 1.0, 0.0, -1.0, -30.0]), 2.0, 4000
+    sampler = GumbelSampler(range(rows), temperature, "cpu")
+    draws = sampler(None, logits.expand(rows, -1)).argmax(-1)
+    probs = torch.softmax(logits / temperature, -1)
+    seen = torch.bincount(draws, minlength=len(logits)) / rows
+    assert torch.all((seen - probs).abs() <= 4 * (probs * (1 - probs) / rows).sqrt() + 1e-3), (seen, probs)
+    alone = GumbelSampler([7], temperature, "cpu")(None, logits[None])
+    assert torch.equal(alone[0], GumbelSampler([5, 7], temperature, "cpu")(None, logits.expand(2, -1))[1])
+
+
 def test_hf_stop_strings(hf_engine):
     check_stop_strings(hf_engine)
 
@@ -285,7 +313,7 @@ def test_one_engine_config_drives_either_engine(built, monkeypatch):
     monkeypatch.setattr(agentr.engines, "vllm_available", lambda: False)
     make_engine(config, "m", seed=7, max_lora_rank=32)  # "auto" without vLLM: HF, without vLLM's settings
     assert built == dict(kind="hf", model="m", max_model_len=2048, dtype="auto", seed=7,
-                         trust_remote_code=False, num_threads=2)
+                         trust_remote_code=False, batch_size=64, num_threads=2)
 
 
 def test_an_engine_sharing_its_gpu_with_training_gets_the_shared_defaults(built):
@@ -511,6 +539,7 @@ def test_vllm_sleep_frees_gpu_memory(tiny_engine_model_dir):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
+    pytest.importorskip("vllm")
     from agentr.engines.vllm_engine import VLLMEngine
 
     engine = VLLMEngine(tiny_engine_model_dir, max_model_len=1024, gpu_memory_utilization=0.3)

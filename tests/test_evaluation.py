@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from agentr.agent import HEADER_LEN, Episode, RolloutError
 from agentr.engines.base import Generation
@@ -18,10 +17,6 @@ from agentr.evaluation import (
     sample_seed,
 )
 from agentr.metrics import (
-    AverageReward,
-    LoopCount,
-    RevisionReward,
-    SuccessRate,
     episode_metrics,
     interval_methods,
     loop_count,
@@ -52,21 +47,6 @@ def test_repeat_fraction():
     assert repeat_fraction([]) == 0.0
     assert repeat_fraction(["a", "b", "a", "a"]) == 0.5
     assert repeat_fraction(["a", "revise", "b"]) == 0.0
-
-
-def test_metrics_accumulate_like_torchmetrics():
-    success, reward, loops, revision = SuccessRate(), AverageReward(), LoopCount(), RevisionReward()
-    success.update([True, False]); success.update([True, True])  # noqa: E702
-    reward.update(torch.tensor([1.0, 0.0, 0.5]))
-    loops.update([["a", "a", "a"], ["a", "b"]]); loops.update([])  # noqa: E702
-    revision.update([0.0, 1.0])
-    assert success.compute().item() == pytest.approx(0.75)
-    assert reward.compute().item() == pytest.approx(0.5)
-    assert loops.compute().item() == pytest.approx(1.0)
-    assert revision.compute().item() == pytest.approx(0.5)
-    success.reset()
-    success.update([False])
-    assert success.compute().item() == 0.0
 
 
 @pytest.mark.parametrize("actions, lengths", [
@@ -427,3 +407,27 @@ def test_the_fit_evaluates_again_only_what_changed(tmp_path, flaky):
     with pytest.raises(InfrastructureError):
         stage(callback, "digest-b", out="dead")
     assert not (tmp_path / "dead" / "eval.json").exists()  # never cached
+
+
+def test_episode_metrics_make_no_collective_call_under_a_process_group(tmp_path, monkeypatch):
+    """Under FSDP/DDP, rank 0 evaluates alone: a metric that synced over the group would wait
+    for the other ranks forever, or (NCCL with CPU tensors) fail outright."""
+    import torch.distributed as dist
+
+    def collective(*args, **kwargs):
+        raise AssertionError("episode_metrics made a collective call")
+
+    own = not dist.is_initialized()  # an in-process vLLM engine of the session may have one up
+    if own:
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0,
+                                world_size=1)
+    try:
+        monkeypatch.setattr(dist, "all_gather", collective)
+        monkeypatch.setattr(dist, "all_reduce", collective)
+        episodes = [Episode(task_id=str(i), success=i % 2 == 0, reward=float(i % 2 == 0),
+                            actions=["a", "a"], turns=2) for i in range(4)]
+        metrics = episode_metrics(episodes)
+    finally:
+        if own:
+            dist.destroy_process_group()
+    assert metrics["success_rate"] == 0.5 and metrics["loop_count"] == 1.0

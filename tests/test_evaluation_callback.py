@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -71,3 +72,35 @@ def test_sampled_settings_are_checked_when_configured():
         EvaluationCallback(episodes_per_task=-2)
     with pytest.raises(ValueError, match="sample_temperature"):
         EvaluationCallback(episodes_per_task=4, sample_temperature=0)
+
+
+def stage(rate: float, ci: list[float]) -> dict:
+    return {"metrics": {"success_rate": rate, "success_rate_ci": ci}}
+
+
+def test_plot_draws_a_bound_a_rounding_error_past_its_rate(tmp_path, caplog):
+    # a first fit's base model, 0/10: a lower bound of 2.8e-17 once made the error bar below
+    # 0 negative, and matplotlib refused it
+    callback = EvaluationCallback()
+    callback.history = {"base": stage(0.0, [2.78e-17, 0.3]), "iteration_0": stage(0.2, [0.05, 0.5])}
+    with caplog.at_level(logging.WARNING):
+        callback._plot(tmp_path / "success_rate.png")
+    assert caplog.text == ""
+    assert (tmp_path / "success_rate.png").stat().st_size > 0
+
+
+def test_a_failed_plot_is_a_warning_not_the_end_of_the_fit(tmp_path, caplog, monkeypatch):
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    def no_space(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", no_space)
+    callback = EvaluationCallback()
+    callback.history = {"base": stage(0.5, [0.2, 0.8])}
+    figures = plt.get_fignums()
+    with caplog.at_level(logging.WARNING):
+        callback._plot(tmp_path / "success_rate.png")
+    assert "No space left on device" in caplog.text
+    assert plt.get_fignums() == figures  # the figure is closed all the same

@@ -1,4 +1,7 @@
-"""The sharded path: LoRA under Lightning FSDP with two CPU processes (gloo)."""
+"""The sharded path: LoRA under Lightning FSDP with one and two CPU processes (gloo).
+
+One process matters on its own: torch turns every sharding strategy into NO_SHARD there, whose
+backward leaves frozen units' parameters unregistered (`restore_frozen_parameters`)."""
 
 from __future__ import annotations
 
@@ -20,8 +23,8 @@ SCRIPT = textwrap.dedent('''
     from agentr.training.fsdp import AgentRFSDPStrategy
     from agentr.training.module import AgentRModule
 
-    model_dir, out, max_steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    resume = sys.argv[4] if len(sys.argv) > 4 else None
+    model_dir, out, devices, max_steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    resume = sys.argv[5] if len(sys.argv) > 5 else None
     CLIP = 1e-3  # far below the gradients' norm: every step clips
 
     class Probe(AgentRModule):
@@ -35,11 +38,23 @@ SCRIPT = textwrap.dedent('''
             torch.distributed.all_reduce(total)
             self.clipped.append(float(total.sqrt()))
 
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    full_state_dicts = []  # calls of the wrapped model's state_dict: each gathers every weight
+    _state_dict = FSDP.state_dict
+
+    def counted_state_dict(self, *args, **kwargs):
+        full_state_dicts.append(type(self).__name__)
+        return _state_dict(self, *args, **kwargs)
+
+    FSDP.state_dict = counted_state_dict
     pl.seed_everything(0)
     dm = TextCraftDataModule(model=model_dir, max_depth=2, val_fraction=0.25, tokens_per_batch=2048)
     dm.set_trajectories(dm.expert_trajectories(12))
-    module = Probe(model_dir, lora_dropout=0.0, learning_rate=1e-2, dtype="bfloat16")
-    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=AgentRFSDPStrategy(), max_steps=max_steps,
+    # as the shipped configs train: LoRA dropout under activation checkpointing
+    module = Probe(model_dir, lora_dropout=0.05, gradient_checkpointing=True, learning_rate=1e-2,
+                   dtype="bfloat16")
+    trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy=AgentRFSDPStrategy(), max_steps=max_steps,
                          precision="bf16-mixed", gradient_clip_val=CLIP,
                          logger=False, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0, limit_val_batches=1, val_check_interval=1, check_val_every_n_epoch=None,
@@ -51,7 +66,8 @@ SCRIPT = textwrap.dedent('''
                   if type(m).__name__ == "FullyShardedDataParallel"]
         dtypes = lambda params: sorted({str(p.dtype) for p in params})
         report = {"global_step": trainer.global_step, "fsdp_units": len(shards),
-                  "world_size": trainer.world_size, "clip": CLIP, "clipped_norms": module.clipped,
+                  "world_size": trainer.world_size, "clip": CLIP,
+                  "full_state_dicts": len(full_state_dicts), "clipped_norms": module.clipped,
                   "frozen_dtypes": dtypes(p for p in module.parameters() if not p.requires_grad),
                   "trainable_dtypes": dtypes(p for p in module.parameters() if p.requires_grad),
                   "inv_freq_dtypes": dtypes(b for n, b in module.named_buffers() if "inv_freq" in n),
@@ -72,13 +88,14 @@ def run_script(tmp_path, *args):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
-def test_lora_fsdp_on_two_cpu_processes_trains_checkpoints_and_resumes(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("devices", [1, 2])
+def test_lora_fsdp_on_cpu_processes_trains_checkpoints_and_resumes(tiny_model_dir, tmp_path, devices):
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    report = run_script(tmp_path, tiny_model_dir, "run", 2)
-    assert report["world_size"] == 2 and report["global_step"] == 2
+    report = run_script(tmp_path, tiny_model_dir, "run", devices, 2)
+    assert report["world_size"] == devices and report["global_step"] == 2
     # the root, one unit per decoder layer, and one per LoRA A/B linear (14 modules x 2)
     assert report["fsdp_units"] == 1 + 2 + 28
     # frozen and trainable weights in separate flat parameters, so each keeps its dtype
@@ -92,17 +109,19 @@ def test_lora_fsdp_on_two_cpu_processes_trains_checkpoints_and_resumes(tiny_mode
 
     ckpt = torch.load(tmp_path / "run" / "last.ckpt", weights_only=False)
     keys = list(ckpt["state_dict"])
-    assert len(keys) == 28 and all("lora_" in k for k in keys)  # gathered adapters only, no base weights
+    assert len(keys) == 28 and all("lora_" in k for k in keys)  # adapters only, no base weights
+    assert ckpt["optimizer_states"][0]["state"]  # with the optimizer's state
+    assert report["full_state_dicts"] == 0  # gathered unit by unit, the frozen base never
 
     adapter = load_file(tmp_path / "run" / "adapter" / "adapter_model.safetensors")
     assert len(adapter) == 28
-    for key, value in adapter.items():  # the adapter file holds the checkpoint's (gathered) weights
+    for key, value in adapter.items():  # the adapter file holds the checkpoint's weights
         source = "model." + key.replace(".weight", ".default.weight")
         torch.testing.assert_close(value, ckpt["state_dict"][source])
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     PeftModel.from_pretrained(base, tmp_path / "run" / "adapter")
 
-    resumed = run_script(tmp_path, tiny_model_dir, "resumed", 4, tmp_path / "run" / "last.ckpt")
+    resumed = run_script(tmp_path, tiny_model_dir, "resumed", devices, 4, tmp_path / "run" / "last.ckpt")
     assert resumed["global_step"] == 4
     after = load_file(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors")
     assert any(not torch.equal(after[k], adapter[k]) for k in adapter)

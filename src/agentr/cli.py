@@ -206,8 +206,21 @@ def check_checkpoint(path: Path, run_dir: str | Path) -> None:
             f"start afresh: delete {run_dir} or choose another trainer.default_root_dir") from None
 
 
-def _lightning_cli(args: list[str] | None, verbose: bool = False):
-    """LightningCLI over the module and any DataModule subclass; `args` None reads `sys.argv`."""
+def check_strategy(strategy) -> None:
+    """Raise `SettingError` for `trainer.strategy` given as a bare class path: Lightning reads
+    any string as a registered strategy's name and refuses it, lower-cased, only when the
+    Trainer is built."""
+    from agentr.errors import SettingError
+
+    if isinstance(strategy, str) and "." in strategy:
+        raise SettingError(
+            f"trainer.strategy: {strategy!r} is read as a strategy name, not a class; write "
+            f"strategy: {{class_path: {strategy}}}")
+
+
+def _lightning_cli(args: list[str] | None, verbose: bool = False, run: bool = True):
+    """LightningCLI over the module and any DataModule subclass; `args` None reads `sys.argv`.
+    `run=False` builds the module, data and Trainer from `args` (no subcommand) and runs nothing."""
     from lightning.pytorch.cli import LightningCLI
 
     from agentr.verbosity import quiet_libraries
@@ -227,6 +240,7 @@ def _lightning_cli(args: list[str] | None, verbose: bool = False):
 
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand] if self.subcommand else self.config
+            check_strategy(config.trainer.strategy)
             own_dir = sweep_run_dir(config.trainer.default_root_dir, os.environ)
             if own_dir is not None:
                 config.trainer.default_root_dir = own_dir
@@ -252,6 +266,7 @@ def _lightning_cli(args: list[str] | None, verbose: bool = False):
         AgentRDataModule,
         subclass_mode_data=True,
         args=args,
+        run=run,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,  # the module owns its optimizer and schedule
     )

@@ -28,6 +28,17 @@ eval.json holds:
 Sampled episode j of task t draws with its own seed, `sample_seed(seed, t, j)`, so a rerun
 reproduces it whatever the other tasks or the batch.
 
+Over the ranks of a multi-GPU run (`ranks`: every rank calls `evaluate` with the same arguments
+and its own engine), the episodes are shared out as Phase I's tasks are: a rank with room claims
+the next unplayed episodes (`agentr.ranks.Rendezvous.claim`), greedy ones first, plays them
+with its own engine and writes them to its own file; rank 0 then merges them, in task order,
+into the files one process writes. eval.json is the same as one process's (greedy episodes do
+not depend on who plays them, sampled ones draw with their own seeds), but for "timing", which
+then also holds "episodes_per_rank". The ranks wait on marker files in `out_dir/ranks/`, which
+keeps only the markers once merged; a rank that raises stops the others, with its error, when
+their next episode ends. A headline run at temperature > 0 draws with the run's seed and turn,
+so its episodes depend on the batch, over ranks as in one process.
+
 Episodes that ended because the environment failed (`is_infrastructure_error`: a dead server,
 a crashed simulator) are counted apart and left out of the metrics; when they are more than
 `max_error_rate` of the episodes, the evaluation fails instead of reporting a result.
@@ -45,23 +56,32 @@ and `revision_episodes.jsonl`.
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import replace
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agentr.agent.conversation import HEADER_LEN
-from agentr.agent.rollout import EnvFactory, Episode, EpisodeStart, run_episodes
+from agentr.agent.rollout import (
+    EnvFactory,
+    Episode,
+    EpisodeStart,
+    RolloutError,
+    default_max_concurrent,
+    run_episodes,
+)
 from agentr.agent.turn import REPLY_STOP
 from agentr.engines.base import Engine, SamplingConfig
 from agentr.engines.common import derive_seed
 from agentr.envs.base import Environment
 from agentr.errors import InfrastructureError, check_range
-from agentr.jsonfiles import RecordAppender, read_records, write_json
+from agentr.jsonfiles import RecordAppender, read_records, write_json, write_records
 from agentr.metrics import (
-    RevisionReward,
     episode_metrics,
     has_revision,
     interval_methods,
@@ -69,6 +89,7 @@ from agentr.metrics import (
     loop_lengths,
 )
 from agentr.provenance import describe_env, policy_provenance, task_digest
+from agentr.ranks import RankFailed, Ranks, Rendezvous, shared_token
 
 
 #: Error prefixes of episodes stopped by a failing environment (not by the agent): see
@@ -77,6 +98,8 @@ INFRASTRUCTURE_ERRORS = ("environment:", "reset:", "replay:")
 #: The files of episodes (`Episode` records, one per line) `evaluate` and `revision_test` write.
 EPISODES_FILE, SAMPLED_EPISODES_FILE = "episodes.jsonl", "sampled_episodes.jsonl"
 REVISION_EPISODES_FILE = "revision_episodes.jsonl"
+#: Where the ranks of a multi-GPU evaluation leave their markers (in `out_dir`).
+RANKS_DIR = "ranks"
 
 
 def is_infrastructure_error(episode: Episode) -> bool:
@@ -121,9 +144,9 @@ def _check_infrastructure(episodes: Sequence[Episode], max_error_rate: float, pr
 
 
 def _run_and_record(engine, env, starts, sampling: SamplingConfig, out_dir, jsonl_name: str,
-                    settings: dict, **run_kwargs) -> tuple[list[Episode], dict]:
+                    **run_kwargs) -> tuple[list[Episode], dict]:
     """Run the episodes, appending each to `out_dir/jsonl_name` as it ends; return them with
-    the results dict (metrics, counts, timing, settings, per-episode summaries)."""
+    their timing (`_timing`)."""
     writer = RecordAppender(Path(out_dir) / jsonl_name if out_dir is not None else None)
     stats0 = (engine.stats.generated_tokens, engine.stats.prompt_tokens)
     start = time.perf_counter()
@@ -132,30 +155,37 @@ def _run_and_record(engine, env, starts, sampling: SamplingConfig, out_dir, json
                                 on_episode_end=lambda e: writer.append(e.to_dict()), **run_kwargs)
     finally:
         writer.close()
-    seconds = time.perf_counter() - start
-    generated = engine.stats.generated_tokens - stats0[0]
+    return episodes, _timing(time.perf_counter() - start, len(episodes),
+                             engine.stats.generated_tokens - stats0[0],
+                             engine.stats.prompt_tokens - stats0[1])
+
+
+def _timing(seconds: float, episodes: int, generated_tokens: int, prompt_tokens: int) -> dict:
+    return {"seconds": seconds,
+            "episodes_per_minute": 60 * episodes / seconds if seconds else 0.0,
+            "generated_tokens": generated_tokens,
+            "prompt_tokens": prompt_tokens,
+            "generated_tokens_per_s": generated_tokens / seconds if seconds else 0.0}
+
+
+def _results(episodes: Sequence[Episode], timing: dict, engine: Engine, sampling: SamplingConfig,
+             settings: dict) -> dict:
+    """The results of `episodes`: metrics, counts, `timing`, settings, per-episode summaries."""
     scored = [e for e in episodes if not is_infrastructure_error(e)]
-    results = {
+    return {
         "metrics": episode_metrics(scored),
         "interval_method": interval_methods(scored),
         "num_episodes": len(episodes),
         "num_tasks": len({e.task_id for e in episodes}),
         "num_errors": sum(e.error is not None for e in episodes),
         "num_infrastructure_errors": sum(is_infrastructure_error(e) for e in episodes),
-        "timing": {
-            "seconds": seconds,
-            "episodes_per_minute": 60 * len(episodes) / seconds if seconds else 0.0,
-            "generated_tokens": generated,
-            "prompt_tokens": engine.stats.prompt_tokens - stats0[1],
-            "generated_tokens_per_s": generated / seconds if seconds else 0.0,
-        },
+        "timing": timing,
         "settings": {**settings, "temperature": sampling.temperature,
                      "max_tokens": sampling.max_tokens, "stop": list(sampling.stop),
                      "seed": sampling.seed, "adapter": getattr(engine, "adapter_path", None),
                      "engine": type(engine).__name__},
         "episodes": [{**_summary(e), **e.meta} for e in episodes],
     }
-    return episodes, results
 
 
 def _summary(episode: Episode) -> dict:
@@ -168,6 +198,26 @@ def _summary(episode: Episode) -> dict:
 def sample_seed(seed: int, task_id: str, sample: int) -> int:
     """The seed of sampled episode `sample` of task `task_id` in an evaluation seeded `seed`."""
     return derive_seed(seed, task_id, sample)
+
+
+@dataclass(frozen=True)
+class _Pool:
+    """Episodes played alike: their starts, how their replies are drawn, the file they go to."""
+
+    starts: list[EpisodeStart]
+    sampling: SamplingConfig
+    file: str
+
+
+def _pools(task_ids: list[str], sampling: SamplingConfig, episodes_per_task: int,
+           sample_temperature: float) -> list[_Pool]:
+    """The greedy episodes (one per task), then the sampled ones (`episodes_per_task` per task)."""
+    pools = [_Pool([EpisodeStart(t) for t in task_ids], sampling, EPISODES_FILE)]
+    if episodes_per_task:
+        seeds = {(t, j): sample_seed(sampling.seed, t, j) for t in task_ids for j in range(episodes_per_task)}
+        starts = [EpisodeStart(t, seed=s, meta={"sample": j, "seed": s}) for (t, j), s in seeds.items()]
+        pools.append(_Pool(starts, replace(sampling, temperature=sample_temperature), SAMPLED_EPISODES_FILE))
+    return pools
 
 
 def _start_output(out_dir: str | os.PathLike | None, results_name: str) -> None:
@@ -195,6 +245,7 @@ def evaluate(
     provenance: dict | None = None,
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    ranks: Ranks | None = None,
 ) -> dict:
     """Play one episode per task (and optionally sampled ones) and measure success, reward, loops.
 
@@ -219,6 +270,10 @@ def evaluate(
             environment, split), recorded in the results' "fingerprint" with the settings.
         out_dir: where `episodes.jsonl` and `eval.json` go (None: write nothing).
         progress: show a progress bar.
+        ranks: the ranks of a multi-GPU run, each calling `evaluate` with the same arguments but
+            its own engine; they share the episodes out (see the module docstring) in `out_dir`,
+            on a filesystem all of them mount, and every rank returns the merged results.
+            None or one rank: this process plays every episode.
 
     Returns:
         The contents of eval.json (see the module docstring).
@@ -228,6 +283,7 @@ def evaluate(
         agentr.agent.RolloutError: the engine failed; finished episodes are in the JSONL file.
         agentr.errors.InfrastructureError: more than `max_error_rate` of the episodes ended in an
             environment error; `eval.json` is not written.
+        agentr.ranks.RankFailed: over ranks, another rank raised (its error is the message).
     """
     if episodes_per_task < 0:
         raise ValueError(f"episodes_per_task must be >= 0 (0: no sampled evaluation), got {episodes_per_task}")
@@ -238,28 +294,168 @@ def evaluate(
     sampling = SamplingConfig(temperature=temperature, max_tokens=max_tokens, stop=tuple(stop),
                               seed=seed)
     provenance = provenance if provenance is not None else policy_provenance(engine)
-    _start_output(out_dir, "eval.json")
     settings = {"max_turns": max_turns, "success_threshold": success_threshold}
     run = dict(max_turns=max_turns, max_concurrent=max_concurrent,
                success_threshold=success_threshold, progress=progress)
-    episodes, results = _run_and_record(engine, env, task_ids, sampling, out_dir,
-                                        EPISODES_FILE, settings, **run)
-    _check_infrastructure(episodes, max_error_rate, provenance)
-    if episodes_per_task:
-        seeds = {(t, j): sample_seed(seed, t, j) for t in task_ids for j in range(episodes_per_task)}
-        starts = [EpisodeStart(t, seed=s, meta={"sample": j, "seed": s}) for (t, j), s in seeds.items()]
-        sampled_episodes, sampled = _run_and_record(
-            engine, env, starts, replace(sampling, temperature=sample_temperature), out_dir,
-            SAMPLED_EPISODES_FILE, settings, **run)
-        _check_infrastructure(sampled_episodes, max_error_rate, provenance)
-        results["sampled"] = {"episodes_per_task": episodes_per_task, **sampled}
-    results["fingerprint"] = evaluation_fingerprint(
-        provenance, task_ids, max_turns=max_turns, temperature=temperature, max_tokens=max_tokens,
-        stop=stop, seed=seed, success_threshold=success_threshold,
-        episodes_per_task=episodes_per_task, sample_temperature=sample_temperature)
-    if out_dir is not None:
-        write_json(Path(out_dir) / "eval.json", results, indent=2)
-    return results
+    pools = _pools(task_ids, sampling, episodes_per_task, sample_temperature)
+
+    def score(pool: _Pool, episodes: list[Episode], timing: dict) -> dict:
+        """A pool's results; raises when too many of its episodes ended in an environment error."""
+        _check_infrastructure(episodes, max_error_rate, provenance)
+        return _results(episodes, timing, engine, pool.sampling, settings)
+
+    def finish(parts: list[dict]) -> dict:
+        """eval.json, from the results of each pool."""
+        results = parts[0]
+        if episodes_per_task:
+            results["sampled"] = {"episodes_per_task": episodes_per_task, **parts[1]}
+        results["fingerprint"] = evaluation_fingerprint(
+            provenance, task_ids, max_turns=max_turns, temperature=temperature, max_tokens=max_tokens,
+            stop=stop, seed=seed, success_threshold=success_threshold,
+            episodes_per_task=episodes_per_task, sample_temperature=sample_temperature)
+        if out_dir is not None:
+            write_json(Path(out_dir) / "eval.json", results, indent=2)
+        return results
+
+    if ranks is not None and ranks.world > 1:
+        if out_dir is None:
+            raise ValueError("evaluating over ranks needs an out_dir that every rank shares")
+        return _evaluate_over_ranks(engine, env, pools, run, ranks, Path(out_dir),
+                                    lambda played: finish([score(p, *x) for p, x in zip(pools, played)]))
+    _start_output(out_dir, "eval.json")
+    # each pool is scored before the next one plays: a dead environment fails the run at once
+    return finish([score(pool, *_run_and_record(engine, env, pool.starts, pool.sampling, out_dir,
+                                                pool.file, **run))
+                   for pool in pools])
+
+
+def _evaluate_over_ranks(engine: Engine, env: Environment | EnvFactory, pools: list[_Pool], run: dict,
+                         ranks: Ranks, out_dir: Path,
+                         report: Callable[[list[tuple[list[Episode], dict]]], dict]) -> dict:
+    """`evaluate`'s episodes shared out over `ranks` (see the module docstring): rank 0 merges
+    them and `report`s every pool's (episodes, timing), which writes eval.json; every rank
+    returns eval.json."""
+    token = shared_token(ranks, out_dir)
+    scratch = out_dir / RANKS_DIR
+    claims = scratch / f"{token}.claims"
+
+    def prepare() -> None:  # every rank is past earlier attempts: their files can go
+        shutil.rmtree(scratch, ignore_errors=True)
+        for name in ("eval.json", *(pool.file for pool in pools)):
+            (out_dir / name).unlink(missing_ok=True)
+        claims.mkdir(parents=True)
+
+    prepared = Rendezvous(scratch, f"{token}-prepare", ranks)
+    if ranks.is_main:
+        prepared.run(prepare)
+    prepared.wait([0])
+    played = Rendezvous(scratch, f"{token}-play", ranks)
+    run = {**run, "progress": run["progress"] and ranks.is_main}
+    played.run(lambda: [_play_share(engine, env, pool, run, played, claims,
+                                    _rank_file(scratch, token, ranks.rank, pool))
+                        for pool in pools],
+               result=lambda shares: shares)  # the done marker holds this rank's share of each pool
+    shares = played.wait()  # per rank, per pool
+    merged = Rendezvous(scratch, f"{token}-merge", ranks)
+
+    def merge() -> None:
+        per_pool = [_merge_pool(pool, [_rank_file(scratch, token, k, pool) for k in range(ranks.world)],
+                                out_dir) for pool in pools]
+        shutil.rmtree(claims)  # the per-rank files went in `_merge_pool`; the markers stay
+        report([(episodes, _timing_over_ranks([share[p] for share in shares]))
+                for p, episodes in enumerate(per_pool)])
+
+    if ranks.is_main:
+        merged.run(merge)
+    merged.wait([0])
+    return json.loads((out_dir / "eval.json").read_text(encoding="utf-8"))
+
+
+def _rank_file(scratch: Path, token: str, rank: int, pool: _Pool) -> Path:
+    """Where `rank` writes the episodes of `pool` it plays, before rank 0 merges them."""
+    return scratch / f"{token}.rank{rank}.{pool.file}"
+
+
+def _play_share(engine: Engine, env: Environment | EnvFactory, pool: _Pool, run: dict,
+                rendezvous: Rendezvous, claims: Path, path: Path) -> dict:
+    """Play the episodes of `pool` this rank claims, a batch at a time, writing each to `path`
+    as {"index": its start's, "episode": ...}; return this rank's share: how many it played,
+    the tokens, and the wall-clock times it began and ended (comparable across ranks)."""
+    name = Path(pool.file).stem
+    todo = deque(range(len(pool.starts)))
+    size = _batch_size(engine, run["max_concurrent"], len(pool.starts), rendezvous.ranks.world)
+    writer = RecordAppender(path)
+    stats0 = (engine.stats.generated_tokens, engine.stats.prompt_tokens)
+    began, count = time.time(), 0
+    try:
+        while batch := _claim_batch(todo, lambda i: rendezvous.claim(claims, f"{name}.{i}"), size):
+            episodes = _run_claimed(engine, env, [pool.starts[i] for i in batch], pool.sampling,
+                                    rendezvous.check, run)
+            for index, episode in zip(batch, episodes):
+                writer.append({"index": index, "episode": episode.to_dict()})
+            count += len(batch)
+    finally:
+        writer.close()
+    return {"episodes": count, "began": began, "ended": time.time(),
+            "generated_tokens": engine.stats.generated_tokens - stats0[0],
+            "prompt_tokens": engine.stats.prompt_tokens - stats0[1]}
+
+
+def _batch_size(engine: Engine, max_concurrent: int | None, episodes: int, world: int) -> int:
+    """Episodes a rank claims at once: as many as it plays together, but at most its even share,
+    so that the first rank to claim does not take them all when they are few."""
+    share = max(1, -(-episodes // world))
+    return min(max_concurrent, share) if max_concurrent else default_max_concurrent(engine, share)
+
+
+def _claim_batch(todo: deque, claim: Callable[[int], bool], size: int) -> list[int]:
+    """The next (at most) `size` indices of `todo` that `claim` gives this rank; the others
+    are another rank's."""
+    batch = []
+    while todo and len(batch) < size:
+        index = todo.popleft()
+        if claim(index):
+            batch.append(index)
+    return batch
+
+
+def _run_claimed(engine: Engine, env: Environment | EnvFactory, starts: list[EpisodeStart],
+                 sampling: SamplingConfig, check: Callable[[], None], run: dict) -> list[Episode]:
+    """`run_episodes`, calling `check` as each episode ends: its `RankFailed` (another rank's
+    error) stops the batch and is raised as such, not as this rank's `RolloutError`."""
+    try:
+        return run_episodes(engine, env, starts, sampling=sampling, on_episode_end=lambda _: check(),
+                            **run)
+    except RolloutError as error:
+        if isinstance(error.__cause__, RankFailed):
+            raise error.__cause__ from None
+        raise
+
+
+def _merge_pool(pool: _Pool, paths: list[Path], out_dir: Path) -> list[Episode]:
+    """The episodes of `pool` from every rank's file (`paths`, removed), in start order,
+    written to `out_dir/pool.file`."""
+    played = {record["index"]: Episode.from_dict(record["episode"])
+              for path in paths for _, record in read_records(path)}
+    missing = [i for i in range(len(pool.starts)) if i not in played]
+    if missing:
+        raise RuntimeError(f"{len(missing)} episodes of {pool.file} were claimed but not recorded "
+                           f"(starts {missing[:10]}) in {paths[0].parent}")
+    episodes = [played[i] for i in range(len(pool.starts))]
+    write_records(out_dir / pool.file, (e.to_dict() for e in episodes))
+    for path in paths:
+        path.unlink()
+    return episodes
+
+
+def _timing_over_ranks(shares: list[dict]) -> dict:
+    """A pool's timing from every rank's share: from the first start to the last end of the
+    ranks that played some of it, tokens summed; and the episodes each rank played."""
+    active = [s for s in shares if s["episodes"]] or shares
+    seconds = max(s["ended"] for s in active) - min(s["began"] for s in active)
+    return {**_timing(seconds, sum(s["episodes"] for s in shares),
+                      sum(s["generated_tokens"] for s in shares), sum(s["prompt_tokens"] for s in shares)),
+            "episodes_per_rank": [s["episodes"] for s in shares]}
 
 
 def revision_starts(reference: Sequence[Episode], seed: int = 0, num_tasks: int | None = None,
@@ -318,17 +514,16 @@ def revision_test(
     check_range("max_error_rate", max_error_rate, 0, 1)
     starts = revision_starts(reference, seed=seed, num_tasks=num_tasks, max_reward=max_reward)
     _start_output(out_dir, "revision.json")
-    episodes, results = _run_and_record(
-        engine, env, starts, SamplingConfig(temperature=0.0, max_tokens=max_tokens, stop=REPLY_STOP),
-        out_dir, REVISION_EPISODES_FILE,
-        {"max_turns": max_turns, "cut_seed": seed, "max_reward": max_reward},
-        max_turns=max_turns, max_concurrent=max_concurrent, success_threshold=success_threshold,
-        progress=progress)
+    sampling = SamplingConfig(temperature=0.0, max_tokens=max_tokens, stop=REPLY_STOP)
+    episodes, timing = _run_and_record(
+        engine, env, starts, sampling, out_dir, REVISION_EPISODES_FILE, max_turns=max_turns,
+        max_concurrent=max_concurrent, success_threshold=success_threshold, progress=progress)
+    results = _results(episodes, timing, engine, sampling,
+                       {"max_turns": max_turns, "cut_seed": seed, "max_reward": max_reward})
     _check_infrastructure(episodes, max_error_rate, {})
     episodes = [e for e in episodes if not is_infrastructure_error(e)]
-    reward = RevisionReward()
-    reward.update([e.reward for e in episodes])
-    results["metrics"]["revision_reward"] = float(reward.compute()) if episodes else 0.0
+    results["metrics"]["revision_reward"] = (sum(e.reward for e in episodes) / len(episodes)
+                                             if episodes else 0.0)
     if out_dir is not None:
         write_json(Path(out_dir) / "revision.json", results, indent=2)
     return results

@@ -1,8 +1,11 @@
-"""Agent metrics of the paper, as torchmetrics, so evaluation and training log them alike.
+"""Agent metrics of the paper: success rate, average reward, loops, revision and recovery.
 
-- `SuccessRate`: fraction of episodes whose final reward reaches the success threshold.
-- `AverageReward`: mean final reward.
-- `LoopCount`: mean number of *loop turns* per episode (the paper's "repeated action sequences",
+They are plain means over a process's own episodes, computed exactly in Python (k/n, not a
+float32 tensor), and never synced across ranks: an evaluation's episodes are all in one place.
+
+- success rate: fraction of episodes whose final reward reaches the success threshold.
+- average reward: mean final reward.
+- loop count: mean number of *loop turns* per episode (the paper's "repeated action sequences",
   the dead loops of an agent). `loop_count` defines a loop turn precisely: turn t (counting
   environment actions only; revision turns are skipped) is a loop turn when the actions of the n
   turns ending at t equal the n actions right before them, for some block length n >= 1.
@@ -10,8 +13,8 @@
   that continues a cycle already performed once counts once. `loop_lengths` sorts the loop
   turns by that block length (the shortest that matches), like the paper's counts of repeated
   action sequences per length: `A A A A` has three of length 1, `A B A B A B` three of length 2.
-- `RevisionReward`: mean final reward of failed trajectories continued from a cut point (the
-  revision test).
+- revision reward (`agentr.evaluation.revision_test`): mean final reward of failed
+  trajectories continued from a cut point.
 
 Actions are compared after stripping, lower-casing and collapsing whitespace.
 
@@ -24,9 +27,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-
-import torch
-from torchmetrics import MeanMetric
 
 from agentr.agent.turn import REVISION_ACTION, is_revision
 from agentr.stats import BOOTSTRAP_RESAMPLES, CONFIDENCE, cluster_bootstrap_interval, wilson_interval
@@ -72,35 +72,6 @@ def repeat_fraction(actions: Sequence[str]) -> float:
     return repeats / len(acts)
 
 
-class _Mean(MeanMetric):
-    """A mean over per-episode values given as a sequence (or tensor)."""
-
-    def update(self, values) -> None:  # type: ignore[override]
-        values = torch.as_tensor(values, dtype=torch.float32).flatten()
-        if values.numel():
-            super().update(values)
-
-
-class SuccessRate(_Mean):
-    """Fraction of successful episodes. `update(successes)`: one bool per episode."""
-
-
-class AverageReward(_Mean):
-    """Mean final reward. `update(rewards)`: one final reward per episode."""
-
-
-class RevisionReward(_Mean):
-    """Mean final reward of the revision test. `update(rewards)`: one per continued episode."""
-
-
-class LoopCount(_Mean):
-    """Mean loop turns per episode (see `loop_count`). `update(action_sequences)`: one sequence
-    of actions per episode."""
-
-    def update(self, action_sequences: Sequence[Sequence[str]]) -> None:  # type: ignore[override]
-        super().update([loop_count(actions) for actions in action_sequences])
-
-
 def has_revision(episode) -> bool:
     """The episode took at least one revision turn (the revision action Agent-R teaches)."""
     return len(_env_actions(episode)) < len(episode.actions)
@@ -135,10 +106,6 @@ def episode_metrics(episodes: Sequence) -> dict:
                 "repeat_fraction": 0.0, "avg_turns": 0.0, "revision_rate": 0.0,
                 "recovery_rate": None}
     n = len(episodes)
-    success, reward, loops = SuccessRate(), AverageReward(), LoopCount()
-    success.update([e.success for e in episodes])
-    reward.update([e.reward for e in episodes])
-    loops.update([_env_actions(e) for e in episodes])
     if _one_per_task(episodes):
         success_ci = wilson_interval(sum(bool(e.success) for e in episodes), n)
     else:
@@ -148,11 +115,11 @@ def episode_metrics(episodes: Sequence) -> dict:
         by_length.update(loop_lengths(_env_actions(e)))
     revised = [e for e in episodes if has_revision(e)]
     return {
-        "success_rate": float(success.compute()),
+        "success_rate": sum(bool(e.success) for e in episodes) / n,
         "success_rate_ci": list(success_ci),
-        "avg_reward": float(reward.compute()),
+        "avg_reward": sum(float(e.reward) for e in episodes) / n,
         "avg_reward_ci": list(cluster_bootstrap_interval(_by_task(episodes, lambda e: e.reward))),
-        "loop_count": float(loops.compute()),
+        "loop_count": sum(loop_count(_env_actions(e)) for e in episodes) / n,
         "loop_count_by_length": {str(k): v / n for k, v in sorted(by_length.items())},
         "repeat_fraction": sum(repeat_fraction(_env_actions(e)) for e in episodes) / n,
         "avg_turns": sum(e.turns for e in episodes) / n,

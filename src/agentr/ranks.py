@@ -7,13 +7,15 @@ until a watchdog killed the job. So ranks wait on files in the shared run direct
 - `shared_token(ranks, directory)`: rank 0 picks a fresh token and every rank checks that it
   sees the file rank 0 wrote there (a run directory that is not shared across nodes fails here,
   with a message saying so, instead of ranks silently reading different files);
-- `main_rank_does(work, ranks, directory)`: rank 0 works (e.g. evaluates) while the others
-  wait for its marker;
+- `main_rank_does(work, ranks, directory)`: rank 0 works (e.g. writes the expert data) while
+  the others wait for its marker;
 - `Rendezvous(directory, token, ranks)`: each rank runs its share of the work and leaves a
   marker, `<token>.rank<k>.done` (with a JSON result) or `<token>.rank<k>.failed` (with the
   error); waiting ranks poll the markers and raise `RankFailed` with the failing rank's error
   as soon as one appears. Markers carry the token, so a crashed attempt's markers never satisfy
-  a resumed one.
+  a resumed one. Work shared out item by item (Phase I's tasks, evaluation's episodes) is taken
+  with `Rendezvous.claim`: the rank that creates an item's claim file first does it, so a rank
+  with room takes the next item and all ranks finish at about the same time.
 
 Collectives are used only where every rank arrives at once (choosing and checking a token, and
 `Ranks.decide`, which makes rank 0's view of a file the decision of all ranks).
@@ -145,6 +147,19 @@ class Rendezvous:
             failed = self._marker(rank, "failed")
             if rank != self.ranks.rank and failed.exists():
                 raise RankFailed(f"rank {rank} failed: {failed.read_text(encoding='utf-8')}")
+
+    def claim(self, directory: str | os.PathLike, name: str) -> bool:
+        """Take work item `name` for this rank: True for the one rank that creates
+        `directory/name` (exclusively, with its rank inside), False for the others. Raises
+        `RankFailed` first if another rank failed this step, so that a rank stops at its next item."""
+        self.check()
+        try:
+            fd = os.open(Path(directory) / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        os.write(fd, f"{self.ranks.rank}\n".encode())
+        os.close(fd)
+        return True
 
     def wait(self, ranks: Iterable[int] | None = None, timeout: float | None = None) -> list:
         """The results of `ranks` (all: None) once each is done; `RankFailed` as soon as one failed.

@@ -63,7 +63,8 @@ def make_engine(
     else:
         from agentr.engines.hf_engine import HFEngine
 
-        engine = HFEngine(path, **common, num_threads=config.cpu_threads)
+        engine = HFEngine(path, **common, batch_size=config.max_num_seqs,
+                          num_threads=config.cpu_threads)
     if adapter:
         try:
             engine.load_adapter(adapter)

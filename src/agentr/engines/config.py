@@ -31,7 +31,8 @@ class EngineConfig:
             from `gpu_memory_utilization` (see `VLLMEngine`).
         gpu_memory_utilization: fraction of GPU memory vLLM may take. None: 0.9 for a command
             alone on its GPU, 0.3 in `agentr fit`, where training shares the GPU.
-        max_num_seqs: most sequences vLLM runs at once.
+        max_num_seqs: most sequences generated at once: vLLM's scheduler limit, the HF
+            engine's rows (samples) per `generate` call.
         merge_lora: vLLM serves adapters merged into a copy of the weights, restarting once per
             adapter, instead of through its LoRA kernels. None: on CPU only, where those kernels
             are several times slower than the merged model (bench/results/lora_serving.md).
@@ -40,7 +41,7 @@ class EngineConfig:
             own binding (all cores but one, see `agentr.engines.vllm_engine`); for HF,
             `OMP_NUM_THREADS` if set, else every core.
 
-    `kv_cache_gb`, `gpu_memory_utilization`, `max_num_seqs` and `merge_lora` are vLLM's alone:
+    `kv_cache_gb`, `gpu_memory_utilization` and `merge_lora` are vLLM's alone:
     the HF engine ignores them, so that one config drives either engine (`kind: auto`).
     """
 

@@ -3,6 +3,11 @@
 Same contract as the vLLM engine: conversations are rendered with the model's chat template
 (generation prompt appended), batched with left padding, `n` samples per conversation; greedy
 decoding when temperature is 0; stop strings cut the text after generation (and end it early).
+
+Sampling is seeded per sample, not per batch: every sample (row) has its own random generator,
+seeded from its request's seed, and draws its token as the argmax of the tempered logits plus
+Gumbel noise from that generator (the Gumbel-max trick: exactly a draw from the softmax). So a
+seeded request gets the same draws in any batch, and seeded requests are still batched.
 LoRA adapters load through PEFT; switching adapters unloads the previous one (never merges).
 """
 
@@ -21,8 +26,10 @@ from agentr.engines.common import (
     check_prompt_length,
     continuation_ids,
     cut_at_stop,
+    derive_seed,
     fit_model_len,
     render_prompt_ids,
+    request_seed,
 )
 from agentr.engines.config import DTYPE_ALONE
 from agentr.engines.models import resolve_model
@@ -37,6 +44,31 @@ def _default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+class GumbelSampler:
+    """A logits processor that turns greedy decoding into seeded sampling, row by row.
+
+    Row i's scores become `logits / temperature + g`, with g standard Gumbel noise drawn from
+    the row's own generator (seeded `seeds[i]`), one vector per step: their argmax is a draw
+    from `softmax(logits / temperature)`, and depends on the row's seed alone, not on the other
+    rows of the batch.
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float, device) -> None:
+        import torch
+
+        self.temperature = temperature
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        uniform = torch.stack([
+            torch.rand(scores.shape[-1], generator=g, device=scores.device, dtype=torch.float32)
+            for g in self.generators])
+        gumbel = -torch.log(-torch.log(uniform.clamp(min=torch.finfo(torch.float32).tiny)))
+        return scores.float() / self.temperature + gumbel
+
+
 class HFEngine(Engine):
     """Generation with `transformers` `generate` (CPU or one GPU).
 
@@ -45,7 +77,7 @@ class HFEngine(Engine):
         max_model_len: longest prompt + reply, in tokens (capped at the model's own limit).
         dtype: weights' dtype ("auto": the model config's, "bfloat16", "float16", "float32").
         seed: seed for sampling when `SamplingConfig.seed` is not given.
-        batch_size: conversations per `generate` call (the rest wait for the next call).
+        batch_size: rows (samples; conversations when greedy) per `generate` call.
         num_threads: torch CPU threads, set with `torch.set_num_threads` (process-wide). None:
             `OMP_NUM_THREADS` if set, else all cores this process may use. Where other busy
             processes share the cores, fewer threads (or `OMP_WAIT_POLICY=PASSIVE` set before
@@ -103,64 +135,70 @@ class HFEngine(Engine):
         for ids in prompts:
             check_prompt_length(len(ids), self._max_model_len)
         results: list[list[Generation]] = []
-        if sampling.request_seeds is not None and sampling.temperature > 0:
-            # One torch generator serves a whole batch: a prompt with its own seed goes alone.
-            for ids, seed in zip(prompts, sampling.request_seeds):
-                results.extend(self._generate_batch([ids], sampling, seed))
-        else:
+        if sampling.temperature == 0:  # greedy: one row per conversation, copied n times
             for b in range(0, len(prompts), self.batch_size):
-                seed = self.seed if sampling.seed is None else sampling.seed
-                results.extend(self._generate_batch(prompts[b:b + self.batch_size], sampling, seed + b))
+                batch = self._generate_rows(prompts[b:b + self.batch_size], sampling, None)
+                results.extend([g] * sampling.n for g in batch)
+        else:  # one row per sample, each with the seed of its own
+            rows = [(ids, derive_seed(self._request_seed(sampling, i), j))
+                    for i, ids in enumerate(prompts) for j in range(sampling.n)]
+            samples = []
+            for b in range(0, len(rows), self.batch_size):
+                batch = rows[b:b + self.batch_size]
+                samples.extend(self._generate_rows([ids for ids, _ in batch], sampling,
+                                                   [seed for _, seed in batch]))
+            results = [samples[i * sampling.n:(i + 1) * sampling.n] for i in range(len(prompts))]
         self.stats.requests += len(prompts)
         self.stats.prompt_tokens += sum(map(len, prompts))
         self.stats.generated_tokens += sum(g.num_tokens for gs in results for g in gs)
         self.stats.seconds += time.perf_counter() - start
         return results
 
-    def _generate_batch(self, prompts: list[list[int]], sampling: SamplingConfig,
-                        seed: int) -> list[list[Generation]]:
+    def _request_seed(self, sampling: SamplingConfig, index: int) -> int:
+        """The seed of request `index`: `sampling.request_seeds[index]` if given, else derived
+        from `sampling.seed` (the engine's own seed where that is None), as vLLM's are."""
+        if sampling.request_seeds is not None:
+            return sampling.request_seeds[index]
+        return request_seed(self.seed if sampling.seed is None else sampling.seed, index)
+
+    def _generate_rows(self, prompts: list[list[int]], sampling: SamplingConfig,
+                       seeds: list[int] | None) -> list[Generation]:
+        """One generation per prompt: greedy where `seeds` is None, else sampled, row i with
+        the generator seeded `seeds[i]` (`GumbelSampler`)."""
         import torch
+        from transformers import LogitsProcessorList
 
         pad = self._tokenizer.pad_token_id
         width = max(map(len, prompts))
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-        greedy = sampling.temperature == 0
-        # Samples per prompt drawn by generate(); greedy samples are identical, so draw one.
-        draws = 1 if greedy else sampling.n
         max_new_tokens = max(1, min(sampling.max_tokens, self._max_model_len - width))
         kwargs = dict(
             max_new_tokens=max_new_tokens,
-            do_sample=not greedy,
-            num_return_sequences=draws,
+            do_sample=False,  # sampled rows take the argmax of logits plus their own noise
             pad_token_id=pad,
             eos_token_id=self._tokenizer.eos_token_id,
-            top_p=1.0,
+            temperature=None,
+            top_p=None,
             top_k=None,
         )
-        if not greedy:
-            kwargs["temperature"] = sampling.temperature
-        else:
-            kwargs.update(temperature=None)
+        if seeds is not None:
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [GumbelSampler(seeds, sampling.temperature, self.device)])
         if sampling.stop:
             kwargs.update(stop_strings=list(sampling.stop), tokenizer=self._tokenizer)
-        with torch.random.fork_rng(devices=[]), torch.inference_mode():
-            torch.manual_seed(seed)
+        with torch.inference_mode():
             output = self.model.generate(
                 input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
                 **kwargs)
-        new_tokens = output[:, width:].tolist()
         results = []
-        for i in range(len(prompts)):
-            samples = []
-            for tokens in new_tokens[i * draws:(i + 1) * draws]:
-                tokens, ended = self._until_eos(tokens)
-                text = self._tokenizer.decode(tokens, skip_special_tokens=True)
-                reply = cut_at_stop(text, sampling.stop)
-                # Without an end of turn or a stop string, the sample ran out of tokens.
-                cut = not ended and reply == text and len(tokens) >= max_new_tokens
-                samples.append(Generation(reply, len(tokens), "length" if cut else "stop"))
-            results.append(samples * sampling.n if greedy else samples)
+        for tokens in output[:, width:].tolist():
+            tokens, ended = self._until_eos(tokens)
+            text = self._tokenizer.decode(tokens, skip_special_tokens=True)
+            reply = cut_at_stop(text, sampling.stop)
+            # Without an end of turn or a stop string, the sample ran out of tokens.
+            cut = not ended and reply == text and len(tokens) >= max_new_tokens
+            results.append(Generation(reply, len(tokens), "length" if cut else "stop"))
         return results
 
     def _until_eos(self, tokens: list[int]) -> tuple[list[int], bool]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -70,15 +69,8 @@ def collect_sharded(
 
     searched = Rendezvous(markers, f"{token}-search", ranks)
 
-    def claim(task_id: str) -> bool:
-        searched.check()  # another rank failed: stop here, with its error
-        try:
-            fd = os.open(claims / token / task_filename(task_id), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return False
-        os.write(fd, f"{ranks.rank}\n".encode())
-        os.close(fd)
-        return True
+    def claim(task_id: str) -> bool:  # raises another rank's failure: this rank stops at its next task
+        return searched.claim(claims / token, task_filename(task_id))
 
     searched.run(lambda: search_tasks(engine, make_env, task_ids, config, out_dir, claim=claim,
                                       progress=progress and ranks.is_main, **settings),

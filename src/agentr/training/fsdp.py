@@ -11,13 +11,16 @@
   adapters are float32 (one dtype per flat parameter), and saving an adapter gathers the
   adapter units alone (`AgentRModule.save_adapter`);
 - `use_orig_params=True`, so the optimizer sees the adapters by name;
+- LoRA layers keep their input's dtype (`keep_input_dtype`), so activation checkpointing
+  recomputes exactly what the forward computed;
 - buffers stay float32 under `precision="bf16-mixed"` (Lightning casts them to bf16 by default,
   rotary `inv_freq` included, and bf16 positions disagree with vLLM's on long trajectories);
 - gradient clipping by norm goes through FSDP's own `clip_grad_norm_`, which reduces the norm
   over the shards (`AgentRModule.configure_gradient_clipping`; Lightning's FSDP precision plugin
   refuses norm clipping through its default hook);
-- `state_dict_type="full"`: checkpoints are one file gathered on rank 0, which
-  `AgentRModule.on_save_checkpoint` reduces to the adapter weights.
+- checkpoints are one file written by rank 0: with a frozen base, they hold the trainable
+  units alone, gathered one unit at a time (the frozen base is never gathered; it is reloaded
+  from the model on resume); with full fine-tuning, the full state dict (`state_dict_type="full"`).
 
 Activation checkpointing has one switch: `AgentRModule(gradient_checkpointing=True)` (works
 with every strategy), or this strategy's `activation_checkpointing`; the module refuses both.
@@ -27,7 +30,13 @@ Use it from a config (see `configs/`):
     trainer:
       devices: 8
       precision: bf16-mixed
-      strategy: agentr.training.fsdp.AgentRFSDPStrategy
+      strategy:
+        class_path: agentr.training.fsdp.AgentRFSDPStrategy
+        init_args:
+          sharding_strategy: FULL_SHARD
+
+(`strategy` given as a bare class path is not a class to Lightning: it reads any string as a
+registered strategy name.)
 """
 
 from __future__ import annotations
@@ -40,6 +49,9 @@ from typing import Any
 
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
+
+#: Prefixes that FSDP and activation checkpointing add to parameter names.
+_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
 
 def is_decoder_layer(module: torch.nn.Module, extra_names: frozenset[str] = frozenset()) -> bool:
@@ -78,6 +90,68 @@ def unit_policy(extra_names: tuple[str, ...] = (), split_trainable: bool = False
 def checkpoints_activations(strategy: Any) -> bool:
     """Whether `strategy` (a Lightning FSDP strategy) applies activation checkpointing itself."""
     return bool(getattr(strategy, "_activation_checkpointing_kwargs", None))
+
+
+def restore_frozen_parameters(model: torch.nn.Module) -> None:
+    """Register the original parameters of frozen unsharded FSDP units again after a backward.
+
+    Under `NO_SHARD` (which torch picks for any sharding strategy at world size 1) with
+    `use_orig_params=True`, the backward turns a unit's parameters into plain tensors, and only
+    the unit's post-backward hook turns them back. A unit with no trainable weight (the frozen
+    base next to LoRA units) gets no gradient, so the hook never fires; the next forward then
+    takes the tensors for the parameters and fails on tied weights (`as_params=True
+    type(prim_param)=Tensor`). Sharded units are put back by FSDP itself.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    for unit in FullyShardedDataParallel.fsdp_modules(model):
+        handle = unit._handle
+        if (handle is not None and handle._use_orig_params and not handle.uses_sharded_strategy
+                and not handle.flat_param.requires_grad):
+            handle._use_sharded_views()  # NO_SHARD: the unsharded views, as parameters
+
+
+def clean_name(name: str) -> str:
+    """A parameter's name without the prefixes that FSDP and activation checkpointing add."""
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def gather_trainable(root: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The trainable weights of an FSDP-wrapped model with a frozen base, by clean name, on CPU
+    (None: `root` is no such model).
+
+    `AgentRFSDPStrategy` gives every module whose weights all train a unit of its own, so this
+    gathers those units one at a time and never the frozen base. Every rank must call it.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    if not isinstance(root, FSDP) or all(p.requires_grad for p in root.parameters()):
+        return None
+    units = [(name, unit) for name, unit in root.named_modules()
+             if isinstance(unit, FSDP) and unit is not root
+             and all(p.requires_grad for p in unit.parameters())]
+    gathered = {}
+    for name, unit in units:  # the same order on every rank: one collective per unit
+        with FSDP.summon_full_params(unit, writeback=False):
+            for param_name, param in unit.named_parameters():
+                gathered[clean_name(f"{name}.{param_name}")] = param.detach().clone().cpu()
+    return gathered
+
+
+def keep_input_dtype(model: torch.nn.Module) -> None:
+    """Stop PEFT's LoRA layers from casting their input to the adapter weights' dtype.
+
+    Under FSDP that dtype depends on when it is read: float32 (the sharded master weights) in
+    the forward, bfloat16 (the unsharded compute copy) when activation checkpointing recomputes
+    the layer in the backward. LoRA dropout then saves tensors of two dtypes and the recompute
+    is refused ("Recomputed values ... have different metadata"). The adapter units cast their
+    inputs to the compute dtype themselves (`cast_forward_inputs`), so PEFT's cast is not needed.
+    """
+    for module in model.modules():
+        if hasattr(module, "lora_A"):
+            module.cast_input_dtype_enabled = False
 
 
 class AgentRFSDPStrategy(FSDPStrategy):
@@ -138,6 +212,9 @@ class AgentRFSDPStrategy(FSDPStrategy):
         if "auto_wrap_policy" in self.kwargs:
             frozen = any(not p.requires_grad for p in model.parameters())
             self.kwargs["auto_wrap_policy"] = unit_policy(self.layer_class_names, split_trainable=frozen)
+        mixed = self.mixed_precision_config
+        if mixed is not None and mixed.cast_forward_inputs:
+            keep_input_dtype(model)
         if self.root_device.type != "cpu" or any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
             return super()._setup_model(model)
         from lightning.fabric.strategies.fsdp import _setup_activation_checkpointing
@@ -153,12 +230,22 @@ class AgentRFSDPStrategy(FSDPStrategy):
         _setup_activation_checkpointing(model, self._activation_checkpointing_kwargs)
         return model
 
-    # On CPU, FSDP's full state dict with offload_to_cpu=True (Lightning's setting) frees the
-    # gathered tensors it hands out, and the clone that follows segfaults. Gather without offload.
+    def post_backward(self, closure_loss: torch.Tensor) -> None:
+        super().post_backward(closure_loss)
+        restore_frozen_parameters(self.model)
+
     def lightning_module_state_dict(self) -> dict[str, Any]:
+        """The weights a checkpoint keeps: with a frozen base (LoRA), the trainable units alone,
+        gathered unit by unit (`gather_trainable`), so no rank ever holds the whole model; else
+        the full state dict, gathered on rank 0."""
+        trainable = gather_trainable(self.model)
+        if trainable is not None:
+            return trainable
         with self._cpu_safe_full_state_dict():
             return super().lightning_module_state_dict()
 
+    # On CPU, FSDP's full state dict with offload_to_cpu=True (Lightning's setting) frees the
+    # gathered tensors it hands out, and the clone that follows segfaults. Gather without offload.
     def optimizer_state(self, optimizer) -> dict[str, Any]:
         with self._cpu_safe_full_state_dict():
             return super().optimizer_state(optimizer)

@@ -31,19 +31,10 @@ from torchmetrics import MeanMetric, Metric
 from agentr.data.tokenize import IGNORE_INDEX
 from agentr.engines.models import SMOLLM2_ID
 from agentr.errors import ProvenanceError, check_range
+from agentr.training.fsdp import clean_name, gather_trainable
 from agentr.training.optim import param_groups, warmup_cosine
 
 log = logging.getLogger(__name__)
-
-#: Prefixes that FSDP and activation checkpointing add to parameter names.
-_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
-
-
-def clean_name(name: str) -> str:
-    for prefix in _WRAPPER_PREFIXES:
-        name = name.replace(prefix, "")
-    return name
-
 
 class Perplexity(Metric):
     """exp(mean negative log-likelihood per token), from summed NLL and token counts."""
@@ -154,14 +145,6 @@ class AgentRModule(pl.LightningModule):
         self.train_ppl, self.val_ppl = Perplexity(), Perplexity()
 
     # ---- the model -------------------------------------------------------------------------
-    def _under_fsdp(self) -> bool:
-        trainer = self._trainer
-        if trainer is None:
-            return False
-        from lightning.pytorch.strategies import FSDPStrategy
-
-        return isinstance(trainer.strategy, FSDPStrategy)
-
     def _load_dtype(self) -> torch.dtype:
         name = self.hparams.dtype
         if name == "auto":
@@ -437,7 +420,7 @@ class AgentRModule(pl.LightningModule):
         path = Path(path)
         trainer = self._trainer
         if trainer is not None:
-            state_dict = self._gathered_adapter() if not self.hparams.full_finetune else None
+            state_dict = gather_trainable(trainer.strategy.model) if not self.hparams.full_finetune else None
             if state_dict is None:
                 state_dict = trainer.strategy.lightning_module_state_dict()
             is_writer = trainer.is_global_zero
@@ -458,30 +441,6 @@ class AgentRModule(pl.LightningModule):
         if trainer is not None:
             trainer.strategy.barrier("agentr_save_adapter")
         return path
-
-
-    def _gathered_adapter(self) -> dict[str, torch.Tensor] | None:
-        """The trainable weights gathered from their own FSDP units (None: not under such FSDP).
-
-        `AgentRFSDPStrategy` gives every adapter module a unit of its own, so an adapter save
-        gathers those units alone, not the whole model. Every rank must call this.
-        """
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-        root = self._trainer.strategy.model if self._trainer is not None else None
-        if not isinstance(root, FSDP):
-            return None
-        units = [(name, unit) for name, unit in root.named_modules()
-                 if isinstance(unit, FSDP) and unit is not root
-                 and all(p.requires_grad for p in unit.parameters())]
-        if not units:
-            return None
-        gathered = {}
-        for name, unit in units:  # the same order on every rank: one collective per unit
-            with FSDP.summon_full_params(unit, writeback=False):
-                for param_name, param in unit.named_parameters():
-                    gathered[f"{name}.{param_name}"] = param.detach().clone().cpu()
-        return gathered
 
 
 def _adapter_key(name: str, adapter_name: str = "default") -> str:
