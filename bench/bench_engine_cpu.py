@@ -6,8 +6,8 @@ Each layout runs in a fresh Python process, one after the other, with the same m
 `--max_tokens` tokens each, sampled at temperature 1 with per-request seeds (the same draws in
 both layouts). Per layout:
 
-- batched: all prompts in one `generate` call; batch 1: `--single` prompts one call each
-  (generated tokens per second, after one warm-up call);
+- batched: all prompts in one `generate` call, the median of `--repeats` calls; batch 1:
+  `--single` prompts one call each (generated tokens per second, after one warm-up call);
 - what the engine leaves behind once closed: the process's CPU affinity and torch threads, and
   the speed of a float32 matmul loop after the engine against before it (training shares the
   process in `agentr fit`, so a layout that pinned the process would slow training);
@@ -27,13 +27,17 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
 
 from report import header, load_average, machine, write_report
 
-LAYOUTS = {"default": False, "in_process": True}  # name -> VLLMEngine(in_process=...)
+#: name -> VLLMEngine settings: vLLM's default layout, and the engine core in this process with
+#: vLLM's own binding or with every core bound explicitly.
+LAYOUTS = {"default": dict(in_process=False), "in_process": dict(in_process=True),
+           "in_process_all_cores": dict(in_process=True, cpu_threads=os.cpu_count())}
 
 
 def rss_gb() -> float:
@@ -79,7 +83,8 @@ def worker(layout: str, args) -> dict:
     from agentr.envs.textcraft import TextCraftEnv
 
     env = TextCraftEnv()
-    conversations = [build_header(env, task) for task in env.task_ids("train")[:args.prompts]]
+    conversations = [build_header(env.instruction, env.reset(task))
+                      for task in env.task_ids("train")[:args.prompts]]
     model = resolve_model(SMOLLM2_ID)
     threads_before, affinity_before = torch.get_num_threads(), sorted(os.sched_getaffinity(0))
     matmul_before = matmul_seconds()
@@ -87,14 +92,15 @@ def worker(layout: str, args) -> dict:
     rss = []
     for run in range(2):  # the second engine starts once the first has closed
         engine = VLLMEngine(model, max_model_len=1024, kv_cache_gb=args.kv_cache_gb, seed=0,
-                            in_process=LAYOUTS[layout])
+                            **LAYOUTS[layout])
         try:
             seeds = tuple(range(len(conversations)))
             sampling = SamplingConfig(temperature=1.0, max_tokens=args.max_tokens, request_seeds=seeds)
             engine.generate(conversations[:4], SamplingConfig(temperature=1.0, max_tokens=8,
                                                               request_seeds=(0, 1, 2, 3)))
             if run == 0:
-                out["batched_tok_s"] = tokens_per_s(engine, conversations, sampling)
+                out["batched_tok_s"] = statistics.median(
+                    tokens_per_s(engine, conversations, sampling) for _ in range(args.repeats))
                 single = [tokens_per_s(engine, [c], SamplingConfig(
                     temperature=1.0, max_tokens=args.max_tokens, request_seeds=(i,)))
                     for i, c in enumerate(conversations[:args.single])]
@@ -119,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=48)
     parser.add_argument("--single", type=int, default=6, help="prompts timed one call each")
+    parser.add_argument("--repeats", type=int, default=3, help="batched calls timed (median)")
     parser.add_argument("--max_tokens", type=int, default=64)
     parser.add_argument("--kv_cache_gb", type=float, default=2)
     parser.add_argument("--worker", choices=list(LAYOUTS), help=argparse.SUPPRESS)

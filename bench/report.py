@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
+import subprocess
 import sys
 
 
@@ -25,7 +27,17 @@ def write_report(report: str, out: str) -> None:
             f.write(report)
 
 
+def commit() -> str:
+    """The checkout's short commit, with "+changes" when its tracked files differ from it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = lambda *args: subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    return (run("rev-parse", "--short", "HEAD") or "unknown") + (
+        "+changes" if run("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def header(title: str, script: str, argv: list[str] | None) -> list[str]:
-    """A report's first lines: its title and the command that produced it."""
+    """A report's first lines: its title, the date and commit, and the command that produced it."""
     args = " ".join(argv if argv is not None else sys.argv[1:])
-    return [f"# {title}", "", f"`python {script} {args}`".replace(" `", "`"), ""]
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return [f"# {title}", "", f"{date}, commit {commit()}:", "",
+            f"`python {script} {args}`".replace(" `", "`"), ""]

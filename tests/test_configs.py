@@ -49,7 +49,8 @@ def test_baseline_overlays_switch_the_search_mode(baseline, setting, capsys):
                        "--config", str(CONFIGS / "baselines" / f"{baseline}.yaml")], capsys)
     search = config["data"]["init_args"]["search"]
     assert {k: search[k] for k in setting} == setting
-    assert config["data"]["init_args"]["num_tasks"] == 16  # the rest of the quickstart is kept
+    quickstart = yaml.safe_load((CONFIGS / "quickstart.yaml").read_text())
+    assert config["data"]["init_args"]["num_tasks"] == quickstart["data"]["init_args"]["num_tasks"]  # kept
 
 
 def test_vanilla_baseline_is_an_evaluate_config(capsys):

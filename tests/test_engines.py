@@ -412,6 +412,13 @@ def test_vllm_serves_adapters_merged_into_a_temporary_model(tiny_engine_model_di
         shutil.copytree(adapter_dir, path)
         engine.load_adapter(str(path))
         first = engine.generate([CONV, CONV2], GREEDY)
+        engine.sleep()  # no sleep mode on CPU: stopped, its memory free for training
+        assert engine._llm is None
+        engine.wake_up()
+        assert engine.generate([CONV, CONV2], GREEDY) == first  # started again on the same weights
+        engine.sleep()
+        engine.load_adapter(str(path))  # the same adapter file: started again, not merged again
+        assert engine.generate([CONV, CONV2], GREEDY) == first
         shutil.rmtree(path)
         shutil.copytree(_make_adapter(tiny_engine_model_dir, tmp_path / "other", seed=2), path)
         engine.load_adapter(str(path))
@@ -485,7 +492,7 @@ def test_cpu_bind_list():
 
 
 @pytest.mark.vllm
-def test_vllm_sleep_and_wake_are_no_ops_on_cpu(vllm_engine):
+def test_vllm_sleep_and_wake_are_no_ops_on_cpu_with_lora_kernels(vllm_engine):
     if vllm_engine.on_gpu:
         pytest.skip("covered by the gpu test")
     before = vllm_engine.generate([CONV], GREEDY)
@@ -552,3 +559,43 @@ def test_vllm_sleep_frees_gpu_memory(tiny_engine_model_dir):
         assert engine.generate([CONV], GREEDY) == before
     finally:
         engine.close()
+
+
+IN_PROCESS_SCRIPT = """
+import json, sys, torch
+from agentr.engines.vllm_engine import VLLMEngine
+
+if __name__ == "__main__":  # the second engine's processes start by spawning
+    torch.manual_seed(123)
+    expected = torch.rand(4).tolist()
+    torch.manual_seed(123)
+    first = VLLMEngine(sys.argv[1], max_model_len=512, kv_cache_gb=1, seed=0)
+    second = VLLMEngine(sys.argv[1], max_model_len=512, kv_cache_gb=1, seed=0)  # while the first runs here
+    print("RESULT", json.dumps({"rand": torch.rand(4).tolist(), "expected": expected,
+                                "in_process": [first.in_process, second.in_process]}), flush=True)
+    second.close()
+    first.close()
+"""
+
+
+@pytest.mark.vllm
+def test_vllm_cpu_engine_core_in_process_keeps_the_callers_random_state(tiny_engine_model_dir, tmp_path):
+    """On CPU the first engine runs in this process (both cores for the model), seeding vLLM's
+    generators without touching the caller's; a second one, while the first runs, runs apart."""
+    import subprocess
+    import sys
+
+    import torch
+
+    pytest.importorskip("vllm")
+    if torch.cuda.is_available():
+        pytest.skip("the engine core's layout is a CPU setting")
+    script = tmp_path / "in_process.py"
+    script.write_text(IN_PROCESS_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), tiny_engine_model_dir], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    result = json.loads(line[len("RESULT "):])
+    assert result["in_process"] == [True, False]
+    assert result["rand"] == result["expected"]

@@ -208,3 +208,40 @@ def test_report_command_and_summary(run_dir, tmp_path, capsys):
     assert "1:15" in iteration  # training.json's 75 s
     assert f"report:        {out}" in printed and f"run directory: {run_dir}" in printed
     assert format_summary(read_run(run_dir)).splitlines()[-1] == f"run directory: {run_dir}"
+
+
+def test_summary_shows_sampled_success_recovery_and_repeats_of_the_sampled_episodes():
+    greedy = {"metrics": {"success_rate": 0.2, "revision_rate": 0.0, "recovery_rate": None,
+                          "repeat_fraction": 0.5},
+              "intervals": {"success_rate": [0.08, 0.42]}, "num_episodes": 20, "num_successes": 4}
+    sampled = {"metrics": {"success_rate": 0.35, "revision_rate": 0.6, "recovery_rate": 0.25,
+                           "repeat_fraction": 0.125},
+               "intervals": {"success_rate": [0.2, 0.5]}, "num_episodes": 40, "num_successes": 14}
+    run = {"run_dir": "r", "stages": [{"name": "base", "eval": greedy},
+                                      {"name": "iteration_1", "eval": {**greedy, "sampled": sampled}}]}
+    lines = format_summary(run).splitlines()
+    assert lines[0].split("  ")[:1] == ["stage"] and "recovery" in lines[0] and "repeats" in lines[0]
+    base, iteration = lines[2], lines[3]
+    assert "20% (4/20) [8-42%]" in base and "50%" not in base and "0.50" in base  # greedy alone
+    assert "35% (14/40) [20-50%]" in iteration
+    assert "60%" in iteration and "25%" in iteration and "0.12" in iteration  # of the sampled
+
+
+def test_episodes_include_the_sampled_ones_and_embed_revised_conversations_first(tmp_path):
+    from report_run import revising_policy
+    from search_fakes import CloneToyEnv, ScriptedEngine
+
+    from agentr.evaluation import evaluate
+
+    tasks = [f"x{i}" for i in range(6)]
+    evaluate(ScriptedEngine(revising_policy), lambda: CloneToyEnv(need=2), tasks, max_turns=4,
+             episodes_per_task=2, out_dir=tmp_path / "eval", progress=False)
+    episodes = read_run(tmp_path / "eval", ReportLimits(max_episodes=2))["stages"][0]["episodes"]
+    items = episodes["items"]
+    assert episodes["total"] == 6 + 12 and [i.get("sample") for i in items[:6]] == [None] * 6
+    assert sorted((i["task_id"], i["sample"]) for i in items[6:]) == [(t, j) for t in tasks for j in (0, 1)]
+    assert len({i["key"] for i in items}) == len(items)  # a link names one episode
+    embedded = [i for i in items if "messages" in i]
+    revised = [i for i in items if i["revision_turns"]]
+    assert len(embedded) == 2 and revised  # the toy policy revises now and then
+    assert all(i["revision_turns"] for i in embedded[:len(revised)])

@@ -37,6 +37,10 @@ ROUTINE_VLLM_WARNINGS = (
     "Enforce eager set", "Inductor compilation was disabled", "is not found in LD_PRELOAD",
     "Reset SSM cache type", "force killing",
     "does not officially support disabling chunked prefill",
+    # an engine core in agentr's process (vllm_engine): agentr keeps the random state itself,
+    # and training runs with the threads the engine bound
+    "this may affect the random state of the Python process",
+    "doesn't allow to use `torch.set_num_threads`",
 )
 
 

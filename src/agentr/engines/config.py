@@ -38,7 +38,8 @@ class EngineConfig:
             are several times slower than the merged model (bench/results/lora_serving.md).
         cpu_threads: threads generation computes with on CPU: vLLM binds its worker's OpenMP
             threads to this many cores, the HF engine sets torch's thread count. None: vLLM's
-            own binding (all cores but one, see `agentr.engines.vllm_engine`); for HF,
+            own binding (every core, its engine core running in this process: see
+            `agentr.engines.vllm_engine`); for HF,
             `OMP_NUM_THREADS` if set, else every core.
 
     `kv_cache_gb`, `gpu_memory_utilization` and `merge_lora` are vLLM's alone:

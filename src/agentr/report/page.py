@@ -398,15 +398,22 @@ SCRIPT = r"""
       var e = stages[state.stage].episodes, detail = el("div", {cls: "detail"});
       var items = e.items.filter(function (x) { return (!state.failures || !x.success) && (!state.revised || x.revision_turns > 0); });
       var rows = items.map(function (x) {
-        return {key: String(x.task_id), cells: [x.task_id, x.success ? "yes" : "no", num(x.reward, 2), num(x.turns), num(x.loop_count),
-          num(x.revision_turns), x.error || ""], click: !!x.messages};
+        return {key: x.key || String(x.task_id), cells: [x.task_id, x.sample === undefined ? "greedy" : "sample " + x.sample,
+          x.success ? "yes" : "no", num(x.reward, 2), num(x.turns), num(x.loop_count), num(x.revision_turns), x.error || ""],
+          click: !!x.messages};
       });
+      function open(i) {
+        var label = "task " + items[i].task_id + (items[i].sample === undefined ? "" : ", sample " + items[i].sample);
+        clear(detail).appendChild(el("div", {}, [el("h4", {text: label}), conversation(items[i].messages)]));
+      }
       clear(body).appendChild(el("div", {}, [
         el("p", {text: items.length + " of " + e.total + " episodes match"}),
         cutNote(e.embedded, e.total, "conversations", "max_episodes"),
-        el("div", {cls: "split"}, [el("div", {cls: "list"}, [table(["task", "success", "reward", "turns", "loop turns", "revision turns", "error"], rows,
-          function (i) { clear(detail).appendChild(el("div", {}, [el("h4", {text: "task " + items[i].task_id}), conversation(items[i].messages)])); })]),
-          detail])]));
+        el("div", {cls: "split"}, [el("div", {cls: "list"}, [table(["task", "episode", "success", "reward", "turns", "loop turns",
+          "revision turns", "error"], rows, open)]), detail])]));
+      // open an episode with a revision turn where there is one: the reflection the run is about
+      var revised = items.findIndex(function (x) { return x.revision_turns > 0 && x.messages; });
+      if (revised >= 0) open(revised);
     }
     function box(label, key) {
       var c = el("input", {type: "checkbox", onchange: function () { state[key] = c.checked; show(); }});

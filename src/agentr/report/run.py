@@ -25,7 +25,7 @@ from pathlib import Path
 
 from agentr.agent.conversation import HEADER_LEN
 from agentr.agent.turn import REVISION_ACTION, is_revision, parse_action
-from agentr.evaluation import EPISODES_FILE
+from agentr.evaluation import EPISODES_FILE, SAMPLED_EPISODES_FILE
 
 
 @dataclass
@@ -115,7 +115,7 @@ def _read_stage(path: Path, name: str, iteration: int | None, limits: ReportLimi
     results = _read_json(path / "eval.json")
     if results is not None:
         stage["eval"] = _eval_summary(results)
-        stage["episodes"] = _read_episodes(path / EPISODES_FILE, results, limits)
+        stage["episodes"] = _read_episodes(path, results, limits)
     training = _read_json(path / "training.json")
     if training is not None:
         stage["training"] = _scalars(training)
@@ -141,6 +141,8 @@ def _eval_summary(results: dict) -> dict:
     }
     if "fingerprint" in results:
         summary["fingerprint"] = results["fingerprint"]
+    if "sampled" in results:
+        summary["sampled"] = _eval_summary(results["sampled"])
     return summary
 
 
@@ -155,30 +157,43 @@ def _messages(messages: list[dict], limit: int, parts: list[str]) -> list[dict]:
     return out
 
 
-def _read_episodes(path: Path, results: dict, limits: ReportLimits) -> dict:
-    """Every episode's outcome, and the conversations of the first `max_episodes`."""
+def _read_episodes(stage_dir: Path, results: dict, limits: ReportLimits) -> dict:
+    """Every episode's outcome, greedy then sampled (`sample` set), and the conversations of the
+    first `max_episodes`, those with a revision turn first (what a reader looks for)."""
     summaries = {e.get("task_id"): e for e in results.get("episodes", [])}
     items = []
-    if path.exists():
+    for name, sampled in ((EPISODES_FILE, False), (SAMPLED_EPISODES_FILE, True)):
+        path = stage_dir / name
+        if not path.exists():
+            continue
         with open(path, encoding="utf-8") as f:
             for line in f:
                 if not line.strip():
                     continue
                 episode = json.loads(line)
-                actions = episode.get("actions", [])
                 item = {k: episode.get(k) for k in ("task_id", "reward", "success", "turns", "error")}
-                item.update({k: v for k, v in summaries.get(item["task_id"], {}).items()
-                             if k not in item and isinstance(v, (int, float, str, bool))})
+                if sampled:
+                    item["sample"] = (episode.get("meta") or {}).get("sample")
+                else:
+                    item.update({k: v for k, v in summaries.get(item["task_id"], {}).items()
+                                 if k not in item and isinstance(v, (int, float, str, bool))})
                 revision_action = episode.get("revision_action", REVISION_ACTION)
-                item["revision_turns"] = sum(is_revision(a, revision_action) for a in actions)
-                if len(items) < limits.max_episodes:
-                    messages = episode.get("messages", [])
-                    parts = [_episode_part(m, revision_action) for m in messages[HEADER_LEN:]]
-                    item["messages"] = _messages(messages, limits.max_text, parts)
+                item["revision_turns"] = sum(is_revision(a, revision_action) for a in episode.get("actions", []))
+                item["key"] = str(item["task_id"]) + (f"#{item['sample']}" if sampled else "")
+                item["_episode"] = episode
                 items.append(item)
-    else:  # conversations lost; the outcomes are still in eval.json
-        items = [{**e, "revision_turns": None} for e in results.get("episodes", [])]
-    items.sort(key=lambda e: _natural_key(str(e.get("task_id"))))  # file order: as episodes ended
+    if not items:  # conversations lost; the outcomes are still in eval.json
+        items = [{**e, "revision_turns": None, "key": str(e.get("task_id"))} for e in results.get("episodes", [])]
+    for item in sorted((i for i in items if "_episode" in i), key=lambda i: not i["revision_turns"])[:limits.max_episodes]:
+        episode = item["_episode"]
+        revision_action = episode.get("revision_action", REVISION_ACTION)
+        messages = episode.get("messages", [])
+        parts = [_episode_part(m, revision_action) for m in messages[HEADER_LEN:]]
+        item["messages"] = _messages(messages, limits.max_text, parts)
+    for item in items:
+        item.pop("_episode", None)
+    # greedy before sampled, each in task order (the files hold episodes as they ended)
+    items.sort(key=lambda e: ("sample" in e, _natural_key(str(e.get("task_id"))), e.get("sample") or 0))
     return {"items": items, "total": len(items), "embedded": sum("messages" in i for i in items)}
 
 

@@ -47,20 +47,36 @@ def kept_text(stage: dict) -> str:
     return f"{stats['revision_trajectories']} + {stats.get('good_trajectories', 0)}"
 
 
+def behaviour(evaluation: dict) -> dict:
+    """The stage's revision rate, recovery rate and repeat fraction: of its sampled episodes
+    where it played any (the larger sample), else of the greedy ones."""
+    metrics = (evaluation.get("sampled") or evaluation)["metrics"]
+    return {"revision": percent(metrics.get("revision_rate")),
+            "recovery": percent(metrics.get("recovery_rate")),
+            "repeats": "-" if metrics.get("repeat_fraction") is None else f"{metrics['repeat_fraction']:.2f}"}
+
 
 def format_summary(run: dict, report: str | Path | None = None) -> str:
-    """A text table of `run` (a `read_run` result): success with its interval where the
-    evaluation has one, revision rate, Phase I's kept trajectories and wall time per phase;
-    then the report's and the run directory's paths."""
-    head = ("stage", "success", "revision rate", "Phase I kept (rev + good)", "Phase I", "training", "eval")
+    """A text table of `run` (a `read_run` result): greedy and sampled success with their
+    intervals where the evaluation has them; revision rate, recovery rate (the share of revised
+    episodes that succeeded) and repeat fraction (of the sampled episodes where there are any);
+    Phase I's kept trajectories and wall time per phase; then the report's and the run
+    directory's paths."""
+    head = ("stage", "success", "sampled success", "revision rate", "recovery", "repeats",
+            "Phase I kept (rev + good)", "Phase I", "training", "eval")
     rows = [head]
     for stage in run["stages"]:
         evaluation = stage.get("eval")
         times = stage_times(stage)
-        rows.append((stage["name"], success_text(evaluation) if evaluation else "-",
-                     percent(evaluation["metrics"].get("revision_rate")) if evaluation else "-",
-                     kept_text(stage), format_seconds(times["phase1"]), format_seconds(times["train"]),
-                     format_seconds(times["eval"])))
+        if evaluation:
+            sampled = evaluation.get("sampled")
+            shown = behaviour(evaluation)
+            cells = (success_text(evaluation), success_text(sampled) if sampled else "-",
+                     shown["revision"], shown["recovery"], shown["repeats"])
+        else:
+            cells = ("-",) * 5
+        rows.append((stage["name"], *cells, kept_text(stage), format_seconds(times["phase1"]),
+                     format_seconds(times["train"]), format_seconds(times["eval"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
