@@ -40,6 +40,25 @@ started=$SECONDS
 step() { printf '\n== %s (%ds)\n' "$*" $((SECONDS - started)); }
 fail() { echo "gpu-smoke: FAILED: $*" >&2; exit 1; }
 
+check_one_engine_per_gpu() {
+    local apps engines_per_gpu on_gpus
+    apps=$(nvidia-smi --query-compute-apps=gpu_uuid,pid --format=csv,noheader)
+    engines_per_gpu=$(echo "$apps" | while IFS=', ' read -r gpu pid; do
+        if [[ -n "$pid" ]] && ps -o args= -p "$pid" 2> /dev/null | grep -q "VLLM::EngineCore"; then echo "$gpu"; fi
+    done | sort | uniq -c)
+    if [[ -z "$engines_per_gpu" ]]; then
+        echo "NOT CHECKED: nvidia-smi shows no vLLM engine process here (a PID namespace?):"
+        echo "$apps"
+        return
+    fi
+    echo "$engines_per_gpu"
+    on_gpus=$(echo "$engines_per_gpu" | grep -c .)
+    (( on_gpus == gpus )) || fail "vLLM engines on $on_gpus GPU(s), expected one on each of $gpus"
+    if echo "$engines_per_gpu" | awk '$1 != 1 { bad = 1 } END { exit !bad }'; then
+        fail "a GPU holds more than one vLLM engine"
+    fi
+}
+
 step "1/4 GPU engine tests"
 python -m pytest -q -m gpu tests/test_engines.py tests/test_engine_devices.py
 [[ "$engine" == vllm ]] || echo "NOT CHECKED: vLLM's sleep/wake and LoRA on GPU (ENGINE=hf: the vLLM tests skip)"
@@ -58,21 +77,7 @@ step "3/4 one vLLM engine per GPU while Phase I runs"
 if [[ "$engine" == hf ]]; then
     echo "NOT CHECKED: one vLLM engine process per GPU (ENGINE=hf generates in the training process)"
 else
-apps=$(nvidia-smi --query-compute-apps=gpu_uuid,pid --format=csv,noheader)
-engines_per_gpu=$(echo "$apps" | while IFS=', ' read -r gpu pid; do
-    if [[ -n "$pid" ]] && ps -o args= -p "$pid" 2> /dev/null | grep -q "VLLM::EngineCore"; then echo "$gpu"; fi
-done | sort | uniq -c)
-if [[ -z "$engines_per_gpu" ]]; then
-    echo "NOT CHECKED: nvidia-smi shows no vLLM engine process here (a PID namespace?):"
-    echo "$apps"
-else
-    echo "$engines_per_gpu"
-    on_gpus=$(echo "$engines_per_gpu" | grep -c .)
-    (( on_gpus == gpus )) || fail "vLLM engines on $on_gpus GPU(s), expected one on each of $gpus"
-    if echo "$engines_per_gpu" | awk '$1 != 1 { bad = 1 } END { exit !bad }'; then
-        fail "a GPU holds more than one vLLM engine"
-    fi
-fi
+    check_one_engine_per_gpu
 fi
 
 python -c 'import glob, json, os, sys
