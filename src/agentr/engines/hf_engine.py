@@ -7,7 +7,9 @@ decoding when temperature is 0; stop strings cut the text after generation (and 
 Sampling is seeded per sample, not per batch: every sample (row) has its own random generator,
 seeded from its request's seed, and draws its token as the argmax of the tempered logits plus
 Gumbel noise from that generator (the Gumbel-max trick: exactly a draw from the softmax). So a
-seeded request gets the same draws in any batch, and seeded requests are still batched.
+seeded request gets the same random draws in any batch (its tokens can still differ where padding
+changes the logits' rounding, as in vLLM), and seeded requests are still batched.
+
 LoRA adapters load through PEFT; switching adapters unloads the previous one (never merges).
 """
 

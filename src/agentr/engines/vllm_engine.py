@@ -42,7 +42,6 @@ usual `if __name__ == "__main__":` guard.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import logging
 import os
@@ -171,16 +170,6 @@ def _set_environment(variables: dict[str, str | None]) -> None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-
-
-def _return_freed_memory() -> None:
-    """Hand the heap's free pages back to the system (glibc's `malloc_trim`): an engine core
-    stopped in this process leaves gigabytes freed but still resident, which training would
-    otherwise add to."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 @contextlib.contextmanager
@@ -582,7 +571,6 @@ class VLLMEngine(Engine):
             log.debug("vLLM shutdown: %s", error)
         del llm
         gc.collect()
-        _return_freed_memory()
 
     def _serve_merged(self, adapter: str | None) -> None:
         """Restart vLLM on the base model with `adapter` merged in (None: the base model)."""
