@@ -192,10 +192,12 @@ def toy_policy(weights: dict[str, float] | None = None) -> Callable[[Conversatio
 
 class SeedDrawnEngine(ScriptedEngine):
     """Samples toy actions from each request's own seed (as vLLM does with per-request seeds),
-    not from the prompt: what a tree draws depends on the seeds it is given alone."""
+    not from the prompt: what a tree draws depends on the seeds it is given alone. The verifier
+    is `judge` (default: Bad on every action but `good`)."""
 
-    def __init__(self, weights: dict[str, float] | None = None, **kwargs):
-        super().__init__(toy_policy(weights), judge_bad_on("noop", "lose", "half", "boom"), **kwargs)
+    def __init__(self, weights: dict[str, float] | None = None,
+                 judge: Callable[[Conversation], str] | None = None, **kwargs):
+        super().__init__(toy_policy(weights), judge or judge_bad_on("noop", "lose", "half", "boom"), **kwargs)
         self.weights = weights
 
     def generate(self, conversations, sampling):
