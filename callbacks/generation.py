@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import Callback
 
 from agentr.engines.base import Engine
 from agentr.engines.config import EngineConfig
+from agentr.memory import return_freed_heap
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class GenerationCallback(Callback):
         `weights` is a LoRA adapter directory, or a whole model directory (full fine-tuning),
         for which the engine is rebuilt on those weights.
         """
+        return_freed_heap()  # what training freed, before the engine (re)starts beside it
         if _is_model(weights):
             if self._module_kwargs.get("model") != str(weights):
                 self.close()
@@ -92,9 +94,10 @@ class GenerationCallback(Callback):
                 "adapter": weights_digest(weights)}
 
     def release(self) -> None:
-        """Hand the accelerator back to training."""
+        """Hand the accelerator (and on CPU the memory) back to training."""
         if self._engine is not None:
             self._engine.sleep()
+        return_freed_heap()
 
     def close(self) -> None:
         """Shut the engine down (a later use starts a new one)."""
