@@ -12,12 +12,15 @@ from agentr.memory import _malloc_trim
 
 pytestmark = pytest.mark.skipif(_malloc_trim() is None, reason="the C library has no malloc_trim")
 
-# In a fresh process: glibc made to keep every freed block of up to 64 MB on its heap (as it
-# does by itself once training has freed a few large tensors), 1 GB of activation-sized tensors
-# allocated and freed, then the hand-over. The fake engine reads the resident size when it wakes.
+# In a fresh process: glibc made to serve blocks of up to 64 MB from its heap (as it does by itself
+# once training has freed a few large tensors) and to leave the heap's top untrimmed, 1 GB of
+# activation-sized tensors allocated between small ones that stay (so the freed gigabyte is holes,
+# as after a training step) and freed, then the hand-over. The fake engine reads the resident size when it wakes.
 SCRIPT = textwrap.dedent("""
     import ctypes, json
-    ctypes.CDLL("libc.so.6").mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD
     import torch
     from agentr.callbacks import GenerationCallback
 
@@ -32,7 +35,10 @@ SCRIPT = textwrap.dedent("""
         def sleep(self):
             pass
 
-    held = [torch.ones(2 << 20) for _ in range(128)]  # 128 x 8 MB, written, so resident
+    held, kept = [], []
+    for _ in range(128):  # 128 x 8 MB, written, so resident
+        held.append(torch.ones(2 << 20))
+        kept.append(torch.ones(1024))
     del held
     freed = resident_gb()
     callback = GenerationCallback()
