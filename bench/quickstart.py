@@ -56,9 +56,13 @@ def timed_fit(command: list[str]) -> dict:
     status = subprocess.run(command, cwd=ROOT).returncode
     done.set()
     wall = time.monotonic() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6  # KB -> GB
-    return {"wall_seconds": wall, "exit": status, "peak_rss_gb": peak, "load_before": load_before,
-            "load_after": os.getloadavg(), "loads": loads}
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # The fit's share of the machine: below 1, other processes had part of the cores (a load
+    # average counts waiting processes too, so it cannot say how much the fit itself got).
+    cpu_share = (usage.ru_utime + usage.ru_stime) / wall / (os.cpu_count() or 1)
+    return {"wall_seconds": wall, "exit": status, "peak_rss_gb": usage.ru_maxrss / 1e6,  # KB -> GB
+            "cpu_share": cpu_share, "load_before": load_before, "load_after": os.getloadavg(),
+            "loads": loads}
 
 
 def _rate(metrics: dict, n: int) -> str:
@@ -120,7 +124,8 @@ def record(run_dir: Path, command: str, timing: dict | None, note: str) -> str:
                   f"{timing['peak_rss_gb']:.1f} GB; {os.cpu_count()} CPUs; load average before "
                   f"{timing['load_before'][0]:.1f}, during (1-minute, every 10 s) median "
                   f"{statistics.median(loads):.1f} max {max(loads):.1f}, after "
-                  f"{timing['load_after'][0]:.1f}.", ""]
+                  f"{timing['load_after'][0]:.1f}; the fit's CPU time was "
+                  f"{timing['cpu_share']:.0%} of the machine's.", ""]
     else:
         lines += ["Not timed here (recorded from its run directory).", ""]
     lines += stage_rows(run_dir) + [""] + phase1_rows(run_dir) + [""]
