@@ -34,6 +34,7 @@ from agentr.envs.server import (
     ANSWER_FORMATS,
     EnvHTTPServer,
     EnvService,
+    _Failure,
     make_server,
 )
 
@@ -384,6 +385,45 @@ def serving(service: EnvService, **options):
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+class FailingOnceService(EnvService):
+    """agentr's service whose first answer to `GET /info` is an HTTP 500 (a passing fault)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.failed = False
+
+    def handle(self, method, path, query, body):
+        if path == "/info" and not self.failed:
+            self.failed = True
+            raise _Failure(500, "a passing fault", "InternalError")
+        return super().handle(method, path, query, body)
+
+
+def test_a_failed_info_is_not_remembered():
+    """One 500 on /info fails that use loudly (or, where /info is optional, answers None), and
+    the next use asks again: the client does not decide for good that the server is not an
+    agentr server, nor play with an empty instruction."""
+    for required in (True, False):
+        with serving(FailingOnceService("toy", ToyEnv)) as server:
+            remote = client(server.url)
+            if required:
+                with pytest.raises(HTTPEnvError, match="/info failed with HTTP 500"):
+                    remote.instruction
+            else:
+                assert remote.server_info(required=False) is None
+            assert remote.instruction == ToyEnv().instruction
+            assert remote.task_ids("train") == ToyEnv().task_ids("train")
+            assert remote.server_info(required=False)["name"] == "toy"
+
+
+def test_no_episode_is_played_without_an_instruction():
+    with serving(WebShopLikeService("toy", ToyEnv)) as server:  # no /info: not an agentr server
+        remote = client(server.url, task_ids={"train": ["t0"], "test": []})
+        with pytest.raises(HTTPEnvError, match="no task instruction.*pass instruction="):
+            remote.instruction
+        assert client(server.url, instruction="Play.").instruction == "Play."
 
 
 def test_agentgym_textcraft_client_plays_agentgym_task_numbers():
