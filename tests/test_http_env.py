@@ -703,6 +703,60 @@ def test_bad_requests_answer_400_413_408_and_free_their_thread():
         assert len(service.instances) == 1
 
 
+def _handler_threads() -> int:
+    """Threads serving a connection (socketserver's `process_request_thread`)."""
+    return sum("process_request_thread" in t.name for t in threading.enumerate())
+
+
+def _wait_for(condition, seconds: float = 3.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_stalled_connections_hold_at_most_max_connections_threads():
+    with serving(EnvService("toy", ToyEnv), request_timeout=1.0, max_connections=2) as server:
+        address = server.server_address[:2]
+        with contextlib.ExitStack() as stack:
+            stalled = [stack.enter_context(socket.create_connection(address, timeout=3))
+                       for _ in range(2)]  # connect, send nothing
+            _wait_for(lambda: _handler_threads() == 2)
+            for _ in range(4):  # past the bound: answered at once, no thread
+                with socket.create_connection(address, timeout=3) as extra:
+                    answer = extra.recv(65536)
+                assert answer.startswith(b"HTTP/1.1 503") and b"max_connections" in answer
+            assert _handler_threads() == 2
+            # agentr's client retries the 503 until the stalled connections time out
+            remote = HTTPEnvironment(server.url, timeout=5, retries=6, backoff=0.1)
+            assert remote.instruction == ToyEnv().instruction
+            assert all(sock.recv(65536) == b"" for sock in stalled)  # dropped by the server
+        _wait_for(lambda: _handler_threads() == 0)
+
+
+class SlowService(EnvService):
+    """Answers after 0.2 s: time for a client to hang up first."""
+
+    def handle(self, method, path, query, body):
+        time.sleep(0.2)
+        return super().handle(method, path, query, body)
+
+
+def test_a_client_that_hangs_up_leaves_no_traceback(capsys):
+    import struct
+
+    with serving(SlowService("toy", ToyEnv)) as server:
+        for _ in range(3):
+            sock = socket.create_connection(server.server_address[:2], timeout=3)
+            sock.sendall(b"GET /info HTTP/1.1\r\nConnection: close\r\n\r\n")
+            # close with a reset: the server's answer meets a connection that is gone
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        _wait_for(lambda: _handler_threads() == 0)
+        assert client(server.url).instruction == ToyEnv().instruction  # still serving
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_client_deadline_is_per_request_not_per_read():
     """A server that answers one byte every 0.1 s (a 40-byte body: 4 s) against a 1 s client."""
     listener = socket.create_server(("127.0.0.1", 0))
