@@ -383,20 +383,12 @@ def test_runs_branch_from_a_stopped_run(tmp_path, tiny_model_dir, no_crash):
 
 
 def test_a_second_fit_of_a_run_directory_is_refused(tmp_path, tiny_model_dir, no_crash, capsys):
-    from test_run_lock import hold_lock
+    from test_run_lock import assert_refused_while_held
 
-    config = write_config(tmp_path, tiny_model_dir)
-    holder = hold_lock(tmp_path / "run")  # a fit of this run directory in another process
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            fit(config)
-    finally:
-        holder.communicate("")
-    assert exit_info.value.code == 1
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith(f"agentr: error: {tmp_path / 'run'} is being written by another "
-                            f"agentr process (pid {holder.pid}")
-    assert not (tmp_path / "run" / "base").exists() and not (tmp_path / "run" / "checkpoints").exists()
+    run = tmp_path / "run"  # a fit of this run directory goes on in another process
+    assert_refused_while_held(run, ["fit", "--config", str(write_config(tmp_path, tiny_model_dir))],
+                              capsys)
+    assert not (run / "base").exists() and not (run / "checkpoints").exists()
 
 
 def test_stop_after_must_be_an_iteration_of_the_run():

@@ -26,20 +26,26 @@ def hold_lock(directory: Path) -> subprocess.Popen:
     return holder
 
 
-@pytest.mark.parametrize("command", ["collect", "evaluate"])
-def test_a_second_writer_of_an_out_dir_is_refused_naming_the_holder(tmp_path, command, capsys):
-    out_dir = tmp_path / "out"
-    holder = hold_lock(out_dir)
+def assert_refused_while_held(directory: Path, args: list[str], capsys) -> None:
+    """`agentr ARGS` while another process holds `directory`'s lock: one line naming it."""
+    holder = hold_lock(directory)
     try:
         with pytest.raises(SystemExit) as exit_info:
-            main([command, "--model", str(tmp_path / "no-model"), "--env_options", '{"max_depth": 1}',
-                  "--num_tasks", "1", "--out_dir", str(out_dir)])
+            main(args)
     finally:
         holder.communicate("")
     assert exit_info.value.code == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith(f"agentr: error: {out_dir} is being written by another agentr process "
-                            f"(pid {holder.pid}")
+    assert error.startswith(f"agentr: error: {directory} is being written by another agentr "
+                            f"process (pid {holder.pid}")
+
+
+@pytest.mark.parametrize("command", ["collect", "evaluate"])
+def test_a_second_writer_of_an_out_dir_is_refused_naming_the_holder(tmp_path, command, capsys):
+    out_dir = tmp_path / "out"
+    assert_refused_while_held(out_dir, [command, "--model", str(tmp_path / "no-model"),
+                                        "--env_options", '{"max_depth": 1}', "--num_tasks", "1",
+                                        "--out_dir", str(out_dir)], capsys)
     assert sorted(p.name for p in out_dir.iterdir()) == [LOCK_FILE]  # nothing else written
 
 
