@@ -173,11 +173,6 @@ class AgentRIterations(Callback):
         # Each epoch's data comes from train_dataloader(), so Lightning must call it every epoch.
         trainer.reload_dataloaders_every_n_epochs = 1
         self.run_dir = Path(trainer.default_root_dir)
-        # one fit per run directory: rank 0 holds its lock, and every rank stops when refused
-        self._lock = DirectoryLock(self.run_dir)
-        refusal = Ranks.current().decide(self._lock.try_acquire)
-        if refusal is not None:
-            raise DirectoryInUseError(refusal)
         shared_token(Ranks.current(), self.run_dir)  # fails fast unless every node sees it
         _find_callback(trainer, AgentRIterations)  # exactly one
         self.generation = _find_callback(trainer, GenerationCallback)
@@ -189,6 +184,7 @@ class AgentRIterations(Callback):
             raise TypeError(
                 f"AgentRIterations needs an agentr.data.AgentRDataModule, got {type(datamodule).__name__}"
             )
+        self._lock_run_dir()
         datamodule.set_epoch_hook(lambda: self.prepare_epoch(trainer))
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -197,6 +193,14 @@ class AgentRIterations(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                      exception: BaseException) -> None:
         self._release_lock()  # Lightning calls no teardown after an exception
+
+    def _lock_run_dir(self) -> None:
+        """One fit per run directory: rank 0 holds its lock, and every rank stops when refused."""
+        self._release_lock()  # of an earlier setup
+        self._lock = DirectoryLock(self.run_dir)
+        refusal = Ranks.current().decide(self._lock.try_acquire)
+        if refusal is not None:
+            raise DirectoryInUseError(refusal)
 
     def _release_lock(self) -> None:
         if self._lock is not None:
