@@ -22,6 +22,8 @@ Run directory layout (`trainer.default_root_dir`):
 At the end of the fit the report is written, logged to W&B as an artifact of type "report"
 when a `WandbLogger` is on, and the summary table is printed.
 
+One fit at a time writes a run directory: a second is refused at setup (`agentr.run_lock`).
+
 Multi-GPU: the run directory must be shared by all ranks (checked at setup); every decision
 taken from a file's existence is rank 0's, broadcast, so ranks never take different paths; long
 waits (expert data, evaluation, Phase I) are on marker files, not collective barriers.
@@ -42,9 +44,10 @@ from lightning.pytorch.loggers import WandbLogger
 
 from agentr.callbacks.evaluation import EvaluationCallback
 from agentr.callbacks.generation import GenerationCallback
-from agentr.errors import SettingError, check_range
+from agentr.errors import DirectoryInUseError, SettingError, check_range
 from agentr.jsonfiles import write_json
 from agentr.ranks import Ranks, main_rank_does, shared_token
+from agentr.run_lock import DirectoryLock
 from agentr.trajectory import read_jsonl, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
@@ -158,6 +161,7 @@ class AgentRIterations(Callback):
         self.warm_start = warm_start
         self._loaded: int | None = None  # iteration whose data the DataModule holds
         self.run_dir = Path(".")
+        self._lock: DirectoryLock | None = None
 
     # ---- Lightning hooks --------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -180,7 +184,28 @@ class AgentRIterations(Callback):
             raise TypeError(
                 f"AgentRIterations needs an agentr.data.AgentRDataModule, got {type(datamodule).__name__}"
             )
+        self._lock_run_dir()
         datamodule.set_epoch_hook(lambda: self.prepare_epoch(trainer))
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._release_lock()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                     exception: BaseException) -> None:
+        self._release_lock()  # Lightning calls no teardown after an exception
+
+    def _lock_run_dir(self) -> None:
+        """One fit per run directory: rank 0 holds its lock, and every rank stops when refused."""
+        self._release_lock()  # of an earlier setup
+        self._lock = DirectoryLock(self.run_dir)
+        refusal = Ranks.current().decide(self._lock.try_acquire)
+        if refusal is not None:
+            raise DirectoryInUseError(refusal)
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_started = time.perf_counter()

@@ -259,6 +259,65 @@ def test_a_replay_of_a_finished_collection_keeps_its_statistics(tmp_path):
     assert grown.stats["engine_calls"]["expand"] == sum(r["engine_calls"]["expand"] for r in grown.stats["runs"])
 
 
+KILLED_RUN = """
+import os, signal, sys
+from pathlib import Path
+from search_fakes import CloneToyEnv, ScriptedEngine, judge_bad_on, toy_policy
+from agentr.search.collect import collect
+from agentr.search.config import SearchConfig
+
+out_dir = Path(sys.argv[1])
+
+class KilledEngine(ScriptedEngine):  # kill -9 once a task is finished: no cleanup runs
+    def generate(self, conversations, sampling):
+        if any((out_dir / "tasks").glob("*.jsonl")):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().generate(conversations, sampling)
+
+collect(KilledEngine(toy_policy(), judge_bad_on("noop", "lose", "half", "boom")),
+        lambda: CloneToyEnv(need=2), [f"t{i}" for i in range(5)],
+        SearchConfig(num_simulations=4, n_expand=4, max_depth=5, max_concurrent_trees=1), out_dir,
+        progress=False)
+"""
+
+
+def test_a_run_killed_with_sigkill_keeps_its_time_in_the_statistics(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(tmp_path)], env=env)
+    assert killed.returncode == -9
+    finished = len(list((tmp_path / "tasks").glob("*.jsonl")))
+    assert finished >= 1 and not (tmp_path / "stats.json").exists()
+    _, resumed = _collect(tmp_path, max_concurrent_trees=1)
+    first, second = resumed.stats["runs"]
+    assert first["trees_searched"] == finished and first["engine_calls"]["expand"] > 0
+    assert first["wall_seconds"] > 0 and first["tasks_resumed"] == 0
+    assert second["tasks_resumed"] == finished and second["trees_searched"] == len(TASKS) - finished
+    assert resumed.stats["wall_seconds"] == pytest.approx(first["wall_seconds"] + second["wall_seconds"],
+                                                          abs=1e-3)
+    assert resumed.stats["engine_calls"]["expand"] == sum(r["engine_calls"]["expand"] for r in (first, second))
+
+
+@pytest.mark.parametrize("include_good", [True, False])
+def test_the_statistics_count_the_trajectories_of_a_torn_task_file(tmp_path, include_good):
+    from collections import Counter
+
+    _, whole = _collect(tmp_path, include_good=include_good)
+    for path in (tmp_path / "tasks").glob("*.jsonl"):
+        text = path.read_text()
+        path.write_text(text[:-10])  # its last line torn (as a full disk leaves it)
+    _, rebuilt = _collect(tmp_path, include_good=include_good)  # skips the torn lines
+    data = list(read_jsonl(rebuilt.dataset))
+    kinds = Counter(t.kind for t in data)
+    stats = rebuilt.stats
+    assert len(data) < whole.stats["revision_trajectories"] + whole.stats["good_trajectories"]
+    assert (stats["revision_trajectories"], stats["good_trajectories"]) == (kinds["revision"], kinds["good"])
+    steps = Counter(t.meta["transition_step"] for t in data if t.kind == "revision")
+    assert stats["transition_step_histogram"] == dict(sorted(steps.items()))
+    assert sum(stats["transition_sources"].values()) == kinds["revision"]
+    assert f"{kinds['revision']} revision + {kinds['good']} good" in phase1_report(stats)
+
+
 def test_resume_refuses_another_policy(tmp_path, tiny_model_dir):
     """A collection resumed from another model (same files, other weights) refuses to mix."""
     import shutil

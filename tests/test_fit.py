@@ -64,6 +64,28 @@ class LuckyDataModule(AgentRDataModule):
         return LuckyEnv()
 
 
+class HopelessTestEnv(LuckyEnv):
+    """LuckyEnv with 10 test tasks that no reply solves: the untrained model scores 0/10, the
+    most common first run of a new environment (its train tasks still give Phase I data)."""
+
+    name = "hopeless"
+
+    def task_ids(self, split: str) -> list[str]:
+        return [f"{split}-{i}" for i in range(10 if split == "test" else 4)]
+
+    def spawn(self) -> HopelessTestEnv:
+        return HopelessTestEnv()
+
+    def _step(self, action: str) -> tuple[str, float, bool]:
+        observation, reward, done = super()._step(action)
+        return observation, 0.0 if self.task_id.startswith("test") else reward, done
+
+
+class HopelessTestDataModule(AgentRDataModule):
+    def make_env(self) -> Environment:
+        return HopelessTestEnv()
+
+
 def write_config(tmp_path: Path, model_dir: str, max_concurrent_trees: int = 32, engine: str = "hf") -> Path:
     run = tmp_path / "run"
     config = {
@@ -153,6 +175,31 @@ def test_fit_runs_both_phases_on_a_user_environment(tmp_path, tiny_model_dir, no
     schedule = ckpt["agentr_schedule"]
     assert schedule["restarted"] and 0 < schedule["start"] < ckpt["global_step"]
     assert schedule["start"] + schedule["total"] == ckpt["global_step"]
+
+
+def test_fit_of_a_new_environment_whose_base_model_scores_zero(tmp_path, tiny_model_dir, no_crash, capsys):
+    """0/10 on the test tasks at every stage: the fit runs to its end and reports 0 with an
+    interval [0, high] (a Wilson bound of 2.8e-17 once made the plot raise and end the fit)."""
+    config_path = write_config(tmp_path, tiny_model_dir)
+    config = yaml.safe_load(config_path.read_text())
+    config["data"]["class_path"] = "test_fit.HopelessTestDataModule"
+    callbacks = config["trainer"]["callbacks"]
+    callbacks[1]["init_args"].update(iterations=1, epochs=[1], alpha=[0.5])
+    callbacks[2]["init_args"] = {"max_turns": 2, "max_tokens": 8}  # all 10 test tasks
+    config_path.write_text(yaml.safe_dump(config))
+    fit(config_path)
+
+    run = tmp_path / "run"
+    summary = capsys.readouterr().out
+    for stage in ("base", "iteration_1"):
+        results = json.loads((run / stage / "eval.json").read_text())
+        low, high = results["metrics"]["success_rate_ci"]
+        assert results["num_episodes"] == 10 and results["metrics"]["success_rate"] == 0.0
+        assert low == 0.0 and 0.0 < high <= 1.0
+        row = next(line for line in summary.splitlines() if line.startswith(stage + " "))
+        assert "0% (0/10)" in row
+    assert (run / "iteration_1" / "adapter").is_dir()
+    assert (run / "success_rate.png").stat().st_size > 0 and (run / "report.html").exists()
 
 
 def _check_summary_and_report(printed: str, run: Path) -> None:
@@ -333,6 +380,15 @@ def test_runs_branch_from_a_stopped_run(tmp_path, tiny_model_dir, no_crash):
     went_on = torch.load(newest, weights_only=False)
     assert (stopped["epoch"], went_on["epoch"]) == (1, 2)
     assert went_on["agentr_schedule"]["start"] == stopped["global_step"]
+
+
+def test_a_second_fit_of_a_run_directory_is_refused(tmp_path, tiny_model_dir, no_crash, capsys):
+    from test_run_lock import assert_refused_while_held
+
+    run = tmp_path / "run"  # a fit of this run directory goes on in another process
+    assert_refused_while_held(run, ["fit", "--config", str(write_config(tmp_path, tiny_model_dir))],
+                              capsys)
+    assert not (run / "base").exists() and not (run / "checkpoints").exists()
 
 
 def test_stop_after_must_be_an_iteration_of_the_run():

@@ -34,6 +34,7 @@ from agentr.envs.server import (
     ANSWER_FORMATS,
     EnvHTTPServer,
     EnvService,
+    _Failure,
     make_server,
 )
 
@@ -386,6 +387,45 @@ def serving(service: EnvService, **options):
         thread.join(timeout=5)
 
 
+class FailingOnceService(EnvService):
+    """agentr's service whose first answer to `GET /info` is an HTTP 500 (a passing fault)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.failed = False
+
+    def handle(self, method, path, query, body):
+        if path == "/info" and not self.failed:
+            self.failed = True
+            raise _Failure(500, "a passing fault", "InternalError")
+        return super().handle(method, path, query, body)
+
+
+def test_a_failed_info_is_not_remembered():
+    """One 500 on /info fails that use loudly (or, where /info is optional, answers None), and
+    the next use asks again: the client does not decide for good that the server is not an
+    agentr server, nor play with an empty instruction."""
+    for required in (True, False):
+        with serving(FailingOnceService("toy", ToyEnv)) as server:
+            remote = client(server.url)
+            if required:
+                with pytest.raises(HTTPEnvError, match="/info failed with HTTP 500"):
+                    remote.instruction
+            else:
+                assert remote.server_info(required=False) is None
+            assert remote.instruction == ToyEnv().instruction
+            assert remote.task_ids("train") == ToyEnv().task_ids("train")
+            assert remote.server_info(required=False)["name"] == "toy"
+
+
+def test_no_episode_is_played_without_an_instruction():
+    with serving(WebShopLikeService("toy", ToyEnv)) as server:  # no /info: not an agentr server
+        remote = client(server.url, task_ids={"train": ["t0"], "test": []})
+        with pytest.raises(HTTPEnvError, match="no task instruction.*pass instruction="):
+            remote.instruction
+        assert client(server.url, instruction="Play.").instruction == "Play."
+
+
 def test_agentgym_textcraft_client_plays_agentgym_task_numbers():
     with serving(EnvService("textcraft", lambda: TextCraftEnv(split_scheme="agentgym"),
                             answer_format=ANSWER_FORMATS["textcraft"])) as server:
@@ -661,6 +701,60 @@ def test_bad_requests_answer_400_413_408_and_free_their_thread():
         # still serving, and nothing was created by the bad requests
         assert _post(server.url, "/reset", {"id": env_id, "data_idx": 3})["observation"]
         assert len(service.instances) == 1
+
+
+def _handler_threads() -> int:
+    """Threads serving a connection (socketserver's `process_request_thread`)."""
+    return sum("process_request_thread" in t.name for t in threading.enumerate())
+
+
+def _wait_for(condition, seconds: float = 3.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_stalled_connections_hold_at_most_max_connections_threads():
+    with serving(EnvService("toy", ToyEnv), request_timeout=1.0, max_connections=2) as server:
+        address = server.server_address[:2]
+        with contextlib.ExitStack() as stack:
+            stalled = [stack.enter_context(socket.create_connection(address, timeout=3))
+                       for _ in range(2)]  # connect, send nothing
+            _wait_for(lambda: _handler_threads() == 2)
+            for _ in range(4):  # past the bound: answered at once, no thread
+                with socket.create_connection(address, timeout=3) as extra:
+                    answer = extra.recv(65536)
+                assert answer.startswith(b"HTTP/1.1 503") and b"max_connections" in answer
+            assert _handler_threads() == 2
+            # agentr's client retries the 503 until the stalled connections time out
+            remote = HTTPEnvironment(server.url, timeout=5, retries=6, backoff=0.1)
+            assert remote.instruction == ToyEnv().instruction
+            assert all(sock.recv(65536) == b"" for sock in stalled)  # dropped by the server
+        _wait_for(lambda: _handler_threads() == 0)
+
+
+class SlowService(EnvService):
+    """Answers after 0.2 s: time for a client to hang up first."""
+
+    def handle(self, method, path, query, body):
+        time.sleep(0.2)
+        return super().handle(method, path, query, body)
+
+
+def test_a_client_that_hangs_up_leaves_no_traceback(capsys):
+    import struct
+
+    with serving(SlowService("toy", ToyEnv)) as server:
+        for _ in range(3):
+            sock = socket.create_connection(server.server_address[:2], timeout=3)
+            sock.sendall(b"GET /info HTTP/1.1\r\nConnection: close\r\n\r\n")
+            # close with a reset: the server's answer meets a connection that is gone
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        _wait_for(lambda: _handler_threads() == 0)
+        assert client(server.url).instruction == ToyEnv().instruction  # still serving
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_client_deadline_is_per_request_not_per_read():

@@ -18,6 +18,10 @@ class ProvenanceError(RuntimeError):
     environment, tasks or settings) than the run that was asked to continue in it."""
 
 
+class DirectoryInUseError(RuntimeError):
+    """An output directory is being written by another agentr process (`agentr.run_lock`)."""
+
+
 class InfrastructureError(RuntimeError):
     """Too many episodes ended in an environment or engine failure for the result to mean anything."""
 

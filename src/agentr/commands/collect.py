@@ -5,6 +5,7 @@ from __future__ import annotations
 from agentr.engines.config import EngineConfig
 from agentr.errors import check_range
 from agentr.provenance import env_description
+from agentr.run_lock import DirectoryLock
 from agentr.search.collect import collect
 from agentr.search.config import SearchConfig
 
@@ -29,7 +30,8 @@ def collect_command(
     Writes OUT_DIR/dataset.jsonl (trajectories, see agentr.trajectory), OUT_DIR/trees/ (one
     search tree per task), OUT_DIR/tasks/ (per-task results), OUT_DIR/stats.json and
     OUT_DIR/report.html (see `agentr report`), and prints a summary. Running again with the
-    same OUT_DIR resumes: finished tasks are skipped.
+    same OUT_DIR resumes: finished tasks are skipped. One command at a time may write an OUT_DIR:
+    a second is refused.
 
     Args:
         model: Hugging Face id, model directory or .gguf file of the policy.
@@ -54,12 +56,12 @@ def collect_command(
     check_range("alpha", alpha, 0, 1, low_open=True)
     check_range("iteration", iteration, 0)
     env_factory, task_ids = split_tasks(env, split, num_tasks, env_options)
-    with make_engine(engine, model, adapter=adapter, seed=seed) as policy:
+    from agentr.report import format_summary, write_report
+
+    with DirectoryLock(out_dir), make_engine(engine, model, adapter=adapter, seed=seed) as policy:
         result = collect(policy, env_factory, task_ids, search, out_dir,
                          iteration=iteration, alpha=alpha, seed=seed, progress=progress,
                          provenance={"env": env_description(env, env_options), "split": split})
-    from agentr.report import format_summary, write_report
-
-    report, run = write_report(out_dir)
+        report, run = write_report(out_dir)
     print(format_summary(run, report))
     print(f"dataset:       {result.dataset}")

@@ -10,6 +10,7 @@ from agentr.errors import check_range
 from agentr.evaluation import EPISODES_FILE, evaluate, revision_test
 from agentr.provenance import env_description, policy_provenance
 from agentr.report import write_report
+from agentr.run_lock import DirectoryLock
 
 
 def format_table(rows: list[tuple[str, str]]) -> str:
@@ -80,7 +81,8 @@ def evaluate_command(
     `agentr report`), and prints a table. With
     --episodes_per_task K, also plays K sampled episodes per task (reported apart, under
     "sampled"). With --revision_from, also runs the revision test on that file's failed
-    episodes, those with reward at most --revision_max_reward (OUT_DIR/revision.json).
+    episodes, those with reward at most --revision_max_reward (OUT_DIR/revision.json). One
+    command at a time may write an OUT_DIR: a second is refused.
 
     Args:
         model: Hugging Face id, model directory or .gguf file.
@@ -120,7 +122,7 @@ def evaluate_command(
     check_range("temperature", temperature, 0)
     check_range("max_error_rate", max_error_rate, 0, 1)
     env_factory, task_ids = split_tasks(env, split, num_tasks, env_options)
-    with make_engine(engine, model, adapter=adapter, seed=seed) as policy:
+    with DirectoryLock(out_dir), make_engine(engine, model, adapter=adapter, seed=seed) as policy:
         provenance = {**policy_provenance(policy), "env": env_description(env, env_options),
                       "split": split}
         results = evaluate(policy, env_factory, task_ids, max_turns=max_turns,
@@ -140,7 +142,7 @@ def evaluate_command(
                                      max_error_rate=max_error_rate, out_dir=out_dir,
                                      progress=progress)
             rows += _result_rows(revision, prefix="revision ")
+        report, _ = write_report(out_dir)
     print(format_table(rows))
-    report, _ = write_report(out_dir)
     print(f"results: {Path(out_dir) / 'eval.json'}; episodes: "
           f"{Path(out_dir) / EPISODES_FILE}; report: {report}", file=sys.stderr)

@@ -18,6 +18,7 @@ def serve_command(
     answer_format: str | None = None,
     max_body_bytes: int = 1 << 20,
     request_timeout: float = 30.0,
+    max_connections: int = 64,
 ) -> None:
     """Serve an agentr environment over HTTP in the AgentGym protocol, until interrupted.
 
@@ -40,10 +41,12 @@ def serve_command(
         max_body_bytes: the largest request body accepted (413 past it).
         request_timeout: seconds a request body may take to arrive, and an idle connection
             may stay open (408 past it).
+        max_connections: the most connections served at once, each by its own thread (503
+            past it: clients retry).
     """
     server = make_server(
         name, host, port, options, max_envs, verbose or is_verbose(), answer_format, max_body_bytes,
-        request_timeout,
+        request_timeout, max_connections,
     )  # fmt: skip
     print(
         f"Serving agentr environment {name!r} at {server.url} (AgentGym protocol, "

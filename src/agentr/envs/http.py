@@ -22,8 +22,9 @@ server's answer format as its protocol unless given one. Against another server,
 last byte of the answer, however slowly the server trickles it). A refused connection and a
 502/503/504 answer are retried a bounded number of times with exponential backoff (nothing else
 is retried, so a step is never applied twice); every failure raises `HTTPEnvError` naming the
-URL, `ServerUnreachableError` when no answer came at all. A failed `GET /info` is not
-remembered: the next use asks again.
+URL, `ServerUnreachableError` when no answer came at all. A `GET /info` that failed (no answer,
+or a 5xx) is not remembered: the next use asks again. A client never plays an episode without a
+task instruction: `instruction` raises when neither the caller nor the server gives one.
 
 **Finished episodes.** AgentGym's BabyAI, SciWorld and ALFWorld servers answer an error to a
 step after `done`. The client never sends one: like agentr's local environments it answers
@@ -198,7 +199,8 @@ class HTTPEnvironment(Environment):
             default: an agentr server's answer format (`GET /info`), else "agentgym".
         task_ids: the task ids of each split, e.g. `{"train": range(0, 300), "test": range(300,
             400)}`; default: asked from an agentr server (`GET /info`).
-        instruction: the task instruction; default: an agentr server's, else "".
+        instruction: the task instruction; default: an agentr server's (other servers need
+            it given: no episode is played without one).
         timeout: seconds for a whole request, from connecting to the last byte of the answer.
         retries: extra attempts after a refused connection or a 502/503/504 answer.
         backoff: seconds before the first retry; doubled for each next one.
@@ -270,9 +272,16 @@ class HTTPEnvironment(Environment):
 
     @property
     def instruction(self) -> str:
+        """As given, else the agentr server's; never empty (no episode is played without one)."""
         if self._instruction is None:
             info = self.server_info(required=True)
             self._instruction = str(info.get("instruction", "")) if info else ""
+        if not self._instruction.strip():
+            raise HTTPEnvError(
+                f"no task instruction for the environment at {self.url}: the server gives none "
+                "(an agentr server gives its environment's in GET /info); pass instruction=... "
+                "to HTTPEnvironment (HTTPDataModule's instruction)"
+            )
         return self._instruction
 
     def task_ids(self, split: str) -> list[str]:
@@ -398,18 +407,23 @@ class HTTPEnvironment(Environment):
     # ---- helpers -----------------------------------------------------------------------------
     def server_info(self, required: bool = True) -> dict[str, Any] | None:
         """An agentr server's `GET /info` (name, instruction, splits, protocol, clone, expert),
-        or None for another server. Cached once the server answered; when it could not be
-        reached, `required` raises and otherwise None is returned, and the next call asks
+        or None for another server. Cached once the server gave a definite answer (a 4xx, or an
+        answer without splits: not an agentr server); when it could not be reached or failed
+        (a 5xx but 501), `required` raises and otherwise None is returned, and the next call asks
         again."""
         if self._info is None:
             try:
                 answer = self._request("GET", "/info")
-            except ServerUnreachableError:
-                if required:
+            except HTTPEnvError as error:
+                # a 4xx, or 501 Not Implemented (no GET at all), is a definite answer
+                status = error.status or 0
+                failed = isinstance(error, ServerUnreachableError) or (status >= 500 and status != 501)
+                if not failed:  # not an agentr server
+                    answer = None
+                elif required:
                     raise
-                return None
-            except HTTPEnvError:  # it answered, with an error: not an agentr server
-                answer = None
+                else:
+                    return None
             self._info = answer if isinstance(answer, dict) and "splits" in answer else {}
         return self._info or None
 

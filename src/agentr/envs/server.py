@@ -57,7 +57,9 @@ play on), "sciworld" and "babyai" the error `... has finished`, as AgentGym's se
 **Limits.** Every `/create` and `/clone` builds a new environment (`make_env(name, **options)`);
 at most `max_envs` are open at once (429 past it). A request body is at most `max_body_bytes`
 (413), and must arrive within `request_timeout` seconds (408; an idle keep-alive connection is
-dropped after as long), so no client can hold a handler thread forever. One lock per instance
+dropped after as long), so no client can hold a handler thread forever; at most
+`max_connections` connections have a thread at once (503 past it, which agentr's client retries),
+and a client that hangs up mid-answer is no error (no traceback). One lock per instance
 orders its requests. There is no authentication: anyone who can reach the port can run
 environments, so the server listens on loopback unless told otherwise, and warns when not.
 Uses only the standard library (`http.server.ThreadingHTTPServer`).
@@ -69,6 +71,8 @@ import contextlib
 import ipaddress
 import json
 import logging
+import socket
+import sys
 import threading
 import time
 import traceback
@@ -591,7 +595,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class EnvHTTPServer(ThreadingHTTPServer):
-    """A threading HTTP server around an `EnvService`."""
+    """A threading HTTP server around an `EnvService`, with one thread per open connection and
+    at most `max_connections` of them: a connection past that is answered 503 (which agentr's
+    client retries) and closed at once, so stalled clients cannot pile up threads."""
 
     daemon_threads = True
 
@@ -602,12 +608,55 @@ class EnvHTTPServer(ThreadingHTTPServer):
         verbose: bool = False,
         max_body_bytes: int = 1 << 20,
         request_timeout: float = 30.0,
+        max_connections: int = 64,
     ):
         self.service = service
         self.verbose = verbose
         self.max_body_bytes = max_body_bytes
         self.request_timeout = request_timeout
+        self.max_connections = max_connections
+        self._connection_slots = threading.BoundedSemaphore(max_connections)
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._connection_slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: it will not free its slot
+            self._connection_slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._connection_slots.release()
+
+    def _refuse(self, request: socket.socket) -> None:
+        """Answer 503 on a connection past `max_connections`, from the accepting thread: a
+        short answer into a new connection's empty send buffer, which never blocks."""
+        message = (f"{self.max_connections} connections are open (max_connections): "
+                   "try again shortly")
+        body = json.dumps({"error": message, "error_type": "TooManyConnections"}).encode()
+        head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        with contextlib.suppress(OSError):
+            request.setblocking(False)
+            request.sendall(head + body)
+            request.recv(1 << 16)  # what the client sent, so that closing sends no reset
+        self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up (its connection reset or closed mid-answer) is no error of the
+        server's: logged in verbose mode, without the traceback socketserver prints."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            if self.verbose:
+                logger.info("client %s hung up: %s", client_address[0], error)
+            return
+        super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:
@@ -639,6 +688,7 @@ def make_server(
     answer_format: str | None = None,
     max_body_bytes: int = 1 << 20,
     request_timeout: float = 30.0,
+    max_connections: int = 64,
 ) -> EnvHTTPServer:
     """A server (not yet serving) for environment `name`; port 0 picks a free port. See
     `agentr.commands.serve_env.serve_command` for the arguments."""
@@ -647,7 +697,8 @@ def make_server(
         raise ValueError(
             f"serve-env: answer_format={chosen!r}; expected one of {', '.join(ANSWER_FORMATS)}"
         )
-    for setting, value in (("max_envs", max_envs), ("max_body_bytes", max_body_bytes)):
+    for setting, value in (("max_envs", max_envs), ("max_body_bytes", max_body_bytes),
+                           ("max_connections", max_connections)):
         if value < 1:
             raise ValueError(f"serve-env: {setting}={value}; it must be at least 1")
     if request_timeout <= 0:
@@ -666,5 +717,5 @@ def make_server(
         )
     return EnvHTTPServer(
         (host, port), service, verbose, max_body_bytes=max_body_bytes,
-        request_timeout=request_timeout,
+        request_timeout=request_timeout, max_connections=max_connections,
     )  # fmt: skip

@@ -20,10 +20,13 @@ Output directory:
                             ("pairs": good and bad leaf node ids, divergence_step,
                             transition_step and its source, the revision trajectory's id)
     dataset.jsonl           all tasks' trajectories in task order (`agentr.trajectory` schema)
+    runs/<run>.<rank>.json  each run's counters (time, engine calls, trees searched), rewritten
+                            as its tasks finish, so that a killed run's are kept
     stats.json              totals over all tasks; "runs": each run's wall time, engine calls
-                            and rates (a resumed run adds its own) and its verdict baseline,
-                            "wall_seconds" and "engine_calls" their totals; the accuracy of t'
-                            against the environment's mistake labels (`agentr.search.summary`)
+                            and rates (a resumed run adds its own, a killed one its finished
+                            tasks') and its verdict baseline, "wall_seconds" and
+                            "engine_calls" their totals; the accuracy of t' against the
+                            environment's mistake labels (`agentr.search.summary`)
 
 Each line of `dataset.jsonl` is an `agentr.trajectory.Trajectory` (schema in that module):
 
@@ -59,6 +62,7 @@ import dataclasses
 import json
 import logging
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,8 +74,8 @@ from agentr.jsonfiles import write_json
 from agentr.provenance import policy_provenance
 from agentr.search.config import SearchConfig
 from agentr.search.run_dir import check_run_settings, run_history, task_filename
-from agentr.search.scheduler import CALL_KINDS, RunCounters, search_tasks
-from agentr.search.summary import phase1_report, summarize
+from agentr.search.scheduler import CALL_KINDS, search_tasks
+from agentr.search.summary import counted_as_read, phase1_report, summarize
 from agentr.search.task import check_transition_source, good_threshold
 from agentr.timing import Profile
 from agentr.trajectory import Trajectory, read_jsonl, write_jsonl_atomic
@@ -125,10 +129,10 @@ def collect(
     """
     prepare_out_dir(engine, make_env, task_ids, config, out_dir, iteration=iteration, alpha=alpha,
                     seed=seed, provenance=provenance)
-    counters = search_tasks(engine, make_env, task_ids, config, out_dir, iteration=iteration,
-                            alpha=alpha, seed=seed, progress=progress, profile=profile)
-    return write_dataset(out_dir, task_ids, config, [counters], iteration=iteration, alpha=alpha,
-                         seed=seed, progress=progress)
+    search_tasks(engine, make_env, task_ids, config, out_dir, iteration=iteration, alpha=alpha,
+                 seed=seed, progress=progress, profile=profile, record=(uuid.uuid4().hex, 0))
+    return write_dataset(out_dir, task_ids, config, iteration=iteration, alpha=alpha, seed=seed,
+                         progress=progress)
 
 
 def prepare_out_dir(engine: Engine, make_env: Callable[[], Environment], task_ids: Sequence[str],
@@ -149,14 +153,13 @@ def prepare_out_dir(engine: Engine, make_env: Callable[[], Environment], task_id
                                   "provenance": {**policy_provenance(engine), **(provenance or {})}})
 
 
-def write_dataset(out_dir: str | Path, task_ids: Sequence[str], config: SearchConfig,
-                  runs: Sequence[RunCounters], *, iteration: int, alpha: float, seed: int,
-                  progress: bool = True) -> CollectResult:
-    """Write `dataset.jsonl` and `stats.json` from the per-task files of every task (all done).
+def write_dataset(out_dir: str | Path, task_ids: Sequence[str], config: SearchConfig, *,
+                  iteration: int, alpha: float, seed: int, progress: bool = True) -> CollectResult:
+    """Write `dataset.jsonl` and `stats.json` from the per-task files of every task (all done)
+    and the run records (`run_dir.run_history`). `progress`: print the report (else log it).
 
-    `runs`: the counters of the processes that searched in this run (one, or one per rank);
-    the run's rates are over the longest of their wall times. `progress`: print the report
-    (else log it).
+    A task file whose torn last line was skipped on reading (`agentr.jsonfiles.read_records`)
+    is counted as read: the statistics describe the dataset written.
     """
     out_dir = Path(out_dir)
     tasks_dir, trees_dir = out_dir / "tasks", out_dir / "trees"
@@ -164,26 +167,14 @@ def write_dataset(out_dir: str | Path, task_ids: Sequence[str], config: SearchCo
     trajectories: list[Trajectory] = []
     for task_id in map(str, task_ids):
         name = task_filename(task_id)
-        per_task.append(json.loads((tasks_dir / f"{name}.stats.json").read_text()))
-        trajectories.extend(read_jsonl(tasks_dir / f"{name}.jsonl"))
+        task_stats = json.loads((tasks_dir / f"{name}.stats.json").read_text())
+        read = list(read_jsonl(tasks_dir / f"{name}.jsonl"))
+        per_task.append(counted_as_read(task_stats, read))
+        trajectories.extend(read)
     dataset = write_jsonl_atomic(out_dir / "dataset.jsonl", trajectories)
 
-    finished_now = [stats for run in runs for stats in run.finished]
-    wall = max((run.wall_seconds for run in runs), default=0.0)
     stats = summarize(per_task, config.transition)
-    this_run = summarize(finished_now) if finished_now else {"trees_searched": 0, "env_steps": 0}
-    history = run_history(out_dir / "stats.json", {
-        "tasks_resumed": len(per_task) - len(finished_now),
-        "trees_searched": this_run["trees_searched"],
-        "wall_seconds": round(wall, 3),
-        "trees_per_minute": round(60 * this_run["trees_searched"] / wall, 3) if wall > 0 else None,
-        "env_steps_per_second": round(this_run["env_steps"] / wall, 3) if wall > 0 else None,
-        "engine_calls": {k: sum(run.calls.get(k, 0) for run in runs) for k in CALL_KINDS},
-        "engine_seconds": {k: round(sum(run.engine_seconds.get(k, 0.0) for run in runs), 3)
-                           for k in CALL_KINDS},
-        "ranks": len(runs),
-        "verdict_baseline": next((r.verdict_baseline for r in runs if r.verdict_baseline), None),
-    })
+    history = run_history(out_dir)
     stats.update(
         mode=config.mode,
         transition=config.transition,

@@ -33,14 +33,51 @@ def check_run_settings(out_dir: Path, settings: dict) -> None:
         write_json(path, settings, indent=2)
 
 
-def run_history(stats_path: Path, this_run: dict) -> list[dict]:
-    """The runs recorded in stats.json, plus `this_run` unless it searched nothing."""
-    runs = []
-    if stats_path.exists():
-        runs = json.loads(stats_path.read_text()).get("runs", [])
-    if this_run["trees_searched"] or not runs:  # a replay of finished tasks is no new run
-        runs.append(this_run)
-    return runs
+#: Where each run of the search keeps its counters, one file per run and rank.
+RUNS_DIR = "runs"
+
+
+def run_record_path(out_dir: Path, run: str, rank: int = 0) -> Path:
+    """The file of rank `rank`'s counters in run `run` (rewritten as its tasks finish)."""
+    return out_dir / RUNS_DIR / f"{run}.{rank}.json"
+
+
+def run_history(out_dir: Path) -> list[dict]:
+    """stats.json's "runs": one entry per run of the search, oldest first, its ranks merged,
+    from the run records, so that a killed run keeps the time and calls of the tasks it
+    finished. A run that called no engine (a replay of finished tasks) is no new run, unless
+    there is no other. The runs of a stats.json written before run records existed come first."""
+    by_run: dict[str, list[dict]] = {}
+    for path in sorted((out_dir / RUNS_DIR).glob("*.json")):
+        record = json.loads(path.read_text())
+        by_run.setdefault(record["run"], []).append(record)
+    runs = sorted((_merged(records) for records in by_run.values()), key=lambda r: r["started"])
+    searched = [r for r in runs if any(r["engine_calls"].values())]
+    stats_path = out_dir / "stats.json"
+    older = json.loads(stats_path.read_text()).get("runs", []) if stats_path.exists() else []
+    return [r for r in older if "run" not in r] + (searched or runs[-1:])
+
+
+def _merged(records: list[dict]) -> dict:
+    """One run's entry from its ranks' records; its rates are over the longest wall time."""
+    wall = max(r["wall_seconds"] for r in records)
+    trees = sum(r["trees_searched"] for r in records)
+    steps = sum(r["env_steps"] for r in records)
+    total = lambda key: {k: sum(r[key][k] for r in records) for k in records[0][key]}  # noqa: E731
+    return {
+        "run": records[0]["run"],
+        "started": min(r["started"] for r in records),
+        "tasks_resumed": min(r["tasks_resumed"] for r in records),
+        "trees_searched": trees,
+        "wall_seconds": round(wall, 3),
+        "trees_per_minute": round(60 * trees / wall, 3) if wall > 0 else None,
+        "env_steps_per_second": round(steps / wall, 3) if wall > 0 else None,
+        "engine_calls": total("engine_calls"),
+        "engine_seconds": {k: round(v, 3) for k, v in total("engine_seconds").items()},
+        "ranks": len(records),
+        "verdict_baseline": next((r["verdict_baseline"] for r in records if r["verdict_baseline"]),
+                                 None),
+    }
 
 
 def write_task(job: TaskSearch, tasks_dir: Path, trees_dir: Path) -> dict:

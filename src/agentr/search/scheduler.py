@@ -27,6 +27,7 @@ from agentr.agent.turn import REPLY_STOP
 from agentr.engines.base import Conversation, Engine, SamplingConfig
 from agentr.engines.common import derive_seed
 from agentr.envs.base import Environment
+from agentr.jsonfiles import write_json
 from agentr.search.config import SearchConfig
 from agentr.search.critique import (
     VERDICT_CHOICES,
@@ -39,7 +40,7 @@ from agentr.search.critique import (
     step_conversation,
 )
 from agentr.search.mcts import Node
-from agentr.search.run_dir import task_filename, write_task
+from agentr.search.run_dir import run_record_path, task_filename, write_task
 from agentr.search.task import TaskSearch, TaskState
 from agentr.timing import NO_PROFILE, Profile
 
@@ -88,6 +89,16 @@ class RunCounters:
     wall_seconds: float
     verdict_baseline: dict[str, float] | None = None  # the content-free step's verdict log-probs
 
+    def record(self, run: str, started: float, tasks_resumed: int) -> dict:
+        """These counters as a run record (`run_dir.run_history` reads it): `started`, the
+        run's start (Unix time); `tasks_resumed`, the tasks done before it."""
+        return {"run": run, "started": started, "tasks_resumed": tasks_resumed,
+                "trees_searched": len(self.finished),
+                "env_steps": sum(s["env_steps"] for s in self.finished),
+                "wall_seconds": self.wall_seconds, "engine_calls": self.calls,
+                "engine_seconds": {k: round(v, 3) for k, v in self.engine_seconds.items()},
+                "verdict_baseline": self.verdict_baseline}
+
 
 def search_tasks(
     engine: Engine,
@@ -102,11 +113,16 @@ def search_tasks(
     progress: bool = True,
     claim: Callable[[str], bool] | None = None,
     profile: Profile | None = None,
+    record: tuple[str, int] | None = None,
 ) -> RunCounters:
     """Search the tasks of `task_ids` not done yet in `out_dir` (prepared), writing each as it ends.
 
     `claim(task_id)`, when given, is asked before a task starts: False leaves the task to
     another process (it counts as progress here).
+
+    `record`, (run id, rank): the counters so far are written to the run record
+    (`run_dir.run_record_path`) as each task finishes and when the search ends or fails, so
+    that a killed run's time and calls reach stats.json.
 
     `profile`, when given, gets the seconds of each phase: "engine.<kind>" (the engine calls),
     "expand.prompts" and "judge.prompts" (building and fitting prompts), "env.step",
@@ -123,7 +139,7 @@ def search_tasks(
     tasks_dir, trees_dir = out_dir / "tasks", out_dir / "trees"
     done_file = lambda t: tasks_dir / f"{task_filename(t)}.jsonl"  # noqa: E731
     todo = deque(t for t in task_ids if not done_file(t).exists())
-    started = time.perf_counter()
+    started, started_at, resumed = time.perf_counter(), time.time(), len(task_ids) - len(todo)
     calls: Counter[str] = Counter()
     seconds: Counter[str] = Counter()  # engine time per kind of call
     finished_now: list[dict] = []
@@ -141,6 +157,18 @@ def search_tasks(
     judge_limit = engine.max_model_len - reasons - _VERDICT_TOKENS
     judge_fits = lambda c: fits(engine, c, judge_limit)  # noqa: E731
     baseline = _Baseline(engine, config, judge_sampling)
+
+    def counters() -> RunCounters:
+        return RunCounters(finished=finished_now, calls={k: calls[k] for k in CALL_KINDS},
+                           engine_seconds={k: seconds[k] for k in CALL_KINDS},
+                           wall_seconds=round(time.perf_counter() - started, 3),
+                           verdict_baseline=None if baseline.logprobs is None
+                           else dict(zip(VERDICTS, baseline.logprobs)))
+
+    def write_record() -> None:
+        if record is not None:
+            write_json(run_record_path(out_dir, *record),
+                       counters().record(record[0], started_at, resumed), indent=2)
 
     active: list[TaskSearch] = []
     try:
@@ -191,19 +219,17 @@ def search_tasks(
                     written.update(revision=finished_now[-1]["revision"], good=finished_now[-1]["good"])
                     bar.set_postfix(revision=written["revision"], good=written["good"], refresh=False)
                     bar.update(1)
+                    write_record()
             active = [job for job in active if job.state is not TaskState.DONE]
     finally:
+        write_record()
         bar.close()
         for job in active:  # interrupted: release the environments of unfinished trees
             job.tree.close()
         for name in ("prompt_tokens", "cached_prompt_tokens", "generated_tokens", "render_seconds"):
             prof.count(f"engine.{name}", getattr(engine.stats, name) - getattr(stats0, name))
 
-    return RunCounters(finished=finished_now, calls={k: calls[k] for k in CALL_KINDS},
-                       engine_seconds={k: seconds[k] for k in CALL_KINDS},
-                       wall_seconds=round(time.perf_counter() - started, 3),
-                       verdict_baseline=None if baseline.logprobs is None
-                       else dict(zip(VERDICTS, baseline.logprobs)))
+    return counters()
 
 
 def forces_verdicts(config: SearchConfig) -> bool:

@@ -17,7 +17,6 @@ Output directory: as `agentr.search.collect`'s, plus `ranks/` (this attempt's ma
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from collections.abc import Callable, Sequence
@@ -28,7 +27,7 @@ from agentr.envs.base import Environment
 from agentr.ranks import Ranks, Rendezvous, shared_token
 from agentr.search.collect import CollectResult, collect, prepare_out_dir, write_dataset
 from agentr.search.run_dir import task_filename
-from agentr.search.scheduler import RunCounters, search_tasks
+from agentr.search.scheduler import search_tasks
 from agentr.search.config import SearchConfig
 
 
@@ -73,12 +72,12 @@ def collect_sharded(
         return searched.claim(claims / token, task_filename(task_id))
 
     searched.run(lambda: search_tasks(engine, make_env, task_ids, config, out_dir, claim=claim,
-                                      progress=progress and ranks.is_main, **settings),
-                 result=dataclasses.asdict)
-    runs = [RunCounters(**counters) for counters in searched.wait()]
+                                      progress=progress and ranks.is_main,
+                                      record=(token, ranks.rank), **settings))
+    searched.wait()
     merged = Rendezvous(markers, f"{token}-merge", ranks)
     if ranks.is_main:
-        merged.run(lambda: write_dataset(out_dir, task_ids, config, runs, progress=progress, **settings))
+        merged.run(lambda: write_dataset(out_dir, task_ids, config, progress=progress, **settings))
     merged.wait([0])
     stats = json.loads((out_dir / "stats.json").read_text(encoding="utf-8"))
     return CollectResult(dataset=out_dir / "dataset.jsonl", trees=out_dir / "trees", stats=stats)

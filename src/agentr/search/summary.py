@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from agentr.search.critique import VERDICT_SOURCES, VERDICTS
+from agentr.trajectory import Trajectory
 
 
 def placement(steps: Sequence[int], references: Sequence[int | None]) -> dict:
@@ -52,6 +53,24 @@ def transition_accuracy(per_task: list[dict], transition: str) -> dict | None:
         "mean_mistake_step": round(sum(found) / len(found), 4) if found else None,
         **{rule: placement(steps, mistakes) for rule, steps in rules.items()},
     }
+
+
+#: The per-task counters that hold one entry per critique walk, i.e. per revision trajectory,
+#: in the order the task's file lists them.
+PER_REVISION = ("divergence_steps", "transition_steps", "transition_sources", "bad_path_ends",
+                "random_steps", "mistake_steps")
+
+
+def counted_as_read(task_stats: dict, trajectories: Sequence[Trajectory]) -> dict:
+    """A task's counters for the trajectories read from its file: fewer than it wrote when a
+    torn last line was skipped, which takes the last of them (revisions come first, then good
+    paths), so the per-revision entries beyond those read go too."""
+    kinds = Counter(t.kind for t in trajectories)
+    out = {**task_stats, "revision": kinds["revision"], "good": kinds["good"]}
+    for key in PER_REVISION:
+        if out.get(key) is not None:
+            out[key] = out[key][:kinds["revision"]]
+    return out
 
 
 def summarize(per_task: list[dict], transition: str = "model") -> dict:
