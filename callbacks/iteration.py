@@ -15,7 +15,7 @@ Run directory layout (`trainer.default_root_dir`):
     iteration_1/adapter/           the LoRA adapter after this iteration (PEFT format)
     iteration_1/eval.json
     iteration_1/training.json      wall time of the iteration's training epochs (seconds)
-    checkpoints/last.ckpt          Lightning checkpoint (trainable weights only)
+    checkpoints/last.ckpt          Lightning checkpoint (trainable weights, training's random state)
     ranks/                         multi-GPU: the markers ranks wait on (see `agentr.ranks`)
     report.html                    the run's report (`agentr.report`), written at the end
 
@@ -45,6 +45,7 @@ from agentr.callbacks.generation import GenerationCallback
 from agentr.errors import SettingError, check_range
 from agentr.jsonfiles import write_json
 from agentr.ranks import Ranks, main_rank_does, shared_token
+from agentr.training.rng import rng_state, set_rng_state
 from agentr.trajectory import read_jsonl, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,8 @@ class AgentRIterations(Callback):
         self.alpha = per_iteration(list(alpha), iterations, "AgentRIterations.alpha")
         self.warm_start = warm_start
         self._loaded: int | None = None  # iteration whose data the DataModule holds
+        self._rng: dict | None = None  # the random state where training last stopped
+        self._restore_rng = False
         self.run_dir = Path(".")
 
     # ---- Lightning hooks --------------------------------------------------------------------
@@ -184,6 +187,26 @@ class AgentRIterations(Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_started = time.perf_counter()
+        self._restore_rng = self._rng is not None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch,
+                             batch_idx: int) -> None:
+        # An epoch's training draws (dropout) go on from where the last epoch's stopped, whatever
+        # drew in between (Phase I, evaluation, a resumed run's model loading, the loader): a run
+        # resumed from a checkpoint trains exactly as the uninterrupted run did.
+        if self._restore_rng:
+            set_rng_state(self._rng)
+            self._restore_rng = False
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs,
+                           batch, batch_idx: int) -> None:
+        self._rng = rng_state()
+
+    def state_dict(self) -> dict:
+        return {"rng": self._rng}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._rng = state_dict.get("rng")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         planned = self.plan[trainer.current_epoch]
