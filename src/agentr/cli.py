@@ -55,14 +55,18 @@ def sweep_run_dir(root: str | None, environ: Mapping[str, str]) -> str | None:
 def main(args: list[str] | None = None) -> None:
     """Entry point of the `agentr` console script; `args` defaults to `sys.argv[1:]`."""
     from agentr.errors import SettingError
+    from agentr.overlays import with_merged_callbacks
     from agentr.verbosity import configure_logging, verbose_requested
 
     verbose, argv = verbose_requested(list(sys.argv[1:] if args is None else args))
     configure_logging(verbose)
-    if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
-        sys.argv[1:] = argv
     try:  # the console script passes main()'s result to sys.exit: None exits 0
-        _check_engine_spelling(argv, _read_config_files(argv))
+        documents = _read_config_files(argv)
+        _check_engine_spelling(argv, documents)
+        if not (argv and argv[0] in STAGE_COMMANDS):
+            argv = with_merged_callbacks(argv, documents)
+        if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
+            sys.argv[1:] = argv
         _run(argv, args, verbose)
     except Exception as error:
         reported = _user_error(error)
@@ -87,21 +91,21 @@ def _user_error(error: BaseException) -> Exception | None:
     return None
 
 
-def _read_config_files(argv: list[str]) -> list[tuple[str, object]]:
-    """The `--config` files of `argv` that are files, as (path, contents). Raises `SettingError`
-    naming the file when one is not valid YAML (the parser would report it as "<unicode
-    string>")."""
+def _read_config_files(argv: list[str]) -> list[tuple[int, str, object]]:
+    """The `--config` files of `argv` that are files, in order, as (index of their `--config`
+    argument, path, contents). Raises `SettingError` naming the file when one is not valid YAML
+    (the parser would report it as "<unicode string>")."""
     import yaml
 
     from agentr.errors import SettingError
 
-    paths = [b for a, b in zip(argv, argv[1:]) if a == "--config"]
-    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    paths = [(i, argv[i + 1]) for i, a in enumerate(argv[:-1]) if a == "--config"]
+    paths += [(i, a.split("=", 1)[1]) for i, a in enumerate(argv) if a.startswith("--config=")]
     documents = []
-    for path in paths:
+    for index, path in sorted(paths):
         try:
             with open(path, encoding="utf-8") as f:
-                documents.append((path, yaml.safe_load(f)))
+                documents.append((index, path, yaml.safe_load(f)))
         except OSError:
             continue  # not a file (a config given inline): the parser reports it
         except yaml.YAMLError as error:
@@ -114,7 +118,7 @@ def _read_config_files(argv: list[str]) -> list[tuple[str, object]]:
     return documents
 
 
-def _check_engine_spelling(argv: list[str], documents: list[tuple[str, object]]) -> None:
+def _check_engine_spelling(argv: list[str], documents: list[tuple[int, str, object]]) -> None:
     """Raise `SettingError` naming the new spelling where the config files or the command line
     set the engine the old way: the group `engine` (`agentr.engines.EngineConfig`) of
     `GenerationCallback` and of the stage commands holds what was `engine: auto`, a flat
@@ -123,7 +127,7 @@ def _check_engine_spelling(argv: list[str], documents: list[tuple[str, object]])
 
     stage = bool(argv) and argv[0] in STAGE_COMMANDS
     places = []  # (settings, where the message says they are, on the command line)
-    for path, document in documents:
+    for _, path, document in documents:
         if not isinstance(document, dict):
             continue
         if stage:
