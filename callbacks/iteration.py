@@ -42,7 +42,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from agentr.callbacks.evaluation import EvaluationCallback
 from agentr.callbacks.generation import GenerationCallback
-from agentr.errors import SettingError, check_range
+from agentr.errors import NoTrainingData, SettingError, check_range
 from agentr.jsonfiles import write_json
 from agentr.ranks import Ranks, main_rank_does, shared_token
 from agentr.training.rng import rng_state, set_rng_state
@@ -295,7 +295,7 @@ class AgentRIterations(Callback):
 
     def _check_training_data(self, trainer: pl.Trainer, iteration: int, dataset: Path) -> None:
         if not trainer.datamodule.train_examples:
-            raise RuntimeError(
+            raise NoTrainingData(
                 f"Phase I of iteration {iteration} kept no training trajectory "
                 f"(no path reached reward >= alpha={self.alpha[iteration - 1]}; see "
                 f"{Path(dataset).parent / 'stats.json'}). Agent-R learns from the policy's own "
@@ -387,9 +387,10 @@ def _find_callback(trainer: pl.Trainer, cls: type, required: bool = True):
     """The one `cls` in trainer.callbacks (None if absent and not `required`)."""
     found = [c for c in trainer.callbacks if isinstance(c, cls)]
     if len(found) > 1:
-        raise ValueError(f"trainer.callbacks holds {len(found)} {cls.__name__} callbacks; an Agent-R fit takes one")
+        raise SettingError(f"trainer.callbacks holds {len(found)} {cls.__name__} callbacks; an Agent-R fit takes one")
     if not found and required:
-        raise ValueError(f"AgentRIterations needs a {cls.__name__} in trainer.callbacks")
+        raise SettingError(f"AgentRIterations needs a {cls.__name__} in trainer.callbacks "
+                           "(see configs/quickstart.yaml)")
     return found[0] if found else None
 
 
@@ -397,6 +398,6 @@ def check_driven(trainer: pl.Trainer, callback: Callback) -> None:
     """Fail a fit whose `callback` (generation or evaluation) has no AgentRIterations to call it:
     it would silently do nothing."""
     if not any(isinstance(c, AgentRIterations) for c in trainer.callbacks):
-        raise ValueError(
+        raise SettingError(
             f"{type(callback).__name__} is called by agentr.callbacks.AgentRIterations, which is not in "
             "trainer.callbacks: add it (see configs/quickstart.yaml)")

@@ -80,11 +80,12 @@ def _user_error(error: BaseException) -> Exception | None:
     """The agentr error (`agentr.errors`, or an unreachable environment server) that caused
     `error`, if any: the parser and Lightning wrap the errors of the classes they build."""
     from agentr.envs.http import HTTPEnvError
-    from agentr.errors import InfrastructureError, ProvenanceError, SettingError
+    from agentr.errors import InfrastructureError, NoTrainingData, ProvenanceError, SettingError
 
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, (SettingError, ProvenanceError, InfrastructureError, HTTPEnvError)):
+        if isinstance(error, (SettingError, ProvenanceError, InfrastructureError, NoTrainingData,
+                              HTTPEnvError)):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__

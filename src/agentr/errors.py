@@ -18,6 +18,10 @@ class ProvenanceError(RuntimeError):
     environment, tasks or settings) than the run that was asked to continue in it."""
 
 
+class NoTrainingData(RuntimeError):
+    """A stage produced nothing to train on (e.g. Phase I kept no trajectory)."""
+
+
 class InfrastructureError(RuntimeError):
     """Too many episodes ended in an environment or engine failure for the result to mean anything."""
 
