@@ -202,11 +202,15 @@ class AgentRIterations(Callback):
                            batch, batch_idx: int) -> None:
         self._rng = rng_state()
 
-    def state_dict(self) -> dict:
-        return {"rng": self._rng}
+    # Kept beside the module's entries rather than as callback state (state_dict), which would
+    # make Lightning refuse two of these callbacks before setup can name the mistake.
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict) -> None:
+        checkpoint["agentr_rng"] = self._rng
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        self._rng = state_dict.get("rng")
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict) -> None:
+        self._rng = checkpoint.get("agentr_rng")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         planned = self.plan[trainer.current_epoch]
