@@ -97,6 +97,14 @@ def test_fit_names_the_new_spelling_of_the_engine_settings(tmp_path, capsys, ini
     assert code == 2 and error_line(err).startswith(f"agentr: error: {path}: {message}: ")
 
 
+def test_fit_names_an_unknown_key_first_with_the_closest_one(tmp_path, capsys):
+    path = edited_config(tmp_path, lambda c: c["model"].update(lora_rank=8))
+    code, err = run(["fit", "--config", path], capsys)
+    assert code == 2 and "usage:" not in err
+    assert error_line(err).startswith("agentr: error: unknown key 'model.lora_rank', did you mean "
+                                      "'model.lora_r'? (Subcommand 'fit' does not accept option")
+
+
 def test_fit_names_a_misspelt_engine_setting(tmp_path, capsys):
     path = edited_config(tmp_path, lambda c: _generation(c)["engine"].update(max_modl_len=1))
     code, err = run(["fit", "--config", path], capsys)

@@ -195,6 +195,26 @@ def _run(argv: list[str], args: list[str] | None, verbose: bool) -> None:
     _lightning_cli(None if args is None else argv, verbose)
 
 
+def unknown_key_message(message: str, parser) -> str | None:
+    """The parser's error `message` as one line that names the unknown key first, with the
+    closest key the subcommand accepts (None: the message is about something else)."""
+    import difflib
+    import re
+
+    found = re.search(r"(Subcommand '([^']+)'|Group '([^']+)') does not accept option '([^']+)'",
+                      message)
+    if found is None:
+        return None
+    _, subcommand, _, key = found.groups()
+    known = []
+    if subcommand is not None and parser._subcommands_action is not None:
+        subparser = parser._subcommands_action._name_parser_map.get(subcommand)
+        known = [a.dest for a in getattr(subparser, "_actions", [])]
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f", did you mean {close[0]!r}?" if close else ""
+    return f"unknown key {key!r}{hint} ({found.group(0)}; see --help)"
+
+
 def check_checkpoint(path: Path, run_dir: str | Path) -> None:
     """Raise `ProvenanceError` when the checkpoint a fit would resume from is truncated or
     corrupt (torch checkpoints are zip files: a cut one has no central directory)."""
@@ -234,6 +254,7 @@ def _lightning_cli(args: list[str] | None, verbose: bool = False, run: bool = Tr
         quiet_libraries()  # importing Lightning set its own level to INFO
 
     from agentr.data.datamodule import AgentRDataModule
+    from agentr.errors import SettingError
     from agentr.training.module import AgentRModule
 
     class AgentRCLI(LightningCLI):
@@ -242,6 +263,18 @@ def _lightning_cli(args: list[str] | None, verbose: bool = False, run: bool = Tr
         def add_arguments_to_parser(self, parser) -> None:
             # The data is rendered with the trained model's tokenizer: one setting, not two.
             parser.link_arguments("model.model", "data.init_args.model")
+
+        def parse_arguments(self, parser, args) -> None:
+            from argparse import ArgumentError
+
+            try:
+                super().parse_arguments(parser, args)
+            except ArgumentError as error:
+                message = unknown_key_message(str(error), parser)
+                if message is not None:
+                    raise SettingError(message) from None
+                parser.exit_on_error = True  # any other parse error: the parser's usage and message
+                parser.error(str(error), error.__cause__)
 
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand] if self.subcommand else self.config
@@ -273,6 +306,7 @@ def _lightning_cli(args: list[str] | None, verbose: bool = False, run: bool = Tr
         args=args,
         run=run,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"exit_on_error": False},  # parse_arguments names an unknown key first
         auto_configure_optimizers=False,  # the module owns its optimizer and schedule
     )
 
