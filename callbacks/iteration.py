@@ -15,7 +15,7 @@ Run directory layout (`trainer.default_root_dir`):
     iteration_1/adapter/           the LoRA adapter after this iteration (PEFT format)
     iteration_1/eval.json
     iteration_1/training.json      wall time of the iteration's training epochs (seconds)
-    checkpoints/last.ckpt          Lightning checkpoint (trainable weights only)
+    checkpoints/last.ckpt          Lightning checkpoint (trainable weights, training's random state)
     ranks/                         multi-GPU: the markers ranks wait on (see `agentr.ranks`)
     report.html                    the run's report (`agentr.report`), written at the end
 
@@ -44,10 +44,11 @@ from lightning.pytorch.loggers import WandbLogger
 
 from agentr.callbacks.evaluation import EvaluationCallback
 from agentr.callbacks.generation import GenerationCallback
-from agentr.errors import DirectoryInUseError, SettingError, check_range
+from agentr.errors import DirectoryInUseError, NoTrainingData, SettingError, check_range
 from agentr.jsonfiles import write_json
 from agentr.ranks import Ranks, main_rank_does, shared_token
 from agentr.run_lock import DirectoryLock
+from agentr.training.rng import rng_state, set_rng_state
 from agentr.trajectory import read_jsonl, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,8 @@ class AgentRIterations(Callback):
         self.alpha = per_iteration(list(alpha), iterations, "AgentRIterations.alpha")
         self.warm_start = warm_start
         self._loaded: int | None = None  # iteration whose data the DataModule holds
+        self._rng: dict | None = None  # the random state where training last stopped
+        self._restore_rng = False
         self.run_dir = Path(".")
         self._lock: DirectoryLock | None = None
 
@@ -209,6 +212,30 @@ class AgentRIterations(Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_started = time.perf_counter()
+        self._restore_rng = self._rng is not None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch,
+                             batch_idx: int) -> None:
+        # An epoch's training draws (dropout) go on from where the last epoch's stopped, whatever
+        # drew in between (Phase I, evaluation, a resumed run's model loading, the loader): a run
+        # resumed from a checkpoint trains exactly as the uninterrupted run did.
+        if self._restore_rng:
+            set_rng_state(self._rng)
+            self._restore_rng = False
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs,
+                           batch, batch_idx: int) -> None:
+        self._rng = rng_state()
+
+    # Kept beside the module's entries rather than as callback state (state_dict), which would
+    # make Lightning refuse two of these callbacks before setup can name the mistake.
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict) -> None:
+        checkpoint["agentr_rng"] = self._rng
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict) -> None:
+        self._rng = checkpoint.get("agentr_rng")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         planned = self.plan[trainer.current_epoch]
@@ -297,7 +324,7 @@ class AgentRIterations(Callback):
 
     def _check_training_data(self, trainer: pl.Trainer, iteration: int, dataset: Path) -> None:
         if not trainer.datamodule.train_examples:
-            raise RuntimeError(
+            raise NoTrainingData(
                 f"Phase I of iteration {iteration} kept no training trajectory "
                 f"(no path reached reward >= alpha={self.alpha[iteration - 1]}; see "
                 f"{Path(dataset).parent / 'stats.json'}). Agent-R learns from the policy's own "
@@ -389,9 +416,10 @@ def _find_callback(trainer: pl.Trainer, cls: type, required: bool = True):
     """The one `cls` in trainer.callbacks (None if absent and not `required`)."""
     found = [c for c in trainer.callbacks if isinstance(c, cls)]
     if len(found) > 1:
-        raise ValueError(f"trainer.callbacks holds {len(found)} {cls.__name__} callbacks; an Agent-R fit takes one")
+        raise SettingError(f"trainer.callbacks holds {len(found)} {cls.__name__} callbacks; an Agent-R fit takes one")
     if not found and required:
-        raise ValueError(f"AgentRIterations needs a {cls.__name__} in trainer.callbacks")
+        raise SettingError(f"AgentRIterations needs a {cls.__name__} in trainer.callbacks "
+                           "(see configs/quickstart.yaml)")
     return found[0] if found else None
 
 
@@ -399,6 +427,6 @@ def check_driven(trainer: pl.Trainer, callback: Callback) -> None:
     """Fail a fit whose `callback` (generation or evaluation) has no AgentRIterations to call it:
     it would silently do nothing."""
     if not any(isinstance(c, AgentRIterations) for c in trainer.callbacks):
-        raise ValueError(
+        raise SettingError(
             f"{type(callback).__name__} is called by agentr.callbacks.AgentRIterations, which is not in "
             "trainer.callbacks: add it (see configs/quickstart.yaml)")

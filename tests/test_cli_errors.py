@@ -97,6 +97,14 @@ def test_fit_names_the_new_spelling_of_the_engine_settings(tmp_path, capsys, ini
     assert code == 2 and error_line(err).startswith(f"agentr: error: {path}: {message}: ")
 
 
+def test_fit_names_an_unknown_key_first_with_the_closest_one(tmp_path, capsys):
+    path = edited_config(tmp_path, lambda c: c["model"].update(lora_rank=8))
+    code, err = run(["fit", "--config", path], capsys)
+    assert code == 2 and "usage:" not in err
+    assert error_line(err).startswith("agentr: error: unknown key 'model.lora_rank', did you mean "
+                                      "'model.lora_r'? (Subcommand 'fit' does not accept option")
+
+
 def test_fit_names_a_misspelt_engine_setting(tmp_path, capsys):
     path = edited_config(tmp_path, lambda c: _generation(c)["engine"].update(max_modl_len=1))
     code, err = run(["fit", "--config", path], capsys)
@@ -183,13 +191,58 @@ def test_evaluate_against_a_dead_server_fails_naming_the_url(tmp_path, capsys, m
     url = f"http://127.0.0.1:{_closed_port()}"
     options = {"url": url, "task_ids": {"test": ["1", "2", "3"]}, "instruction": "Play.",
                "retries": 0}
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "revision.json").write_text("{}")  # an earlier run's revision test
     code, err = run(["evaluate", "--model", "some/model", "--env", "http", "--env_options",
                      yaml.safe_dump(options, default_flow_style=True).strip(),
                      "--out_dir", str(tmp_path / "eval"), "--progress", "false"], capsys)
     line = error_line(err)
     assert code == 1 and "3 of 3 episodes ended in an environment error" in line
     assert f"in environment http at {url}" in line and "No result was written" in line
-    assert not (tmp_path / "eval" / "eval.json").exists()
+    assert not list((tmp_path / "eval").iterdir())  # no result, no episodes, no old revision test
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "revision_from: cannot read {path} (No such file or directory)"),
+    ("not json\n{}\n", "revision_from: {path}:1: not a JSON record"),
+    ('{"task": 1}\n', "revision_from: {path}:1: not an episode record"),
+])
+def test_evaluate_checks_revision_from_before_loading_a_model(tmp_path, capsys, no_engine, content,
+                                                              message):
+    path = tmp_path / "episodes.jsonl"
+    if content is not None:
+        path.write_text(content)
+    code, err = run(["evaluate", "--model", "some/model", "--revision_from", str(path),
+                     "--out_dir", str(tmp_path / "eval")], capsys)
+    assert code == 2 and message.format(path=path) in error_line(err)
+
+
+def test_a_fit_without_a_callback_it_needs_is_refused_in_one_line(tmp_path, tiny_model_dir, capsys,
+                                                                  monkeypatch):
+    import logging
+
+    # agentr's log handler writes to the stderr of the test that first ran a command; this one's
+    # logs (a fit gets as far as its setup) go to its own
+    monkeypatch.setattr(logging.getLogger("agentr"), "handlers", [])
+    path = write_config(tmp_path, tiny_model_dir)
+    config = yaml.safe_load(path.read_text())
+    del config["trainer"]["callbacks"][0]  # GenerationCallback
+    path.write_text(yaml.safe_dump(config))
+    code, err = run(["fit", "--config", str(path)], capsys)
+    assert code == 2 and "AgentRIterations needs a GenerationCallback in trainer.callbacks" in error_line(err)
+
+
+def test_a_phase_one_without_training_data_is_reported_in_one_line():
+    from types import SimpleNamespace
+
+    from agentr.cli import _user_error
+
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(train_examples=[]))
+    with pytest.raises(Exception) as error:
+        AgentRIterations(iterations=1, epochs=[1], alpha=[0.5])._check_training_data(
+            trainer, 1, "run/iteration_1/phase1/dataset.jsonl")
+    assert _user_error(error.value) is error.value
+    assert "Phase I of iteration 1 kept no training trajectory" in str(error.value)
 
 
 def test_the_offline_model_is_a_pinned_wheel(tmp_path, monkeypatch):

@@ -344,6 +344,27 @@ def test_resume_refuses_other_settings(tmp_path):
     assert result.stats["runs"][-1]["tasks_resumed"] == 2
 
 
+@pytest.mark.parametrize("first, changed, shapes_the_output", [
+    ({"transition": "end"}, {"calibrate_verdicts": False}, False),  # no critique to calibrate
+    ({"mode": "optimal"}, {"calibrate_verdicts": False, "verdict": "parsed", "beta": 0.5}, False),
+    ({"verdict": "parsed"}, {"calibrate_verdicts": False}, False),  # no verdict is forced
+    ({"verdict": "forced"}, {"critique_max_tokens": 7}, False),  # the verdict alone, no reasons
+    ({"include_good": False}, {"max_good_per_task": 1}, False),
+    ({}, {"calibrate_verdicts": False}, True),  # the model's forced verdicts
+    ({"transition": "end"}, {"beta": 0.5}, True),
+    ({"mode": "optimal"}, {"max_good_per_task": 1}, True),
+])
+def test_resume_compares_only_the_settings_that_shape_the_output(tmp_path, first, changed,
+                                                                 shapes_the_output):
+    _collect(tmp_path, tasks=TASKS[:2], **first)
+    if shapes_the_output:
+        with pytest.raises(ProvenanceError, match=rf"changed: config\.{next(iter(changed))}\)"):
+            _collect(tmp_path, tasks=TASKS[:2], **first, **changed)
+    else:
+        _, result = _collect(tmp_path, tasks=TASKS, **first, **changed)
+        assert result.stats["runs"][-1]["tasks_resumed"] == 2
+
+
 # ---- TextCraft with a scripted policy ----------------------------------------------------------
 
 

@@ -94,3 +94,76 @@ def test_a_strategy_given_as_a_bare_class_path_is_refused_in_one_line(tmp_path, 
               "--trainer.strategy", "agentr.training.fsdp.AgentRFSDPStrategy"])
     assert exit_.value.code == 2
     assert "class_path: agentr.training.fsdp.AgentRFSDPStrategy" in capsys.readouterr().err
+
+
+# ---- overlays change the callback settings they name, and only those ---------------------------
+def _leaves(config, prefix: str = "") -> dict:
+    """Every setting of a config as {dotted path: value}; callbacks are keyed by class name."""
+    if isinstance(config, dict):
+        out = {}
+        for key, value in config.items():
+            if key == "callbacks" and isinstance(value, list):
+                value = {c["class_path"].rsplit(".", 1)[-1]: {k: v for k, v in c.items() if k != "class_path"}
+                         for c in value}
+            out.update(_leaves(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: config}
+
+
+def _kept_unless_named(base: dict, result: dict, named: set[str]) -> None:
+    """Every setting of `base` is in `result` unchanged, unless `named` sets it or gives a
+    `class_path` above it (another class has other settings)."""
+    classes = {n.removesuffix("class_path") for n in named if n.endswith("class_path")}
+    for path, value in _leaves(base).items():
+        if path in named or any(f"{path}.".startswith(c) for c in classes):
+            continue
+        assert result.get(path, "<missing>") == value, path
+
+
+def _overlay(tmp_path, callbacks: list) -> str:
+    path = tmp_path / "overlay.yaml"
+    path.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
+    return str(path)
+
+
+@pytest.mark.parametrize("callbacks", [
+    [{"class_path": "agentr.callbacks.AgentRIterations", "init_args": {"alpha": [0.6]}}],
+    [{"class_path": "agentr.callbacks.GenerationCallback", "init_args": {"engine": {"kind": "hf"}}},
+     {"class_path": "AgentRIterations", "init_args": {"alpha": [0.6]}}],
+], ids=["alpha alone", "generation and alpha"])
+def test_an_overlay_changes_the_callback_settings_it_names_and_keeps_the_rest(tmp_path, capsys, callbacks):
+    quickstart = resolved(["fit", "--config", str(CONFIGS / "quickstart.yaml")], capsys)
+    config = resolved(["fit", "--config", str(CONFIGS / "quickstart.yaml"),
+                       "--config", _overlay(tmp_path, callbacks)], capsys)
+    _kept_unless_named(quickstart, _leaves(config), set(_leaves({"trainer": {"callbacks": callbacks}})))
+    assert _leaves(config)["trainer.callbacks.AgentRIterations.init_args.alpha"] == [0.6]
+    assert [c["class_path"] for c in config["trainer"]["callbacks"]] == [
+        c["class_path"] for c in quickstart["trainer"]["callbacks"]]
+
+
+def test_an_overlay_adds_a_callback_of_a_new_class(tmp_path, capsys):
+    config = resolved(["fit", "--config", str(CONFIGS / "quickstart.yaml"), "--config", _overlay(
+        tmp_path, [{"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"}])], capsys)
+    assert [c["class_path"].rsplit(".", 1)[-1] for c in config["trainer"]["callbacks"]] == [
+        "GenerationCallback", "AgentRIterations", "EvaluationCallback", "LearningRateMonitor"]
+
+
+SWEEP = yaml.safe_load((CONFIGS / "sweeps" / "quickstart.yaml").read_text())
+
+
+@pytest.mark.parametrize("overlay", ["gpu_smoke.yaml", "baselines/direct_revision.yaml",
+                                     "baselines/optimal.yaml", "sweeps/wandb_logger.yaml",
+                                     "sweeps/quickstart.yaml"])
+def test_shipped_overlays_keep_every_setting_they_do_not_name(overlay, capsys):
+    quickstart = resolved(["fit", "--config", str(CONFIGS / "quickstart.yaml")], capsys)
+    if overlay == "sweeps/quickstart.yaml":  # the sweep's command, with one value of each parameter
+        command = [a for a in SWEEP["command"][1:] if not a.startswith("${")]
+        overrides = {key: spec["values"][0] for key, spec in SWEEP["parameters"].items()}
+        args = command + [f"--{k}={v}" for k, v in overrides.items()]
+        named = set(overrides) | set(_leaves(yaml.safe_load((CONFIGS.parent / command[-1]).read_text())))
+    else:
+        args = ["fit", "--config", str(CONFIGS / "quickstart.yaml"), "--config", str(CONFIGS / overlay)]
+        named = set(_leaves(yaml.safe_load((CONFIGS / overlay).read_text())))
+    config = _leaves(resolved(args, capsys))
+    _kept_unless_named(quickstart, config, named)
+    assert named <= set(config)

@@ -217,6 +217,16 @@ def test_revision_test_selects_the_reward_zero_episodes_by_default(tmp_path):
     assert results["num_episodes"] == 3 and results["settings"]["max_reward"] == 0.0
 
 
+def test_revision_results_record_what_made_them(tmp_path):
+    reference = read_episodes(_failed_reference(tmp_path))
+    first = revision_test(scripted(step_reply), CounterEnv, reference, progress=False)
+    fingerprint = first["fingerprint"]
+    assert fingerprint["settings"]["max_turns"] == 50 and set(fingerprint) >= {"model", "adapter"}
+    reference[0].reward = 0.5  # another reference: another fingerprint
+    assert revision_test(scripted(step_reply), CounterEnv, reference, max_reward=0.5,
+                         progress=False)["fingerprint"]["reference"] != fingerprint["reference"]
+
+
 def test_revision_test_continues_failed_trajectories(tmp_path):
     reference = _failed_reference(tmp_path)
     results = revision_test(scripted(step_reply), CounterEnv, reference, max_turns=50,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from lightning.pytorch.callbacks import Callback
 
 from agentr.cli import main
 from agentr.data import AgentRDataModule
@@ -55,6 +56,17 @@ class LuckyEnv(Environment):
         if self.moves < 2:
             return "One more move.", 0.0, False
         return "Done.", float(zlib.crc32(action.encode()) % 2), True
+
+
+class CrashAtEpoch(Callback):
+    """Test hook: the fit dies as training epoch `epoch` starts (after the previous epoch's
+    checkpoint)."""
+
+    epoch: int | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == CrashAtEpoch.epoch:
+            raise SimulatedCrash("simulated crash")
 
 
 class LuckyDataModule(AgentRDataModule):
@@ -133,6 +145,7 @@ def fit(config: Path) -> None:
 def no_crash():
     yield
     LuckyEnv.crash_once_exists = None
+    CrashAtEpoch.epoch = None
 
 
 def test_fit_runs_both_phases_on_a_user_environment(tmp_path, tiny_model_dir, no_crash, capsys):
@@ -345,6 +358,32 @@ def test_a_run_killed_in_phase_one_continues_without_losing_work(tmp_path, tiny_
     assert (crashed_dir / "run" / "iteration_2" / "eval.json").exists()
     # Checkpoints hold the trainable weights only, never the frozen base model.
     assert all("lora_" in k for k in ckpt["state_dict"])
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_bit_for_bit(tmp_path, tiny_model_dir, no_crash):
+    """Killed after epoch 0's checkpoint (mid iteration 1) and resumed, a fit with LoRA dropout
+    trains, searches and saves exactly what the uninterrupted fit does."""
+    reference_dir, crashed_dir = tmp_path / "reference", tmp_path / "crashed"
+    reference_dir.mkdir(), crashed_dir.mkdir()
+    assert yaml.safe_load(write_config(reference_dir, tiny_model_dir).read_text())["model"].get(
+        "lora_dropout") is None  # the default, 0.05: dropout draws from the random state
+    fit(reference_dir / "config.yaml")
+
+    config = write_config(crashed_dir, tiny_model_dir)
+    data = yaml.safe_load(config.read_text())
+    data["trainer"]["callbacks"].append({"class_path": "test_fit.CrashAtEpoch"})
+    config.write_text(yaml.safe_dump(data))
+    CrashAtEpoch.epoch = 1
+    with pytest.raises(SimulatedCrash):
+        fit(config)
+    assert not (crashed_dir / "run" / "iteration_1" / "adapter").exists()
+    CrashAtEpoch.epoch = None
+    fit(config)  # the same command again
+
+    for path in ("iteration_1/adapter/adapter_model.safetensors",
+                 "iteration_2/phase1/dataset.jsonl",
+                 "iteration_2/adapter/adapter_model.safetensors"):
+        assert (crashed_dir / "run" / path).read_bytes() == (reference_dir / "run" / path).read_bytes(), path
 
 
 def test_runs_branch_from_a_stopped_run(tmp_path, tiny_model_dir, no_crash):

@@ -55,14 +55,18 @@ def sweep_run_dir(root: str | None, environ: Mapping[str, str]) -> str | None:
 def main(args: list[str] | None = None) -> None:
     """Entry point of the `agentr` console script; `args` defaults to `sys.argv[1:]`."""
     from agentr.errors import SettingError
+    from agentr.overlays import with_merged_callbacks
     from agentr.verbosity import configure_logging, verbose_requested
 
     verbose, argv = verbose_requested(list(sys.argv[1:] if args is None else args))
     configure_logging(verbose)
-    if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
-        sys.argv[1:] = argv
     try:  # the console script passes main()'s result to sys.exit: None exits 0
-        _check_engine_spelling(argv, _read_config_files(argv))
+        documents = _read_config_files(argv)
+        _check_engine_spelling(argv, documents)
+        if not (argv and argv[0] in STAGE_COMMANDS):
+            argv = with_merged_callbacks(argv, documents)
+        if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
+            sys.argv[1:] = argv
         _run(argv, args, verbose)
     except Exception as error:
         reported = _user_error(error)
@@ -79,35 +83,36 @@ def _user_error(error: BaseException) -> Exception | None:
     from agentr.errors import (
         DirectoryInUseError,
         InfrastructureError,
+        NoTrainingData,
         ProvenanceError,
         SettingError,
     )
 
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, (SettingError, ProvenanceError, InfrastructureError, HTTPEnvError,
-                              DirectoryInUseError)):
+        if isinstance(error, (SettingError, ProvenanceError, InfrastructureError, NoTrainingData,
+                              HTTPEnvError, DirectoryInUseError)):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
 
 
-def _read_config_files(argv: list[str]) -> list[tuple[str, object]]:
-    """The `--config` files of `argv` that are files, as (path, contents). Raises `SettingError`
-    naming the file when one is not valid YAML (the parser would report it as "<unicode
-    string>")."""
+def _read_config_files(argv: list[str]) -> list[tuple[int, str, object]]:
+    """The `--config` files of `argv` that are files, in order, as (index of their `--config`
+    argument, path, contents). Raises `SettingError` naming the file when one is not valid YAML
+    (the parser would report it as "<unicode string>")."""
     import yaml
 
     from agentr.errors import SettingError
 
-    paths = [b for a, b in zip(argv, argv[1:]) if a == "--config"]
-    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    paths = [(i, argv[i + 1]) for i, a in enumerate(argv[:-1]) if a == "--config"]
+    paths += [(i, a.split("=", 1)[1]) for i, a in enumerate(argv) if a.startswith("--config=")]
     documents = []
-    for path in paths:
+    for index, path in sorted(paths):
         try:
             with open(path, encoding="utf-8") as f:
-                documents.append((path, yaml.safe_load(f)))
+                documents.append((index, path, yaml.safe_load(f)))
         except OSError:
             continue  # not a file (a config given inline): the parser reports it
         except yaml.YAMLError as error:
@@ -120,7 +125,7 @@ def _read_config_files(argv: list[str]) -> list[tuple[str, object]]:
     return documents
 
 
-def _check_engine_spelling(argv: list[str], documents: list[tuple[str, object]]) -> None:
+def _check_engine_spelling(argv: list[str], documents: list[tuple[int, str, object]]) -> None:
     """Raise `SettingError` naming the new spelling where the config files or the command line
     set the engine the old way: the group `engine` (`agentr.engines.EngineConfig`) of
     `GenerationCallback` and of the stage commands holds what was `engine: auto`, a flat
@@ -129,7 +134,7 @@ def _check_engine_spelling(argv: list[str], documents: list[tuple[str, object]])
 
     stage = bool(argv) and argv[0] in STAGE_COMMANDS
     places = []  # (settings, where the message says they are, on the command line)
-    for path, document in documents:
+    for _, path, document in documents:
         if not isinstance(document, dict):
             continue
         if stage:
@@ -196,6 +201,26 @@ def _run(argv: list[str], args: list[str] | None, verbose: bool) -> None:
     _lightning_cli(None if args is None else argv, verbose)
 
 
+def unknown_key_message(message: str, parser) -> str | None:
+    """The parser's error `message` as one line that names the unknown key first, with the
+    closest key the subcommand accepts (None: the message is about something else)."""
+    import difflib
+    import re
+
+    found = re.search(r"(Subcommand '([^']+)'|Group '([^']+)') does not accept option '([^']+)'",
+                      message)
+    if found is None:
+        return None
+    _, subcommand, _, key = found.groups()
+    known = []
+    if subcommand is not None and parser._subcommands_action is not None:
+        subparser = parser._subcommands_action._name_parser_map.get(subcommand)
+        known = [a.dest for a in getattr(subparser, "_actions", [])]
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f", did you mean {close[0]!r}?" if close else ""
+    return f"unknown key {key!r}{hint} ({found.group(0)}; see --help)"
+
+
 def check_checkpoint(path: Path, run_dir: str | Path) -> None:
     """Raise `ProvenanceError` when the checkpoint a fit would resume from is truncated or
     corrupt (torch checkpoints are zip files: a cut one has no central directory)."""
@@ -235,6 +260,7 @@ def _lightning_cli(args: list[str] | None, verbose: bool = False, run: bool = Tr
         quiet_libraries()  # importing Lightning set its own level to INFO
 
     from agentr.data.datamodule import AgentRDataModule
+    from agentr.errors import SettingError
     from agentr.training.module import AgentRModule
 
     class AgentRCLI(LightningCLI):
@@ -243,6 +269,18 @@ def _lightning_cli(args: list[str] | None, verbose: bool = False, run: bool = Tr
         def add_arguments_to_parser(self, parser) -> None:
             # The data is rendered with the trained model's tokenizer: one setting, not two.
             parser.link_arguments("model.model", "data.init_args.model")
+
+        def parse_arguments(self, parser, args) -> None:
+            from argparse import ArgumentError
+
+            try:
+                super().parse_arguments(parser, args)
+            except ArgumentError as error:
+                message = unknown_key_message(str(error), parser)
+                if message is not None:
+                    raise SettingError(message) from None
+                parser.exit_on_error = True  # any other parse error: the parser's usage and message
+                parser.error(str(error), error.__cause__)
 
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand] if self.subcommand else self.config
@@ -274,6 +312,7 @@ def _lightning_cli(args: list[str] | None, verbose: bool = False, run: bool = Tr
         args=args,
         run=run,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"exit_on_error": False},  # parse_arguments names an unknown key first
         auto_configure_optimizers=False,  # the module owns its optimizer and schedule
     )
 

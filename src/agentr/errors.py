@@ -22,6 +22,10 @@ class DirectoryInUseError(RuntimeError):
     """An output directory is being written by another agentr process (`agentr.run_lock`)."""
 
 
+class NoTrainingData(RuntimeError):
+    """A stage produced nothing to train on (e.g. Phase I kept no trajectory)."""
+
+
 class InfrastructureError(RuntimeError):
     """Too many episodes ended in an environment or engine failure for the result to mean anything."""
 

@@ -133,9 +133,14 @@ def evaluation_fingerprint(provenance: dict, task_ids: Sequence, *, max_turns: i
                          "sample_temperature": sample_temperature}}
 
 
-def _check_infrastructure(episodes: Sequence[Episode], max_error_rate: float, provenance: dict) -> None:
+def _check_infrastructure(episodes: Sequence[Episode], max_error_rate: float, provenance: dict,
+                          written: Sequence[Path] = ()) -> None:
+    """Raise `InfrastructureError` when too many `episodes` ended in an environment error,
+    after removing the episode files `written`: a failed run leaves no partial output."""
     failed = [e for e in episodes if is_infrastructure_error(e)]
     if episodes and len(failed) > max_error_rate * len(episodes):
+        for path in written:
+            path.unlink(missing_ok=True)
         raise InfrastructureError(
             f"{len(failed)} of {len(episodes)} episodes ended in an environment error, more than "
             f"max_error_rate={max_error_rate:g} of them, in environment "
@@ -301,7 +306,8 @@ def evaluate(
 
     def score(pool: _Pool, episodes: list[Episode], timing: dict) -> dict:
         """A pool's results; raises when too many of its episodes ended in an environment error."""
-        _check_infrastructure(episodes, max_error_rate, provenance)
+        written = [Path(out_dir) / p.file for p in pools] if out_dir is not None else []
+        _check_infrastructure(episodes, max_error_rate, provenance, written)
         return _results(episodes, timing, engine, pool.sampling, settings)
 
     def finish(parts: list[dict]) -> dict:
@@ -491,6 +497,7 @@ def revision_test(
     max_concurrent: int | None = None,
     success_threshold: float = 1.0,
     max_error_rate: float = 0.1,
+    provenance: dict | None = None,
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict:
@@ -504,6 +511,8 @@ def revision_test(
         max_error_rate: as in `evaluate`.
         max_reward: reference episodes whose final reward is at most this are the failed ones
             (the paper's: 0).
+        provenance: as in `evaluate`; recorded in the results' "fingerprint" with a digest of
+            the reference episodes and the settings.
 
     Returns:
         {"metrics": {revision_reward, success_rate, loop_count, ...}, ...}; written to
@@ -518,12 +527,18 @@ def revision_test(
     episodes, timing = _run_and_record(
         engine, env, starts, sampling, out_dir, REVISION_EPISODES_FILE, max_turns=max_turns,
         max_concurrent=max_concurrent, success_threshold=success_threshold, progress=progress)
-    results = _results(episodes, timing, engine, sampling,
-                       {"max_turns": max_turns, "cut_seed": seed, "max_reward": max_reward})
-    _check_infrastructure(episodes, max_error_rate, {})
+    settings = {"max_turns": max_turns, "cut_seed": seed, "max_reward": max_reward}
+    results = _results(episodes, timing, engine, sampling, settings)
+    _check_infrastructure(episodes, max_error_rate, {},
+                          [Path(out_dir) / REVISION_EPISODES_FILE] if out_dir is not None else [])
     episodes = [e for e in episodes if not is_infrastructure_error(e)]
     results["metrics"]["revision_reward"] = (sum(e.reward for e in episodes) / len(episodes)
                                              if episodes else 0.0)
+    results["fingerprint"] = {
+        **(provenance if provenance is not None else policy_provenance(engine)),
+        "reference": task_digest([f"{e.task_id}\0{e.reward}\0{e.turns}" for e in reference]),
+        "settings": {**settings, "max_tokens": max_tokens, "success_threshold": success_threshold,
+                     "num_tasks": num_tasks}}
     if out_dir is not None:
         write_json(Path(out_dir) / "revision.json", results, indent=2)
     return results

@@ -6,8 +6,14 @@ import sys
 from pathlib import Path
 
 from agentr.engines.config import EngineConfig
-from agentr.errors import check_range
-from agentr.evaluation import EPISODES_FILE, evaluate, revision_test
+from agentr.errors import SettingError, check_range
+from agentr.evaluation import (
+    EPISODES_FILE,
+    REVISION_EPISODES_FILE,
+    evaluate,
+    read_episodes,
+    revision_test,
+)
 from agentr.provenance import env_description, policy_provenance
 from agentr.report import write_report
 from agentr.run_lock import DirectoryLock
@@ -50,6 +56,17 @@ def _result_rows(results: dict, prefix: str = "") -> list[tuple[str, str]]:
     if "sampled" in results:
         rows += _result_rows(results["sampled"], prefix=f"{prefix}sampled ")
     return rows
+
+
+def read_reference(path: str) -> list:
+    """The episodes of `--revision_from`, read before any model loads; `SettingError` when the
+    file is missing or is not an `episodes.jsonl`."""
+    try:
+        return read_episodes(path)
+    except OSError as error:
+        raise SettingError(f"revision_from: cannot read {path} ({error.strerror})") from None
+    except ValueError as error:
+        raise SettingError(f"revision_from: {error}") from None
 
 
 def evaluate_command(
@@ -121,8 +138,12 @@ def evaluate_command(
     check_range("max_concurrent", max_concurrent, 1, optional=True)
     check_range("temperature", temperature, 0)
     check_range("max_error_rate", max_error_rate, 0, 1)
+    reference = read_reference(revision_from) if revision_from else None
     env_factory, task_ids = split_tasks(env, split, num_tasks, env_options)
     with DirectoryLock(out_dir), make_engine(engine, model, adapter=adapter, seed=seed) as policy:
+        if not revision_from:  # a reused out_dir must not show an earlier run's revision test
+            for name in ("revision.json", REVISION_EPISODES_FILE):
+                (Path(out_dir) / name).unlink(missing_ok=True)
         provenance = {**policy_provenance(policy), "env": env_description(env, env_options),
                       "split": split}
         results = evaluate(policy, env_factory, task_ids, max_turns=max_turns,
@@ -135,12 +156,12 @@ def evaluate_command(
                 ("env / split", f"{env} / {split} ({len(task_ids)} tasks)")]
         rows += _result_rows(results)
         if revision_from:
-            revision = revision_test(policy, env_factory, revision_from,
+            revision = revision_test(policy, env_factory, reference,
                                      max_turns=revision_max_turns, seed=seed,
                                      max_reward=revision_max_reward,
                                      max_tokens=max_tokens, max_concurrent=max_concurrent,
-                                     max_error_rate=max_error_rate, out_dir=out_dir,
-                                     progress=progress)
+                                     max_error_rate=max_error_rate, provenance=provenance,
+                                     out_dir=out_dir, progress=progress)
             rows += _result_rows(revision, prefix="revision ")
         report, _ = write_report(out_dir)
     print(format_table(rows))

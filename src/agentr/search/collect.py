@@ -147,9 +147,8 @@ def prepare_out_dir(engine: Engine, make_env: Callable[[], Environment], task_id
     check_transition_source(config, make_env)
     (out_dir / "tasks").mkdir(parents=True, exist_ok=True)
     (out_dir / "trees").mkdir(parents=True, exist_ok=True)
-    # everything that shapes the data (the concurrency bound does not)
-    shaping = {k: v for k, v in dataclasses.asdict(config).items() if k != "max_concurrent_trees"}
-    check_run_settings(out_dir, {"config": shaping, "alpha": alpha, "seed": seed, "iteration": iteration,
+    check_run_settings(out_dir, {"config": dataclasses.asdict(config), "alpha": alpha, "seed": seed,
+                                  "iteration": iteration,
                                   "provenance": {**policy_provenance(engine), **(provenance or {})}})
 
 

@@ -99,3 +99,26 @@ class SearchConfig:
         check_range("search.c_uct", self.c_uct, 0)
         check_range("search.temperature", self.temperature, 0)
         check_range("search.beta", self.beta, 0, 1, high_open=True)
+
+
+def output_settings(settings: dict) -> dict:
+    """The entries of a `SearchConfig` (as `dataclasses.asdict` gives it) that can change
+    Phase I's output: the concurrency bound never does, the critique's settings only where the
+    policy's own critique places t' (mode "agent_r", transition "model"), `calibrate_verdicts`
+    only where verdicts may be forced, the pairing only in mode "agent_r", and the good-path cap
+    only where good paths are written. A resumed Phase I compares these alone."""
+    out = {k: v for k, v in settings.items() if k != "max_concurrent_trees"}
+    agent_r = out.get("mode", "agent_r") == "agent_r"
+    if not agent_r or out.get("transition", "model") != "model":
+        for key in ("verdict", "calibrate_verdicts", "critique_max_tokens"):
+            out.pop(key, None)
+    elif out.get("verdict") == "parsed":
+        out.pop("calibrate_verdicts", None)
+    elif out.get("verdict") == "forced":
+        out.pop("critique_max_tokens", None)  # the verdict alone, without reasons
+    if not agent_r:  # good paths only, always written
+        for key in ("beta", "max_pairs_per_task", "include_good"):
+            out.pop(key, None)
+    elif not out.get("include_good", True):
+        out.pop("max_good_per_task", None)
+    return out

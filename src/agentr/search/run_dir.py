@@ -9,6 +9,7 @@ from urllib.parse import quote
 from agentr.errors import ProvenanceError
 from agentr.jsonfiles import write_json
 from agentr.provenance import changed_keys
+from agentr.search.config import output_settings
 from agentr.search.task import TaskSearch
 from agentr.trajectory import write_jsonl_atomic
 
@@ -19,9 +20,15 @@ def task_filename(task_id: str) -> str:
 
 
 def check_run_settings(out_dir: Path, settings: dict) -> None:
+    """Record `settings` (the search's under "config") in `out_dir/collect.json`, or raise
+    `ProvenanceError` when the run there was made with others. Only the search settings that
+    shape the output are recorded and compared (`output_settings`), so a run written by an
+    older agentr, which recorded them all, resumes too."""
+    settings = {**settings, "config": output_settings(settings["config"])}
     path = out_dir / "collect.json"
     if path.exists():
         previous = json.loads(path.read_text())
+        previous["config"] = output_settings(previous.get("config", {}))
         if previous != settings:
             raise ProvenanceError(
                 f"{out_dir} holds Phase I data made with other settings or from another model, "
