@@ -199,7 +199,10 @@ def test_evaluate_against_a_dead_server_fails_naming_the_url(tmp_path, capsys, m
     line = error_line(err)
     assert code == 1 and "3 of 3 episodes ended in an environment error" in line
     assert f"in environment http at {url}" in line and "No result was written" in line
-    assert not list((tmp_path / "eval").iterdir())  # no result, no episodes, no old revision test
+    from agentr.run_lock import LOCK_FILE
+
+    left = [p.name for p in (tmp_path / "eval").iterdir()]
+    assert left == [LOCK_FILE]  # no result, no episodes, no old revision test
 
 
 @pytest.mark.parametrize("content, message", [
