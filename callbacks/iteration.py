@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
+from agentr.callbacks.driven import Driver
 from agentr.callbacks.evaluation import EvaluationCallback
 from agentr.callbacks.generation import GenerationCallback
 from agentr.errors import SettingError, check_range
@@ -123,7 +123,7 @@ def iteration_steps(epochs: int, batches: int, world_size: int = 1, accumulate: 
     return epochs * math.ceil(per_rank / accumulate)  # Lightning steps on an epoch's remainder
 
 
-class AgentRIterations(Callback):
+class AgentRIterations(Driver):
     """Runs Agent-R: per iteration, Phase I with the current policy, then its training epochs.
 
     Args:
@@ -369,11 +369,3 @@ def _find_callback(trainer: pl.Trainer, cls: type, required: bool = True):
         raise ValueError(f"AgentRIterations needs a {cls.__name__} in trainer.callbacks")
     return found[0] if found else None
 
-
-def check_driven(trainer: pl.Trainer, callback: Callback) -> None:
-    """Fail a fit whose `callback` (generation or evaluation) has no AgentRIterations to call it:
-    it would silently do nothing."""
-    if not any(isinstance(c, AgentRIterations) for c in trainer.callbacks):
-        raise ValueError(
-            f"{type(callback).__name__} is called by agentr.callbacks.AgentRIterations, which is not in "
-            "trainer.callbacks: add it (see configs/quickstart.yaml)")
