@@ -22,7 +22,7 @@ child left. The descent is the rollout: there is no separate rollout policy.
 
 `SearchTree` runs this as a state machine: `pending()` names the node waiting for replies and
 `expand()` takes them, so a driver can batch the pending nodes of many trees into one engine call
-(see `agentr.search.collect`). `search_sequential` is the simple driver for one tree.
+(see `agentr.search.collect`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from agentr.agent.conversation import build_header
 from agentr.agent.turn import Reply, play, read_reply, turn_messages
-from agentr.engines.base import Conversation, Engine, Generation, SamplingConfig
+from agentr.engines.base import Conversation, Generation
 from agentr.envs.base import Environment
 from agentr.search.config import SearchConfig
 from agentr.timing import NO_PROFILE, Profile
@@ -292,14 +292,3 @@ class SearchTree:
     def num_nodes(self) -> int:
         return self._num_nodes
 
-
-def search_sequential(tree: SearchTree, engine: Engine, sampling: SamplingConfig,
-                      prepare=None) -> SearchTree:
-    """Run one tree to the end, one engine call per expansion (`prepare` maps the conversation
-    to the prompt, e.g. to truncate it)."""
-    while (node := tree.pending()) is not None:
-        conversation = tree.conversation(node)
-        if prepare is not None:
-            conversation = prepare(conversation)
-        tree.expand(node, engine.generate([conversation], sampling)[0])
-    return tree
