@@ -58,6 +58,7 @@ from agentr.errors import SettingError, check_range
 from agentr.data.packing import BatchDataset, EpochShuffleSampler
 from agentr.data.tokenize import TokenizedExample, tokenize_all, tokenize_trajectory
 from agentr.engines.models import SMOLLM2_ID
+from agentr.old_spellings import check_datamodule_class
 from agentr.search.config import SearchConfig
 from agentr.trajectory import Trajectory, read_jsonl
 
@@ -150,19 +151,14 @@ class AgentRDataModule(pl.LightningDataModule):
         self._val_set: BatchDataset | None = None
         #: Counters of the last `set_trajectories` call (what was kept, dropped, mixed).
         self.data_stats: dict = {}
-        #: Bumped by every `set_trajectories`/`set_examples`; callbacks can tell whether the data changed.
+        #: Bumped by every `set_trajectories`/`set_examples`: seeds the data's shuffle, numbers it in the log.
         self.data_version = 0
         self._epoch_hook: Callable[[], None] | None = None
         self._base_attributes = set(vars(self))  # what env_description leaves out
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        # Expert thoughts moved to the environment; an override here would be ignored silently.
-        if "expert_thought" in vars(cls):
-            raise TypeError(
-                f"{cls.__qualname__}.expert_thought: the expert's thoughts are the environment's "
-                "now; define `expert_thought(actions, step)` on your Environment subclass instead "
-                "(see agentr.envs.base.Environment.expert_thought)")
+        check_datamodule_class(cls)
 
     # ---- what a subclass provides --------------------------------------------------------------
     def make_env(self) -> Environment:
