@@ -176,11 +176,11 @@ class AgentRIterations(Driver):
         if self.evaluation is None:
             log.warning("no EvaluationCallback in trainer.callbacks: no stage of this fit is evaluated")
         datamodule = trainer.datamodule
-        if not hasattr(datamodule, "set_epoch_hook"):
+        if not hasattr(datamodule, "set_iteration_hook"):
             raise TypeError(
                 f"AgentRIterations needs an agentr.data.AgentRDataModule, got {type(datamodule).__name__}"
             )
-        datamodule.set_epoch_hook(lambda: self.prepare_epoch(trainer))
+        datamodule.set_iteration_hook(lambda: self.begin_iteration(trainer))
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_started = time.perf_counter()
@@ -227,7 +227,7 @@ class AgentRIterations(Driver):
         print("\n" + format_summary(run, path), flush=True)
 
     # ---- the loop ---------------------------------------------------------------------------
-    def prepare_epoch(self, trainer: pl.Trainer) -> None:
+    def begin_iteration(self, trainer: pl.Trainer) -> None:
         """The iteration's sequence. Called by the DataModule's `train_dataloader()`, which
         Lightning calls before every epoch; it acts on an iteration's first epoch (or the first
         epoch of a resumed run):

@@ -52,7 +52,7 @@ def _path(actions: list[str]) -> list[Node]:
     root = Node(id=0, parent=None, depth=0, observation="Goal: craft stick.")
     path = [root]
     for i, a in enumerate(actions, 1):
-        node = Node(id=i, parent=path[-1], depth=i, response=f"Action: {a}", action=a, observation=f"after {a}")
+        node = Node(id=i, parent=path[-1], depth=i, reply=f"Action: {a}", action=a, observation=f"after {a}")
         path[-1].children.append(node)
         path.append(node)
     return path

@@ -200,7 +200,7 @@ def test_mcts_plays_the_same_turn():
     assert revise.reward == tree.root.reward and not revise.terminal
     assert junk.action == "I do not know" and junk.observation == "Nothing happens (i do not know)."
     assert not junk.trainable
-    assert good.response == reply("good") and good.trainable and tree.counters.duplicates == 1
+    assert good.reply == reply("good") and good.trainable and tree.counters.duplicates == 1
     assert cut.action == "noo" and not cut.trainable and cut.to_dict()["trainable"] is False
     assert tree.counters.env_steps == 3
 

@@ -153,7 +153,7 @@ class AgentRDataModule(pl.LightningDataModule):
         self.data_stats: dict = {}
         #: Bumped by every `set_trajectories`/`set_examples`: seeds the data's shuffle, numbers it in the log.
         self.data_version = 0
-        self._epoch_hook: Callable[[], None] | None = None
+        self._iteration_hook: Callable[[], None] | None = None
         self._base_attributes = set(vars(self))  # what env_description leaves out
 
     def __init_subclass__(cls, **kwargs) -> None:
@@ -368,18 +368,18 @@ class AgentRDataModule(pl.LightningDataModule):
             sampler = EpochShuffleSampler(len(dataset), self._data_seed(), epoch)
         return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=self.num_workers)
 
-    def set_epoch_hook(self, hook: Callable[[], None] | None) -> None:
+    def set_iteration_hook(self, hook: Callable[[], None] | None) -> None:
         """Have `train_dataloader()` call `hook` first.
 
-        The iteration callback prepares each epoch's data there: Lightning builds the train
+        The iteration callback runs the iteration's sequence there: Lightning builds the train
         loader after the previous epoch's checkpoint is saved and after a resumed run restored
         `current_epoch`, so Phase I runs at the one moment that loses no work on a crash.
         """
-        self._epoch_hook = hook
+        self._iteration_hook = hook
 
     def train_dataloader(self) -> DataLoader:
-        if self._epoch_hook is not None:
-            self._epoch_hook()
+        if self._iteration_hook is not None:
+            self._iteration_hook()
         if self.train_examples is None:
             raise RuntimeError(
                 "no training data: run with agentr's iteration callback (it calls regenerate), "

@@ -9,7 +9,7 @@ from urllib.parse import quote
 from agentr.errors import ProvenanceError
 from agentr.jsonfiles import write_json
 from agentr.provenance import changed_keys
-from agentr.search.task import TaskSearch
+from agentr.search.task import Phase1Task
 from agentr.trajectory import write_jsonl_atomic
 
 
@@ -43,7 +43,7 @@ def run_history(stats_path: Path, this_run: dict) -> list[dict]:
     return runs
 
 
-def write_task(job: TaskSearch, tasks_dir: Path, trees_dir: Path) -> dict:
+def write_task(job: Phase1Task, tasks_dir: Path, trees_dir: Path) -> dict:
     """Write one finished task: tree, stats, then its trajectories (the done mark)."""
     name = task_filename(job.task_id)
     trajectories = job.trajectories()

@@ -1,6 +1,6 @@
 """The Phase I scheduler: many tasks in flight, their engine requests batched by round.
 
-`search_tasks` keeps up to `max_concurrent_trees` tasks (`TaskSearch`) in flight. Each round it
+`search_tasks` keeps up to `max_concurrent_trees` tasks (`Phase1Task`) in flight. Each round it
 asks every task in state SEARCH for the node it waits on and sends all of them to the engine in
 ONE `engine.generate` call (n = `n_expand`, sampled); every task in state CRITIQUE contributes
 the next bad-path steps to judge, and those go out together in one greedy call, followed (under
@@ -40,10 +40,10 @@ from agentr.search.critique import (
 )
 from agentr.search.mcts import Node
 from agentr.search.run_dir import task_filename, write_task
-from agentr.search.task import TaskSearch, TaskState
+from agentr.search.task import Phase1Task, TaskState
 from agentr.timing import NO_PROFILE, Profile
 
-#: Chat-template tokens per message, a generous bound used to skip exact counting.
+#: Bytes added per message for the chat template (a generous bound on its tokens), used to skip exact counting.
 _TEMPLATE_BYTES_PER_MESSAGE = 32
 
 
@@ -142,7 +142,7 @@ def search_tasks(
     judge_fits = lambda c: fits(engine, c, judge_limit)  # noqa: E731
     baseline = _Baseline(engine, config, judge_sampling)
 
-    active: list[TaskSearch] = []
+    active: list[Phase1Task] = []
     try:
         while todo or active:
             while todo and len(active) < config.max_concurrent_trees:
@@ -150,12 +150,12 @@ def search_tasks(
                 if claim is not None and not claim(task_id):
                     bar.update(1)  # another process searches it
                     continue
-                active.append(TaskSearch(task_id, make_env(), config, alpha, seed, iteration, prof))
+                active.append(Phase1Task(task_id, make_env(), config, alpha, seed, iteration, prof))
             prof.count("rounds")
             prof.count("rounds_below_capacity", len(active) < config.max_concurrent_trees)
 
-            expansions: list[tuple[TaskSearch, Node]] = []
-            judgments: list[tuple[TaskSearch, Node]] = []
+            expansions: list[tuple[Phase1Task, Node]] = []
+            judgments: list[tuple[Phase1Task, Node]] = []
             for job in active:
                 if job.state is TaskState.SEARCH:
                     node = job.tree.pending()
@@ -241,8 +241,8 @@ class _Baseline:
         return self.logprobs
 
 
-def _judge(engine: Engine, judgments: list[tuple[TaskSearch, Node]], config: SearchConfig,
-           sampling: SamplingConfig, fits: Callable[[Conversation], bool],
+def _judge(engine: Engine, judgments: list[tuple[Phase1Task, Node]], config: SearchConfig,
+           sampling: SamplingConfig, judge_fits: Callable[[Conversation], bool],
            baseline: _Baseline, calls: Counter, seconds: Counter, prof: Profile,
            in_flight: int) -> None:
     """Give every step in `judgments` a verdict by `config.verdict` (see `agentr.search.critique`):
@@ -250,8 +250,8 @@ def _judge(engine: Engine, judgments: list[tuple[TaskSearch, Node]], config: Sea
     without a verdict, calibrated against `baseline` where it is enabled."""
     direct = config.verdict == "forced"
     with prof.phase("judge.prompts"):
-        prompts = [step_conversation(node.path(), node.depth, fits, direct) for _, node in judgments]
-    to_force: list[tuple[TaskSearch, Node, Conversation, str | None]] = []
+        prompts = [step_conversation(node.path(), node.depth, judge_fits, direct) for _, node in judgments]
+    to_force: list[tuple[Phase1Task, Node, Conversation, str | None]] = []
     if direct:
         to_force = [(job, node, prompt, None) for (job, node), prompt in zip(judgments, prompts)]
     else:

@@ -1,6 +1,6 @@
 """One task's way through Phase I: search, then critique, then its records.
 
-A `TaskSearch` holds one task's tree and moves through `TaskState`: SEARCH (MCTS simulations:
+A `Phase1Task` holds one task's tree and moves through `TaskState`: SEARCH (MCTS simulations:
 it names the next node to expand), CRITIQUE (under `transition: model`, the policy judges the
 steps its bad paths' walks wait on), DONE. The scheduler (`agentr.search.scheduler`) sends the
 requests of every task in flight to the engine together and hands the replies back. A finished
@@ -69,7 +69,7 @@ class TaskState(enum.Enum):
     DONE = "done"  # written; leaves the round
 
 
-class TaskSearch:
+class Phase1Task:
     """One task on its way: search, then critique (`transition: model`), then done."""
 
     def __init__(self, task_id: str, env: Environment, config: SearchConfig, alpha: float,
