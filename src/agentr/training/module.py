@@ -31,6 +31,7 @@ from torchmetrics import MeanMetric, Metric
 from agentr.data.tokenize import IGNORE_INDEX
 from agentr.engines.models import SMOLLM2_ID
 from agentr.errors import ProvenanceError, check_range
+from agentr.training.adapter import _adapter_key, _base_name
 from agentr.training.fsdp import clean_name, gather_trainable
 from agentr.training.optim import param_groups, warmup_cosine
 
@@ -442,15 +443,3 @@ class AgentRModule(pl.LightningModule):
             trainer.strategy.barrier("agentr_save_adapter")
         return path
 
-
-def _adapter_key(name: str, adapter_name: str = "default") -> str:
-    """`model.base_model.model.<module>.lora_A.default.weight` -> PEFT's file key (no adapter name)."""
-    name = clean_name(name).removeprefix("model.")
-    return name.replace(f".{adapter_name}.", ".")
-
-
-def _base_name(requested: str, resolved: str) -> str:
-    """What adapters record as their base: the Hub id the user gave, else the resolved directory."""
-    requested = str(requested)
-    is_hub_id = requested.count("/") == 1 and not Path(requested).expanduser().exists() and not requested.endswith(".gguf")
-    return requested if is_hub_id else str(Path(resolved).resolve())
