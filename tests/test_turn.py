@@ -20,7 +20,7 @@ from agentr.agent import (
     read_reply,
     run_episodes,
 )
-from agentr.data.datamodule import AgentRDataModule
+from agentr.data.base import AgentRDataModule
 from agentr.engines.base import Generation
 from agentr.envs.base import Environment
 from agentr.search.collect import collect

@@ -160,7 +160,7 @@ def _lightning_cli(args: list[str] | None, verbose: bool = False, run: bool = Tr
     if not verbose:
         quiet_libraries()  # importing Lightning set its own level to INFO
 
-    from agentr.data.datamodule import AgentRDataModule
+    from agentr.data.base import AgentRDataModule
     from agentr.training.module import AgentRModule
 
     class AgentRCLI(LightningCLI):
