@@ -20,7 +20,7 @@ from agentr.agent import (
     read_reply,
     run_episodes,
 )
-from agentr.data.base import AgentRDataModule
+from agentr.data.expert import expert_trajectory
 from agentr.engines.base import Generation
 from agentr.envs.base import Environment
 from agentr.search.collect import collect
@@ -244,12 +244,8 @@ def test_phase_one_never_trains_replies_cut_by_the_limit(tmp_path):
 
 
 def test_expert_demonstrations_play_by_the_same_rules():
-    class WaitDataModule(AgentRDataModule):
-        def make_env(self):
-            return WaitEnv()
-
     env = WaitEnv()
-    demo = WaitDataModule(model="unused")._expert_trajectory(env, "2")
+    demo = expert_trajectory(env, "2")
     assert env.received == ["wait", "step", "step"]  # the environment's own `wait` is sent
     assert [m["train"] for m in demo.messages[HEADER_LEN:]] == [True, False] * 3
     assert parse_action(demo.messages[HEADER_LEN]["content"]) == "wait"
@@ -259,7 +255,7 @@ def test_expert_demonstrations_play_by_the_same_rules():
             return ["step", "revise"]
 
     with pytest.raises(ValueError, match="revision_action"):
-        WaitDataModule(model="unused")._expert_trajectory(RevisingExpert(), "2")
+        expert_trajectory(RevisingExpert(), "2")
 
 
 def test_an_environment_can_choose_its_revision_action():

@@ -1,4 +1,4 @@
-"""The DataModules: Agent-R training data generated on the fly, tokenised, packed and served.
+"""`AgentRDataModule`: Agent-R training data generated on the fly, tokenised, packed and served.
 
 Bring a new environment by subclassing `AgentRDataModule` and overriding **one** method,
 `make_env()`, which returns a fresh `agentr.envs.Environment`; optionally override
@@ -18,7 +18,8 @@ How the data flows (the iteration callback drives it; without it, pass `data_fil
 
 1. `regenerate(engine, iteration, alpha, out_dir)` runs Phase I (`agentr.search.collect`) on the
    train tasks with the current policy and hands the dataset to `set_trajectories`.
-   `expert_trajectories(num)` builds warm-start demonstrations from the environment's expert.
+   `expert_trajectories(num)` builds warm-start demonstrations from the environment's expert
+   (`agentr.data.expert`).
 2. `set_trajectories(trajectories)` tokenises them with the model's chat template and loss mask,
    trims over-long ones (their oldest untrained turns; what still does not fit is dropped, both
    counted), holds out a `val_fraction` of the expert demonstrations' tasks for validation
@@ -51,9 +52,8 @@ from typing import TYPE_CHECKING
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
-from agentr.agent.conversation import build_header
-from agentr.agent.turn import Reply, format_reply, is_revision, play
 from agentr.data.chat_mix import chat_count, load_chat, sample_chat
+from agentr.data.expert import expert_trajectories
 from agentr.errors import SettingError, check_range
 from agentr.data.packing import BatchDataset, EpochShuffleSampler
 from agentr.data.tokenize import TokenizedExample, tokenize_all, tokenize_trajectory
@@ -219,59 +219,9 @@ class AgentRDataModule(pl.LightningDataModule):
         return result.dataset
 
     def expert_trajectories(self, num: int) -> list[Trajectory]:
-        """Up to `num` warm-start demonstrations from the environment's expert, on train tasks.
-
-        Each is the agent's conversation (header, then `Thought: ...\\nAction: ...` replies and
-        observations, played by the rules of one turn, `agentr.agent.turn`, with the
-        environment's `expert_thought`s) with every assistant turn after the header trained,
-        kind "expert", iteration 0. Tasks are drawn (seeded) from the environment's whole train
-        split, those that Phase I does not search (`task_ids("train")`) first: a warm start that memorised
-        the searched tasks would leave MCTS few failures to learn from. Tasks without an expert
-        solution, or whose solution does not reach reward 1, are skipped.
-        """
-        searched = set(self.task_ids("train"))
-        env = self.make_env()
-        ids = [str(t) for t in env.task_ids("train")]
-        order = random.Random(self.seed).sample(ids, len(ids))
-        order.sort(key=lambda t: t in searched)  # stable: unsearched tasks first, still shuffled
-        out: list[Trajectory] = []
-        try:
-            for task_id in order:
-                if len(out) >= num:
-                    break
-                trajectory = self._expert_trajectory(env, task_id)
-                if trajectory is not None:
-                    out.append(trajectory)
-        finally:
-            env.close()
-        if len(out) < num:
-            log.warning("only %d expert demonstrations from %d train tasks (asked for %d)", len(out), len(ids), num)
-        return out
-
-    def _expert_trajectory(self, env: Environment, task_id: str) -> Trajectory | None:
-        actions = env.expert_actions(task_id)
-        if not actions:
-            return None
-        for action in actions:
-            if is_revision(action, env.revision_action):
-                raise ValueError(
-                    f"{env.name} task {task_id}: the expert's action {action!r} is the revision "
-                    f"action; set {type(env).__name__}.revision_action to a command it does not have")
-        observation = env.reset(task_id)
-        messages = [{**m, "train": False} for m in build_header(env.instruction, observation)]
-        reward = 0.0
-        for step, action in enumerate(actions):
-            reply = Reply(format_reply(env.expert_thought(actions, step), action), action, trainable=True)
-            turn = play(env, reply, reward)
-            messages += turn.messages(train=True)
-            reward = turn.reward
-            if turn.done:
-                break
-        if reward < 1.0:
-            log.warning("%s task %s: the expert's actions end with reward %s; skipped", env.name, task_id, reward)
-            return None
-        return Trajectory(id=f"{env.name}/{task_id}/expert/0", env=env.name, task_id=str(task_id), iteration=0,
-                          kind="expert", messages=messages, meta={"turns": step + 1})
+        """Up to `num` warm-start demonstrations from the environment's expert, on train tasks,
+        those that Phase I does not search first (`agentr.data.expert`)."""
+        return expert_trajectories(self.make_env, set(self.task_ids("train")), num, self.seed)
 
     # ---- data the loaders serve --------------------------------------------------------------
     def set_trajectories(self, trajectories: Iterable[Trajectory]) -> None:
