@@ -298,7 +298,7 @@ class AgentRDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit":  # refuse settings the environment cannot serve before any work
-            from agentr.search.task import check_transition_source
+            from agentr.search.critique import check_transition_source
 
             check_transition_source(self.search, self.make_env)
         if self.train_examples is None and self.data_files:
