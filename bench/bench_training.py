@@ -133,7 +133,7 @@ def batch_counts(batch: dict) -> tuple[int, int, int]:
 def run_agentr(args, data_path: Path, packing: bool) -> dict:
     import lightning.pytorch as pl
 
-    from agentr.data.datamodule import AgentRDataModule
+    from agentr.data.base import AgentRDataModule
     from agentr.training.module import AgentRModule
 
     meter = Meter(args.warmup)

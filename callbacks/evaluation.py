@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+from agentr.callbacks.driven import check_driven
 from agentr.engines.base import Engine
 from agentr.errors import check_range
 from agentr.provenance import changed_keys
@@ -84,8 +85,6 @@ class EvaluationCallback(Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
-            from agentr.callbacks.iteration import check_driven
-
             check_driven(trainer, self)
 
     def evaluate_stage(

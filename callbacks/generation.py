@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+from agentr.callbacks.driven import check_driven
 from agentr.engines.base import Engine
 from agentr.engines.config import EngineConfig
 from agentr.memory import return_freed_heap
@@ -38,8 +39,6 @@ class GenerationCallback(Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
-            from agentr.callbacks.iteration import check_driven
-
             check_driven(trainer, self)
         # The engine serves the module's base model, with room for the module's LoRA rank.
         hparams = pl_module.hparams

@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
+from agentr.callbacks.driven import Driver
 from agentr.callbacks.evaluation import EvaluationCallback
 from agentr.callbacks.generation import GenerationCallback
 from agentr.errors import DirectoryInUseError, NoTrainingData, SettingError, check_range
@@ -127,7 +127,7 @@ def iteration_steps(epochs: int, batches: int, world_size: int = 1, accumulate: 
     return epochs * math.ceil(per_rank / accumulate)  # Lightning steps on an epoch's remainder
 
 
-class AgentRIterations(Callback):
+class AgentRIterations(Driver):
     """Runs Agent-R: per iteration, Phase I with the current policy, then its training epochs.
 
     Args:
@@ -183,12 +183,12 @@ class AgentRIterations(Callback):
         if self.evaluation is None:
             log.warning("no EvaluationCallback in trainer.callbacks: no stage of this fit is evaluated")
         datamodule = trainer.datamodule
-        if not hasattr(datamodule, "set_epoch_hook"):
+        if not hasattr(datamodule, "set_iteration_hook"):
             raise TypeError(
                 f"AgentRIterations needs an agentr.data.AgentRDataModule, got {type(datamodule).__name__}"
             )
         self._lock_run_dir()
-        datamodule.set_epoch_hook(lambda: self.prepare_epoch(trainer))
+        datamodule.set_iteration_hook(lambda: self.begin_iteration(trainer))
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._release_lock()
@@ -279,7 +279,7 @@ class AgentRIterations(Callback):
         print("\n" + format_summary(run, path), flush=True)
 
     # ---- the loop ---------------------------------------------------------------------------
-    def prepare_epoch(self, trainer: pl.Trainer) -> None:
+    def begin_iteration(self, trainer: pl.Trainer) -> None:
         """The iteration's sequence. Called by the DataModule's `train_dataloader()`, which
         Lightning calls before every epoch; it acts on an iteration's first epoch (or the first
         epoch of a resumed run):
@@ -422,11 +422,3 @@ def _find_callback(trainer: pl.Trainer, cls: type, required: bool = True):
                            "(see configs/quickstart.yaml)")
     return found[0] if found else None
 
-
-def check_driven(trainer: pl.Trainer, callback: Callback) -> None:
-    """Fail a fit whose `callback` (generation or evaluation) has no AgentRIterations to call it:
-    it would silently do nothing."""
-    if not any(isinstance(c, AgentRIterations) for c in trainer.callbacks):
-        raise SettingError(
-            f"{type(callback).__name__} is called by agentr.callbacks.AgentRIterations, which is not in "
-            "trainer.callbacks: add it (see configs/quickstart.yaml)")

@@ -13,6 +13,7 @@ from agentr.engines.base import Choice, Conversation, Engine, Generation, Sampli
 from agentr.engines.common import best_choice
 from agentr.envs.base import Environment
 from agentr.search.critique import VERIFIER_PROMPT
+from agentr.search.mcts import SearchTree
 
 
 class Killed(RuntimeError):
@@ -228,3 +229,10 @@ def judge_bad_on(*bad_actions: str) -> Callable[[Conversation], str]:
         return f"The action {latest_action(conversation)} matters.\nJudgment: {verdict}"
 
     return judge
+
+
+def search_sequential(tree: SearchTree, engine: Engine, sampling: SamplingConfig) -> SearchTree:
+    """Run one tree to the end, one engine call per expansion."""
+    while (node := tree.pending()) is not None:
+        tree.expand(node, engine.generate([tree.conversation(node)], sampling)[0])
+    return tree

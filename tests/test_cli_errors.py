@@ -81,22 +81,6 @@ def _generation(config) -> dict:
     return config["trainer"]["callbacks"][0]["init_args"]
 
 
-@pytest.mark.parametrize("init_args, message", [
-    ({"engine": "auto"}, "GenerationCallback's engine: auto is now written engine: {kind: auto}"),
-    ({"engine": "hf", "max_model_len": 1024},
-     "GenerationCallback's engine: hf is now written engine: {kind: hf}"),
-    ({"kv_cache_gb": 1}, "GenerationCallback's kv_cache_gb is now written engine: {kv_cache_gb: 1}"),
-])
-def test_fit_names_the_new_spelling_of_the_engine_settings(tmp_path, capsys, init_args, message):
-    def edit(config):
-        _generation(config).clear()
-        _generation(config).update(init_args)
-
-    path = edited_config(tmp_path, edit)
-    code, err = run(["fit", "--config", path], capsys)
-    assert code == 2 and error_line(err).startswith(f"agentr: error: {path}: {message}: ")
-
-
 def test_fit_names_an_unknown_key_first_with_the_closest_one(tmp_path, capsys):
     path = edited_config(tmp_path, lambda c: c["model"].update(lora_rank=8))
     code, err = run(["fit", "--config", path], capsys)
@@ -109,28 +93,6 @@ def test_fit_names_a_misspelt_engine_setting(tmp_path, capsys):
     path = edited_config(tmp_path, lambda c: _generation(c)["engine"].update(max_modl_len=1))
     code, err = run(["fit", "--config", path], capsys)
     assert code == 2 and "Group 'engine' does not accept option 'max_modl_len'" in err
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--engine", "hf"], "--engine hf is now written --engine.kind hf"),
-    (["--engine=vllm"], "--engine vllm is now written --engine.kind vllm"),
-    (["--max_model_len", "2048"], "--max_model_len is now written --engine.max_model_len 2048"),
-    (["--engine_options", '{"kv_cache_gb": 3, "cpu_threads": 1}'],
-     "--engine_options is now written --engine.kv_cache_gb 3 --engine.cpu_threads 1"),
-])
-@pytest.mark.parametrize("command", ["collect", "evaluate"])
-def test_stage_commands_name_the_new_spelling_of_the_engine_settings(capsys, no_engine, command,
-                                                                      args, message):
-    code, err = run([command, "--model", "some/model", *args], capsys)
-    assert code == 2 and error_line(err).startswith(f"agentr: error: {message}: ")
-
-
-def test_a_stage_config_file_with_the_old_engine_spelling_is_named(tmp_path, capsys, no_engine):
-    path = tmp_path / "evaluate.yaml"
-    path.write_text("model: some/model\nengine: vllm\n")
-    code, err = run(["evaluate", "--config", str(path)], capsys)
-    assert code == 2 and error_line(err).startswith(
-        f"agentr: error: {path}: engine: vllm is now written engine: {{kind: vllm}}: ")
 
 
 @pytest.mark.parametrize("command, args, message", [

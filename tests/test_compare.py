@@ -8,7 +8,7 @@ import math
 import pytest
 
 from agentr.compare import compare_episodes, compare_paths, format_comparison
-from agentr.stats import mcnemar_exact_p
+from agentr.intervals import mcnemar_exact_p
 
 
 def episodes(successes: list[bool], samples: int | None = None) -> list[dict]:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
+from search_fakes import ScriptedEngine, ToyEnv, force_bad_on, toy_policy
 
+from agentr.engines.base import SamplingConfig
+from agentr.search.config import SearchConfig
 from agentr.search.critique import (
     FORCED_ASK,
     CritiqueWalk,
+    Judge,
+    TaskCritique,
     StepVerdict,
     calibrated_choice,
     content_free_step,
@@ -19,6 +25,7 @@ from agentr.search.critique import (
 )
 from agentr.search.mcts import Node
 from agentr.search.pairing import Pair
+from agentr.timing import NO_PROFILE
 
 
 @pytest.mark.parametrize("text, verdict", [
@@ -52,7 +59,7 @@ def _path(actions: list[str]) -> list[Node]:
     root = Node(id=0, parent=None, depth=0, observation="Goal: craft stick.")
     path = [root]
     for i, a in enumerate(actions, 1):
-        node = Node(id=i, parent=path[-1], depth=i, response=f"Action: {a}", action=a, observation=f"after {a}")
+        node = Node(id=i, parent=path[-1], depth=i, reply=f"Action: {a}", action=a, observation=f"after {a}")
         path[-1].children.append(node)
         path.append(node)
     return path
@@ -168,3 +175,44 @@ def test_cached_verdicts_are_not_asked_again():
     pair = _pair(["s1", "b2", "b3"], divergence=1)
     walk = CritiqueWalk(pair)
     assert walk.advance({2: "Good", 3: "Bad"}) is None and walk.transition == 3
+
+
+def _critique(transition: str) -> TaskCritique:
+    bad = _path(["a", "b"])
+    good = [bad[0], Node(id=9, parent=bad[0], depth=1, action="good", reward=1.0)]
+    return TaskCritique([Pair(good, bad, 0)], SearchConfig(transition=transition), ToyEnv(), "t",
+                        "revise", random.Random(0))
+
+
+def test_the_judge_forces_a_missing_verdict_calibrated_against_a_baseline_asked_once():
+    """`parsed_then_forced`: a reply without a verdict is forced; the content-free baseline is
+    asked after the round's forced verdicts, once per run, and every call is booked."""
+    booked = []
+
+    def call(kind, trees, requests, run):
+        booked.append((kind, trees, requests))
+        return run()
+
+    engine = ScriptedEngine(toy_policy(), judge=lambda c: "Hard to say.", force=force_bad_on("a"))
+    config = SearchConfig(verdict="parsed_then_forced", calibrate_verdicts=True)
+    judge = Judge(engine, config, SamplingConfig(n=1, temperature=0.0, max_tokens=8), lambda c: True,
+                  call, NO_PROFILE)
+    critique = _critique("model")
+    assert critique.judged and [n.action for n in critique.nodes_to_judge()] == ["a"]
+    judge.judge([(critique, node) for node in critique.nodes_to_judge()])
+    assert booked == [("judge", 1, 1), ("force", 1, 1), ("judge", 0, 1), ("force", 0, 1)]
+    assert judge.baseline == [0.0, -2.0, -2.0]  # the content-free step: Good
+    verdict = critique.critiques[1]
+    assert (verdict.verdict, verdict.source, verdict.reply) == ("Bad", "forced", "Hard to say.")
+    assert critique.nodes_to_judge() == []
+    assert (critique.walks[0].transition, critique.walks[0].source) == (1, "model")
+    assert (critique.unparsed, critique.critique_requests) == (1, 1)
+    judge.judge([(critique, critique.walks[0].pair.bad[2])])
+    assert booked[4:] == [("judge", 1, 1), ("force", 1, 1)]  # the baseline is not asked again
+
+
+def test_transition_end_settles_every_walk_without_the_verifier():
+    critique = _critique("end")
+    assert not critique.judged and critique.nodes_to_judge() == []
+    assert (critique.walks[0].transition, critique.walks[0].source) == (2, "end")
+    assert critique.mistakes is None and critique.random_steps == [random.Random(0).randint(1, 2)]

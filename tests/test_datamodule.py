@@ -9,7 +9,8 @@ from search_fakes import CloneToyEnv, ScriptedEngine, judge_bad_on, toy_policy
 
 from agentr.agent.conversation import HEADER_LEN, SYSTEM_PROMPT
 from agentr.agent.turn import parse_action
-from agentr.data.datamodule import AgentRDataModule, HTTPDataModule, TextCraftDataModule
+from agentr.data.base import AgentRDataModule
+from agentr.data.datamodule import HTTPDataModule, TextCraftDataModule
 from agentr.data.tokenize import IGNORE_INDEX
 from agentr.envs.textcraft import TextCraftEnv
 from agentr.search.config import SearchConfig
@@ -101,7 +102,7 @@ def test_unpacked_mode_reports_padding(tiny_model_dir):
 
 def test_regenerate_runs_phase_one_and_trains_all_of_it(tiny_model_dir, tmp_path, caplog):
     dm = ToyDataModule(model=tiny_model_dir, search=SEARCH, val_fraction=0.2, num_tasks=3)
-    with caplog.at_level("INFO", logger="agentr.data.datamodule"):
+    with caplog.at_level("INFO", logger="agentr.data.base"):
         path = dm.regenerate(toy_engine(), iteration=1, alpha=0.5, out_dir=tmp_path)
     trajectories = list(read_jsonl(path))
     assert {t.kind for t in trajectories} >= {"revision", "good"}

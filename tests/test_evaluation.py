@@ -23,7 +23,7 @@ from agentr.metrics import (
     loop_lengths,
     repeat_fraction,
 )
-from agentr.stats import wilson_interval
+from agentr.intervals import wilson_interval
 from search_fakes import ScriptedEngine
 from test_rollout import CounterEnv, always, scripted, step_reply
 

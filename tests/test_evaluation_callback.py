@@ -9,7 +9,7 @@ import pytest
 
 from agentr.callbacks import EvaluationCallback
 from agentr.callbacks.evaluation import loggable_metrics
-from agentr.stats import wilson_interval
+from agentr.intervals import wilson_interval
 from test_evaluation import SeedPolicyEngine
 from test_rollout import CounterEnv
 

@@ -7,11 +7,11 @@ import math
 import random
 
 import pytest
-from search_fakes import CloneToyEnv, ScriptedEngine, ToyEnv, reply, toy_policy
+from search_fakes import CloneToyEnv, ScriptedEngine, ToyEnv, reply, search_sequential, toy_policy
 
 from agentr.engines.base import Generation, SamplingConfig
 from agentr.search.config import SearchConfig
-from agentr.search.mcts import Node, SearchTree, backup, search_sequential, select_child, uct
+from agentr.search.mcts import Node, SearchTree, backup, select_child, uct
 
 
 def _node_with_children(stats: list[tuple[int, float, bool]], parent_visits: int) -> Node:

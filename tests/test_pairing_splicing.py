@@ -15,7 +15,7 @@ HEADER = build_header("Commands: good, noop.", "Task t0: win.")
 
 
 def _child(parent: Node, name: str, reward: float = 0.0, terminal: bool = False) -> Node:
-    node = Node(id=len(_ALL), parent=parent, depth=parent.depth + 1, response=f"Thought: t\nAction: {name}",
+    node = Node(id=len(_ALL), parent=parent, depth=parent.depth + 1, reply=f"Thought: t\nAction: {name}",
                 action=name, observation=f"obs {name}", reward=reward, terminal=terminal)
     _ALL.append(node)
     parent.children.append(node)

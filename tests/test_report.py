@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from html.parser import HTMLParser
+from importlib import resources
 
 import pytest
 from report_run import make_run
@@ -103,6 +104,14 @@ def test_report_page_has_every_section_and_the_run_data(run_dir):
     # every metric of eval.json, including fields this version does not know, with intervals
     assert f"{rate:.3g} [0.1, 0.7]" in page.cells and "1: 0.5" in page.cells and "f1ng3rpr1nt" in page.cells
     assert "<script>" in path.read_text() and "http" not in path.read_text().replace("http://www.w3.org/2000/svg", "")
+
+
+def test_the_page_inlines_its_style_and_script_files(run_dir):
+    """The CSS and JS are package files beside `agentr.report.page`, written into the page whole."""
+    page = write_report(run_dir)[0].read_text()
+    assets = resources.files("agentr.report")
+    for name, tag in (("page.css", "style"), ("page.js", "script")):
+        assert f"<{tag}>\n{assets.joinpath(name).read_text(encoding='utf-8')}</{tag}>" in page
 
 
 def test_tree_nodes_carry_leaf_pair_and_verdict_marks(run_dir):

@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent('''
     sys.path.insert(0, os.environ["AGENTR_TESTS"])
     import torch.distributed as dist
     from search_fakes import CloneToyEnv, ScriptedEngine, judge_bad_on, toy_policy
-    from agentr.data.datamodule import AgentRDataModule
+    from agentr.data.base import AgentRDataModule
     from agentr.ranks import Ranks, main_rank_does, shared_token
     from agentr.search.config import SearchConfig
 

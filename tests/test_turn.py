@@ -20,7 +20,7 @@ from agentr.agent import (
     read_reply,
     run_episodes,
 )
-from agentr.data.datamodule import AgentRDataModule
+from agentr.data.expert import expert_trajectory
 from agentr.engines.base import Generation
 from agentr.envs.base import Environment
 from agentr.search.collect import collect
@@ -200,7 +200,7 @@ def test_mcts_plays_the_same_turn():
     assert revise.reward == tree.root.reward and not revise.terminal
     assert junk.action == "I do not know" and junk.observation == "Nothing happens (i do not know)."
     assert not junk.trainable
-    assert good.response == reply("good") and good.trainable and tree.counters.duplicates == 1
+    assert good.reply == reply("good") and good.trainable and tree.counters.duplicates == 1
     assert cut.action == "noo" and not cut.trainable and cut.to_dict()["trainable"] is False
     assert tree.counters.env_steps == 3
 
@@ -244,12 +244,8 @@ def test_phase_one_never_trains_replies_cut_by_the_limit(tmp_path):
 
 
 def test_expert_demonstrations_play_by_the_same_rules():
-    class WaitDataModule(AgentRDataModule):
-        def make_env(self):
-            return WaitEnv()
-
     env = WaitEnv()
-    demo = WaitDataModule(model="unused")._expert_trajectory(env, "2")
+    demo = expert_trajectory(env, "2")
     assert env.received == ["wait", "step", "step"]  # the environment's own `wait` is sent
     assert [m["train"] for m in demo.messages[HEADER_LEN:]] == [True, False] * 3
     assert parse_action(demo.messages[HEADER_LEN]["content"]) == "wait"
@@ -259,7 +255,7 @@ def test_expert_demonstrations_play_by_the_same_rules():
             return ["step", "revise"]
 
     with pytest.raises(ValueError, match="revision_action"):
-        WaitDataModule(model="unused")._expert_trajectory(RevisingExpert(), "2")
+        expert_trajectory(RevisingExpert(), "2")
 
 
 def test_an_environment_can_choose_its_revision_action():

@@ -47,7 +47,7 @@ from report import load_average, machine  # noqa: E402
 
 from agentr.compare import compare_results, format_points  # noqa: E402
 from agentr.jsonfiles import write_text  # noqa: E402
-from agentr.stats import wilson_interval  # noqa: E402
+from agentr.intervals import wilson_interval  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 ITERATIONS_CALLBACK = "agentr.callbacks.AgentRIterations"

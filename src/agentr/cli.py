@@ -62,7 +62,6 @@ def main(args: list[str] | None = None) -> None:
     configure_logging(verbose)
     try:  # the console script passes main()'s result to sys.exit: None exits 0
         documents = _read_config_files(argv)
-        _check_engine_spelling(argv, documents)
         if not (argv and argv[0] in STAGE_COMMANDS):
             argv = with_merged_callbacks(argv, documents)
         if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
@@ -123,71 +122,6 @@ def _read_config_files(argv: list[str]) -> list[tuple[int, str, object]]:
             problem = getattr(error, "problem", None) or str(error)
             raise SettingError(f"{path}{where}: not valid YAML ({problem})") from None
     return documents
-
-
-def _check_engine_spelling(argv: list[str], documents: list[tuple[int, str, object]]) -> None:
-    """Raise `SettingError` naming the new spelling where the config files or the command line
-    set the engine the old way: the group `engine` (`agentr.engines.EngineConfig`) of
-    `GenerationCallback` and of the stage commands holds what was `engine: auto`, a flat
-    `max_model_len` (or another of its fields) and `engine_options`."""
-    from agentr.errors import SettingError
-
-    stage = bool(argv) and argv[0] in STAGE_COMMANDS
-    places = []  # (settings, where the message says they are, on the command line)
-    for _, path, document in documents:
-        if not isinstance(document, dict):
-            continue
-        if stage:
-            places.append((document, f"{path}: ", False))
-        callbacks = (document.get("trainer") or {}).get("callbacks") or []
-        for callback in callbacks if isinstance(callbacks, list) else []:
-            if isinstance(callback, dict) and str(callback.get("class_path", "")).endswith(
-                    "GenerationCallback"):
-                places.append((callback.get("init_args") or {}, f"{path}: GenerationCallback's ",
-                               False))
-    if stage:
-        options = {}
-        for i, arg in enumerate(argv):
-            if arg.startswith("--"):
-                name, equals, value = arg[2:].partition("=")
-                options[name] = value if equals or i + 1 == len(argv) else argv[i + 1]
-        places.append((options, "", True))
-    for settings, where, command_line in places:
-        problem = _old_engine_spelling(settings, command_line)
-        if problem:
-            raise SettingError(f"{where}{problem}: the engine's settings are one group, "
-                               "`engine` (see --help)")
-
-
-def _old_engine_spelling(settings: dict, command_line: bool) -> str | None:
-    """"OLD is now written NEW" for the first engine setting `settings` spell the old way."""
-    from dataclasses import fields
-
-    import yaml
-
-    from agentr.engines.config import KINDS, EngineConfig
-
-    names = [f.name for f in fields(EngineConfig)]
-    engine = settings.get("engine")
-    if isinstance(engine, str) and engine in KINDS:
-        old, new = (f"--engine {engine}" if command_line else f"engine: {engine}"), {"kind": engine}
-    elif "engine_options" in settings:
-        options = settings["engine_options"]
-        try:
-            options = yaml.safe_load(options) if isinstance(options, str) else options
-        except yaml.YAMLError:
-            options = None
-        old = "--engine_options" if command_line else "engine_options"
-        new = {k: v for k, v in options.items() if k in names} if isinstance(options, dict) else {}
-        new = new or {"kv_cache_gb": 3}  # an example of the group's spelling
-    else:
-        name = next((n for n in names if n in settings), None)
-        if name is None:
-            return None
-        old, new = (f"--{name}" if command_line else name), {name: settings[name]}
-    if command_line:
-        return f"{old} is now written " + " ".join(f"--engine.{k} {v}" for k, v in new.items())
-    return f"{old} is now written engine: {{" + ", ".join(f"{k}: {v}" for k, v in new.items()) + "}"
 
 
 def _run(argv: list[str], args: list[str] | None, verbose: bool) -> None:
@@ -259,7 +193,7 @@ def _lightning_cli(args: list[str] | None, verbose: bool = False, run: bool = Tr
     if not verbose:
         quiet_libraries()  # importing Lightning set its own level to INFO
 
-    from agentr.data.datamodule import AgentRDataModule
+    from agentr.data.base import AgentRDataModule
     from agentr.errors import SettingError
     from agentr.training.module import AgentRModule
 

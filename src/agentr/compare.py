@@ -19,7 +19,7 @@ import os
 import re
 from pathlib import Path
 
-from agentr.stats import BOOTSTRAP_RESAMPLES, CONFIDENCE, cluster_bootstrap_interval, mcnemar_exact_p
+from agentr.intervals import BOOTSTRAP_RESAMPLES, CONFIDENCE, cluster_bootstrap_interval, mcnemar_exact_p
 
 PAIRED_METHOD = f"paired bootstrap over tasks ({BOOTSTRAP_RESAMPLES} resamples, percentile)"
 

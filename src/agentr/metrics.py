@@ -18,7 +18,7 @@ float32 tensor), and never synced across ranks: an evaluation's episodes are all
 
 Actions are compared after stripping, lower-casing and collapsing whitespace.
 
-`episode_metrics` summarises a set of episodes with 95% intervals (`agentr.stats`): Wilson for
+`episode_metrics` summarises a set of episodes with 95% intervals (`agentr.intervals`): Wilson for
 the success rate when every task has one episode, else a bootstrap over tasks; a bootstrap
 over tasks for the average reward. `interval_methods` says which, in words.
 """
@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from agentr.agent.turn import REVISION_ACTION, is_revision
-from agentr.stats import BOOTSTRAP_RESAMPLES, CONFIDENCE, cluster_bootstrap_interval, wilson_interval
+from agentr.intervals import BOOTSTRAP_RESAMPLES, CONFIDENCE, cluster_bootstrap_interval, wilson_interval
 
 
 def _normalise(actions: Iterable[str]) -> list[str]:

@@ -25,7 +25,6 @@ Only assistant messages may have `"train": true`; the trainer computes the loss 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -54,9 +53,6 @@ class Trajectory:
         for i, m in enumerate(self.messages):
             if m.get("train") and m.get("role") != "assistant":
                 raise ValueError(f"trajectory {self.id}: message {i} is {m.get('role')} but train=true")
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False)
 
     @classmethod
     def from_dict(cls, data: dict) -> Trajectory:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agentr.compare import PAIRED_METHOD, compare_paths, format_comparison
 from agentr.jsonfiles import write_json
-from agentr.stats import CONFIDENCE
+from agentr.intervals import CONFIDENCE
 
 
 def compare_command(run_a: str, run_b: str, out: str | None = None, seed: int = 0) -> None:

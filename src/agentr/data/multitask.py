@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from agentr.data.datamodule import AgentRDataModule
+from agentr.data.base import AgentRDataModule
 from agentr.envs.multitask import MultiTaskEnv, interleave
 
 

@@ -206,17 +206,14 @@ def _episode_part(message: dict, revision_action: str) -> str:
 
 # ---- Phase I ---------------------------------------------------------------------------------
 def _read_phase1(path: Path, limits: ReportLimits) -> dict:
-    # One directory, or one per rank of a multi-GPU Phase I (phase1/rank<k>/).
-    shards = [path] if (path / "tasks").is_dir() else sorted(p for p in path.glob("rank*") if p.is_dir())
-    stats = _read_json(path / "stats.json") or _merge_stats([_read_json(s / "stats.json") or {} for s in shards])
-    settings = _read_json((shards[0] if shards else path) / "collect.json") or {}
-    alpha = (stats or {}).get("alpha", settings.get("alpha"))
+    stats = _read_json(path / "stats.json") or {}
+    settings = _read_json(path / "collect.json") or {}
+    alpha = stats.get("alpha", settings.get("alpha"))
     tasks = []
-    for shard in shards:
-        for stats_path in (shard / "tasks").glob("*.stats.json"):
-            task = _read_json(stats_path)
-            task["_tree"] = shard / "trees" / stats_path.name.replace(".stats.json", ".json")
-            tasks.append(task)
+    for stats_path in (path / "tasks").glob("*.stats.json"):
+        task = _read_json(stats_path)
+        task["_tree"] = path / "trees" / stats_path.name.replace(".stats.json", ".json")
+        tasks.append(task)
     tasks.sort(key=lambda t: _natural_key(str(t.get("task_id"))))
     # the most informative trees first: with revision trajectories, with a good path, the rest
     ranked = sorted(range(len(tasks)), key=lambda i: (not tasks[i].get("revision"),
@@ -234,9 +231,9 @@ def _read_phase1(path: Path, limits: ReportLimits) -> dict:
         task_rows.append(row)
     dataset = path / "dataset.jsonl"
     phase1 = {
-        "stats": _scalars(stats or {}),
+        "stats": _scalars(stats),
         "alpha": alpha,
-        "mode": (stats or {}).get("mode", settings.get("config", {}).get("mode")),
+        "mode": stats.get("mode", settings.get("config", {}).get("mode")),
         "tasks": task_rows,
         "trees": trees,
         "trajectories": _read_trajectories(dataset, limits) if dataset.exists() else None,
@@ -244,15 +241,6 @@ def _read_phase1(path: Path, limits: ReportLimits) -> dict:
     if "fingerprint" in settings:
         phase1["fingerprint"] = settings["fingerprint"]
     return phase1
-
-
-def _merge_stats(shards: list[dict]) -> dict:
-    """The stats of a Phase I split over ranks: counts summed, everything else from rank 0."""
-    merged = dict(shards[0]) if shards else {}
-    for key, value in merged.items():
-        if isinstance(value, int) and not isinstance(value, bool) and key not in ("iteration", "seed"):
-            merged[key] = sum(s.get(key, 0) for s in shards)
-    return merged
 
 
 def _natural_key(text: str) -> list:

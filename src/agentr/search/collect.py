@@ -73,10 +73,11 @@ from agentr.errors import check_range
 from agentr.jsonfiles import write_json
 from agentr.provenance import policy_provenance
 from agentr.search.config import SearchConfig
+from agentr.search.critique import check_transition_source
 from agentr.search.run_dir import check_run_settings, run_history, task_filename
 from agentr.search.scheduler import CALL_KINDS, search_tasks
 from agentr.search.summary import counted_as_read, phase1_report, summarize
-from agentr.search.task import check_transition_source, good_threshold
+from agentr.search.task import good_threshold
 from agentr.timing import Profile
 from agentr.trajectory import Trajectory, read_jsonl, write_jsonl_atomic
 

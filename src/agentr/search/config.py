@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from agentr.errors import check_range
+from agentr.old_spellings import check_search_mode
 
 MODES = ("agent_r", "optimal")
 TRANSITIONS = ("model", "end", "oracle")
@@ -81,10 +82,7 @@ class SearchConfig:
     max_concurrent_trees: int = 32
 
     def __post_init__(self) -> None:
-        if self.mode == "direct_revision":
-            raise ValueError(
-                "SearchConfig.mode 'direct_revision' was replaced by transition: 'end' "
-                "(Direct-Revision: t' = the end of the bad path); set mode: agent_r, transition: end")
+        check_search_mode(self.mode)
         if self.mode not in MODES:
             raise ValueError(f"unknown search mode {self.mode!r}; expected one of {MODES}")
         if self.transition not in TRANSITIONS:

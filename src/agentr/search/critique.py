@@ -26,18 +26,34 @@ is what the step itself says.
 
 Each step's verdict depends only on the path up to that step, so verdicts are cached per node:
 pairs that share bad steps ask once.
+
+This module owns the whole rule of t': where it comes from (`SearchConfig.transition`: the
+model's verdicts, the end of the bad path, or the environment's first labelled mistake), one
+task's walks and verdicts and the figures that measure t' against the labels (`TaskCritique`),
+and a run's verdict policy with its calibration (`Judge`). The scheduler only gathers the steps
+of every task in flight into one round and hands `Judge` the engine calls' bookkeeping.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from agentr.engines.base import Conversation
+from agentr.agent.turn import is_revision
+from agentr.engines.base import Conversation, Engine, SamplingConfig
+from agentr.envs.base import Environment
+from agentr.search.config import SearchConfig
 from agentr.search.mcts import Node
 from agentr.search.pairing import Pair
+from agentr.timing import Profile
+
+#: Runs one engine call for the scheduler's bookkeeping: (kind, trees in it, requests, the call).
+EngineCall = Callable[[str, int, int, Callable[[], Any]], Any]
 
 VERDICTS = ("Good", "Bad", "Uncertain")
 #: Where a verdict came from: parsed from the reply, forced by log-probability, or none
@@ -248,3 +264,179 @@ class CritiqueWalk:
                 break
             self.next_step += 1
         return None
+
+
+def forces_verdicts(config: SearchConfig) -> bool:
+    """Whether Phase I under `config` may force verdicts by log-probability."""
+    return config.mode == "agent_r" and config.transition == "model" and config.verdict != "parsed"
+
+
+def check_transition_source(config: SearchConfig, make_env: Callable[[], Environment]) -> None:
+    """Refuse `transition: oracle` for an environment without mistake labels (an environment is
+    built to ask only under that setting)."""
+    if config.mode != "agent_r" or config.transition != "oracle":
+        return
+    env = make_env()
+    try:
+        labels = env.labels_mistakes
+    finally:
+        env.close()
+    if not labels:
+        raise ValueError(
+            f"search.transition 'oracle' needs an environment that labels mistakes "
+            f"(Environment.label_mistakes); {type(env).__name__} has none: use transition "
+            "'model' or 'end'")
+
+
+class TaskCritique:
+    """One task's way from its pairs to their transition points.
+
+    Every pair's walk starts after its divergence; under `transition: end` or `oracle` its t' is
+    settled at once, under `model` it waits on the verdicts of its steps (`nodes_to_judge`,
+    `record_verdict`). It also holds what measures t' against the environment's labels: the
+    first labelled mistake after each divergence (`mistakes`; None: no labels) and a step drawn
+    uniformly after it from `random_stream` (`random_steps`).
+    """
+
+    def __init__(self, pairs: Sequence[Pair], config: SearchConfig, env: Environment, task_id: str,
+                 revision_action: str, random_stream: random.Random) -> None:
+        self.walks = [CritiqueWalk(pair) for pair in pairs]
+        self.verdicts: dict[int, str] = {}
+        self.critiques: dict[int, StepVerdict] = {}  # node id -> its verdict and source
+        self.verdict_counts: Counter[str] = Counter()
+        self.source_counts: Counter[str] = Counter()
+        self.unparsed = 0  # replies without a verdict (forced afterwards, or counted Uncertain)
+        self.critique_tokens = 0
+        self.critique_requests = 0
+        self.mistakes = self._first_mistakes(env, task_id, revision_action)
+        self.random_steps = [random_stream.randint(w.pair.divergence + 1, len(w.pair.bad) - 1)
+                             for w in self.walks]
+        for i, walk in enumerate(self.walks):
+            end = len(walk.pair.bad) - 1
+            if config.transition == "end":
+                walk.settle(end, "end")
+            elif config.transition == "oracle":
+                mistake = self.mistakes[i] if self.mistakes is not None else None
+                walk.settle(*((mistake, "oracle") if mistake is not None else (end, "end")))
+        #: The walks wait on the policy's verdicts (`transition: model`).
+        self.judged = config.transition == "model" and bool(self.walks)
+
+    def _first_mistakes(self, env: Environment, task_id: str, revision_action: str) -> list[int | None] | None:
+        """Per walk, the first step after the divergence that the environment labels a mistake
+        (None: no such step); None when the environment has no labels for this task. Asks
+        `label_mistakes` itself rather than `labels_mistakes`, which a multi-task environment
+        answers by building every sub-environment."""
+        if not self.walks:
+            return None if env.label_mistakes(task_id, []) is None else []
+        labelled: dict[int, list[bool]] = {}  # leaf id -> one label per turn
+        out = []
+        for walk in self.walks:
+            bad = walk.pair.bad
+            if bad[-1].id not in labelled:
+                labels = _labels(env, task_id, revision_action, bad)
+                if labels is None:
+                    return None
+                labelled[bad[-1].id] = labels
+            labels = labelled[bad[-1].id]
+            out.append(next((k for k in range(walk.pair.divergence + 1, len(bad)) if labels[k - 1]),
+                            None))
+        return out
+
+    def nodes_to_judge(self) -> list[Node]:
+        """The bad-path steps whose verdicts the walks wait on (none: the critique is over)."""
+        nodes: dict[int, Node] = {}
+        for walk in self.walks:
+            node = walk.advance(self.verdicts)
+            if node is not None:
+                nodes.setdefault(node.id, node)
+        return list(nodes.values())
+
+    def record_reply(self, num_tokens: int, parsed: bool) -> None:
+        """Count one verifier reply (its verdict is recorded by `record_verdict`)."""
+        self.critique_tokens += num_tokens
+        self.critique_requests += 1
+        self.unparsed += not parsed
+
+    def record_verdict(self, node: Node, verdict: StepVerdict) -> None:
+        self.verdicts[node.id] = verdict.verdict
+        self.critiques[node.id] = verdict
+        self.verdict_counts[verdict.verdict] += 1
+        self.source_counts[verdict.source] += 1
+
+
+def _labels(env: Environment, task_id: str, revision_action: str, path: list[Node]) -> list[bool] | None:
+    """The environment's label of every turn of `path`. A revision turn never reached the
+    environment (the agent answers it itself): it makes no progress, a mistake."""
+    stepped = [n for n in path[1:] if not is_revision(n.action, revision_action)]
+    labels = env.label_mistakes(task_id, [n.action or "" for n in stepped])
+    if labels is None:
+        return None
+    by_node = {n.id: label for n, label in zip(stepped, labels, strict=True)}
+    return [by_node.get(n.id, True) for n in path[1:]]
+
+
+class Judge:
+    """A run's verdict policy (`SearchConfig.verdict`): gives the steps of a round their
+    verdicts, in one batched `generate` for the reasons, then one batched `choose` for the steps
+    still without one, calibrated against `baseline` where `calibrate_verdicts` is on.
+
+    `call` runs each engine call for the scheduler's bookkeeping (`EngineCall`); `fits` accepts
+    a verifier prompt that leaves room for the reasons and the verdict.
+    """
+
+    def __init__(self, engine: Engine, config: SearchConfig, sampling: SamplingConfig,
+                 fits: Callable[[Conversation], bool], call: EngineCall, profile: Profile) -> None:
+        self.engine, self.config, self.sampling, self.fits = engine, config, sampling, fits
+        self.call, self.profile = call, profile
+        self.direct = config.verdict == "forced"
+        self.calibrated = config.calibrate_verdicts and forces_verdicts(config)
+        #: The calibration baseline of the run's forced verdicts: the log-probability of each
+        #: verdict (`VERDICTS` order) for the content-free step, asked as the forced verdicts
+        #: are (after the verifier's own greedy reasons, or under `verdict: forced` directly).
+        #: Asked for when the first verdict is forced: a policy that writes all its verdicts
+        #: never pays for it.
+        self.baseline: list[float] | None = None
+
+    def _baseline(self) -> list[float] | None:
+        if not self.calibrated or self.baseline is not None:
+            return self.baseline
+        prompt = content_free_step(self.direct)
+        reply = None
+        if not self.direct:
+            reply = self.call("judge", 0, 1, lambda: self.engine.generate([prompt], self.sampling))[0][0].text
+        (choice,) = self.call("force", 0, 1, lambda: self.engine.choose(
+            [prompt], [forced_prefix(reply)], VERDICT_CHOICES))
+        self.baseline = list(choice.logprobs)
+        return self.baseline
+
+    def judge(self, judgments: list[tuple[TaskCritique, Node]]) -> None:
+        """Give every step in `judgments` (a task's critique, the step) a verdict."""
+        with self.profile.phase("judge.prompts"):
+            prompts = [step_conversation(node.path(), node.depth, self.fits, self.direct)
+                       for _, node in judgments]
+        to_force: list[tuple[TaskCritique, Node, Conversation, str | None]] = []
+        if self.direct:
+            to_force = [(task, node, prompt, None) for (task, node), prompt in zip(judgments, prompts)]
+        else:
+            replies = self.call("judge", len({id(task) for task, _ in judgments}), len(prompts),
+                                lambda: self.engine.generate(prompts, self.sampling))
+            for (task, node), prompt, (reply, *_) in zip(judgments, prompts, replies):
+                verdict = parse_judgment(reply.text)
+                task.record_reply(reply.num_tokens, parsed=verdict is not None)
+                if verdict is not None:
+                    task.record_verdict(node, StepVerdict(verdict, "parsed", reply.text))
+                elif self.config.verdict == "parsed":
+                    task.record_verdict(node, StepVerdict("Uncertain", "none", reply.text))
+                else:
+                    to_force.append((task, node, prompt, reply.text))
+        if to_force:
+            choices = self.call("force", len({id(task) for task, *_ in to_force}), len(to_force),
+                                lambda: self.engine.choose([p for _, _, p, _ in to_force],
+                                                           [forced_prefix(reply) for *_, reply in to_force],
+                                                           VERDICT_CHOICES))
+            base = self._baseline()
+            for (task, node, _, reply), choice in zip(to_force, choices):
+                verdict = VERDICTS[calibrated_choice(choice.logprobs, base)]
+                task.record_verdict(node, StepVerdict(
+                    verdict, "forced", reply, dict(zip(VERDICTS, choice.logprobs)),
+                    None if base is None else dict(zip(VERDICTS, base))))

@@ -22,7 +22,7 @@ child left. The descent is the rollout: there is no separate rollout policy.
 
 `SearchTree` runs this as a state machine: `pending()` names the node waiting for replies and
 `expand()` takes them, so a driver can batch the pending nodes of many trees into one engine call
-(see `agentr.search.collect`). `search_sequential` is the simple driver for one tree.
+(see `agentr.search.scheduler`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from agentr.agent.conversation import build_header
 from agentr.agent.turn import Reply, play, read_reply, turn_messages
-from agentr.engines.base import Conversation, Engine, Generation, SamplingConfig
+from agentr.engines.base import Conversation, Generation
 from agentr.envs.base import Environment
 from agentr.search.config import SearchConfig
 from agentr.timing import NO_PROFILE, Profile
@@ -48,7 +48,7 @@ class Node:
     parent: Node | None
     depth: int
     #: The assistant reply of this turn, as the reply rule stores it ("" at the root).
-    response: str = ""
+    reply: str = ""
     #: The command sent to the environment (None at the root).
     action: str | None = None
     #: What the environment answered (at the root: the first observation).
@@ -87,7 +87,7 @@ class Node:
 
     def turns(self) -> list[dict[str, str]]:
         """The assistant/observation messages from the root to this node (header excluded)."""
-        return [m for node in self.path()[1:] for m in turn_messages(node.response, node.observation)]
+        return [m for node in self.path()[1:] for m in turn_messages(node.reply, node.observation)]
 
     def to_dict(self) -> dict:
         """A JSON-ready copy of the subtree (environments left out)."""
@@ -102,7 +102,8 @@ class Node:
         if self.parent is None:
             data["observation"] = self.observation
         else:
-            data.update(response=self.response, action=self.action, observation=self.observation)
+            # the key stays "response": the report and earlier runs' trees read it
+            data.update(response=self.reply, action=self.action, observation=self.observation)
             if self.done:
                 data["done"] = True
             if self.failed:
@@ -260,7 +261,7 @@ class SearchTree:
             id=self._num_nodes,
             parent=parent,
             depth=parent.depth + 1,
-            response=reply.text,
+            reply=reply.text,
             action=turn.action,
             observation=turn.observation,
             reward=turn.reward,
@@ -292,14 +293,3 @@ class SearchTree:
     def num_nodes(self) -> int:
         return self._num_nodes
 
-
-def search_sequential(tree: SearchTree, engine: Engine, sampling: SamplingConfig,
-                      prepare=None) -> SearchTree:
-    """Run one tree to the end, one engine call per expansion (`prepare` maps the conversation
-    to the prompt, e.g. to truncate it)."""
-    while (node := tree.pending()) is not None:
-        conversation = tree.conversation(node)
-        if prepare is not None:
-            conversation = prepare(conversation)
-        tree.expand(node, engine.generate([conversation], sampling)[0])
-    return tree

@@ -10,7 +10,7 @@ from agentr.errors import ProvenanceError
 from agentr.jsonfiles import write_json
 from agentr.provenance import changed_keys
 from agentr.search.config import output_settings
-from agentr.search.task import TaskSearch
+from agentr.search.task import Phase1Task
 from agentr.trajectory import write_jsonl_atomic
 
 
@@ -87,7 +87,7 @@ def _merged(records: list[dict]) -> dict:
     }
 
 
-def write_task(job: TaskSearch, tasks_dir: Path, trees_dir: Path) -> dict:
+def write_task(job: Phase1Task, tasks_dir: Path, trees_dir: Path) -> dict:
     """Write one finished task: tree, stats, then its trajectories (the done mark)."""
     name = task_filename(job.task_id)
     trajectories = job.trajectories()
@@ -95,10 +95,10 @@ def write_task(job: TaskSearch, tasks_dir: Path, trees_dir: Path) -> dict:
     revisions = [t for t in trajectories if t.kind == "revision"]  # one per walk, in walk order
     pairs = [{"good": walk.pair.good[-1].id, "bad": walk.pair.bad[-1].id,
               "divergence_step": walk.pair.divergence, "transition_step": walk.transition,
-              "transition_source": walk.source, "trajectory": revision.id} for walk, revision in zip(job.walks, revisions)]
+              "transition_source": walk.source, "trajectory": revision.id} for walk, revision in zip(job.critique.walks, revisions)]
     tree = {"task_id": job.task_id, "env": job.tree.env_name, "header": job.tree.header,
             "root": job.tree.root.to_dict(),
-            "critiques": {i: v.to_dict() for i, v in job.critiques.items()},
+            "critiques": {i: v.to_dict() for i, v in job.critique.critiques.items()},
             "pairs": pairs}
     write_json(trees_dir / f"{name}.json", tree, separators=(",", ":"))
     write_json(tasks_dir / f"{name}.stats.json", stats)

@@ -1,12 +1,12 @@
 """The Phase I scheduler: many tasks in flight, their engine requests batched by round.
 
-`search_tasks` keeps up to `max_concurrent_trees` tasks (`TaskSearch`) in flight. Each round it
+`search_tasks` keeps up to `max_concurrent_trees` tasks (`Phase1Task`) in flight. Each round it
 asks every task in state SEARCH for the node it waits on and sends all of them to the engine in
 ONE `engine.generate` call (n = `n_expand`, sampled); every task in state CRITIQUE contributes
-the next bad-path steps to judge, and those go out together in one greedy call, followed (under
-`verdict: parsed_then_forced` or `forced`) by one `engine.choose` call for the steps that still
-lack a verdict (calibrated against the content-free step, asked once per run: see
-`agentr.search.critique`). A finished task is written at once (`run_dir.write_task`), so a run
+the next bad-path steps to judge, and the run's `agentr.search.critique.Judge` sends those
+together in one greedy call, followed (under `verdict: parsed_then_forced` or `forced`) by one
+`engine.choose` call for the steps that still lack a verdict; the scheduler books every call
+(`RunCounters`, the profile). A finished task is written at once (`run_dir.write_task`), so a run
 killed at any point loses only the tasks in flight. Expansions sample with the stop strings
 `REPLY_STOP`, each request seeded by its task and the task's expansion count
 (`expansion_seed`), so that a tree's samples do not depend on which other trees share the
@@ -21,6 +21,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agentr.agent.conversation import truncate_history
 from agentr.agent.turn import REPLY_STOP
@@ -29,22 +30,13 @@ from agentr.engines.common import derive_seed
 from agentr.envs.base import Environment
 from agentr.jsonfiles import write_json
 from agentr.search.config import SearchConfig
-from agentr.search.critique import (
-    VERDICT_CHOICES,
-    VERDICTS,
-    StepVerdict,
-    calibrated_choice,
-    content_free_step,
-    forced_prefix,
-    parse_judgment,
-    step_conversation,
-)
+from agentr.search.critique import VERDICTS, Judge, TaskCritique
 from agentr.search.mcts import Node
 from agentr.search.run_dir import run_record_path, task_filename, write_task
-from agentr.search.task import TaskSearch, TaskState
+from agentr.search.task import Phase1Task, TaskState
 from agentr.timing import NO_PROFILE, Profile
 
-#: Chat-template tokens per message, a generous bound used to skip exact counting.
+#: Bytes added per message for the chat template (a generous bound on its tokens), used to skip exact counting.
 _TEMPLATE_BYTES_PER_MESSAGE = 32
 
 
@@ -155,22 +147,36 @@ def search_tasks(
     expand_limit = engine.max_model_len - config.max_tokens
     reasons = 0 if config.verdict == "forced" else config.critique_max_tokens
     judge_limit = engine.max_model_len - reasons - _VERDICT_TOKENS
-    judge_fits = lambda c: fits(engine, c, judge_limit)  # noqa: E731
-    baseline = _Baseline(engine, config, judge_sampling)
+
+    def call(kind: str, trees: int, requests: int, run: Callable[[], Any]) -> Any:
+        """Run one engine call of `kind` and book it: its seconds, its requests, and the trees
+        in flight that had no part in it (they wait on it)."""
+        start = time.perf_counter()
+        result = run()
+        elapsed = time.perf_counter() - start
+        seconds[kind] += elapsed
+        calls[kind] += 1
+        prof.add_time(f"engine.{kind}", elapsed)
+        prof.count(f"requests.{kind}", requests)
+        prof.count(f"idle_tree_seconds.{kind}", (len(active) - trees) * elapsed)
+        return result
+
+    judge = Judge(engine, config, judge_sampling, lambda c: fits(engine, c, judge_limit), call, prof)
+
 
     def counters() -> RunCounters:
         return RunCounters(finished=finished_now, calls={k: calls[k] for k in CALL_KINDS},
                            engine_seconds={k: seconds[k] for k in CALL_KINDS},
                            wall_seconds=round(time.perf_counter() - started, 3),
-                           verdict_baseline=None if baseline.logprobs is None
-                           else dict(zip(VERDICTS, baseline.logprobs)))
+                           verdict_baseline=None if judge.baseline is None
+                           else dict(zip(VERDICTS, judge.baseline)))
 
     def write_record() -> None:
         if record is not None:
             write_json(run_record_path(out_dir, *record),
                        counters().record(record[0], started_at, resumed), indent=2)
 
-    active: list[TaskSearch] = []
+    active: list[Phase1Task] = []
     try:
         while todo or active:
             while todo and len(active) < config.max_concurrent_trees:
@@ -178,12 +184,12 @@ def search_tasks(
                 if claim is not None and not claim(task_id):
                     bar.update(1)  # another process searches it
                     continue
-                active.append(TaskSearch(task_id, make_env(), config, alpha, seed, iteration, prof))
+                active.append(Phase1Task(task_id, make_env(), config, alpha, seed, iteration, prof))
             prof.count("rounds")
             prof.count("rounds_below_capacity", len(active) < config.max_concurrent_trees)
 
-            expansions: list[tuple[TaskSearch, Node]] = []
-            judgments: list[tuple[TaskSearch, Node]] = []
+            expansions: list[tuple[Phase1Task, Node]] = []
+            judgments: list[tuple[TaskCritique, Node]] = []
             for job in active:
                 if job.state is TaskState.SEARCH:
                     node = job.tree.pending()
@@ -192,7 +198,7 @@ def search_tasks(
                         continue
                     job.end_search()
                 if job.state is TaskState.CRITIQUE:
-                    judgments.extend((job, node) for node in job.nodes_to_judge())
+                    judgments.extend((job.critique, node) for node in job.nodes_to_judge())
 
             if expansions:
                 with prof.phase("expand.prompts"):
@@ -201,16 +207,12 @@ def search_tasks(
                 sampling = dataclasses.replace(expand_sampling, request_seeds=tuple(
                     expansion_seed(seed, job.task_id, job.tree.counters.expansions)
                     for job, _ in expansions))
-                calls["expand"] += 1
-                start = time.perf_counter()
-                replies = engine.generate(prompts, sampling)
-                _record_call(prof, seconds, "expand", time.perf_counter() - start, len(prompts),
-                             len(active))
+                replies = call("expand", len(prompts), len(prompts),
+                               lambda: engine.generate(prompts, sampling))
                 for (job, node), generations in zip(expansions, replies):
                     job.tree.expand(node, generations)
             if judgments:
-                _judge(engine, judgments, config, judge_sampling, judge_fits, baseline, calls,
-                       seconds, prof, len(active))
+                judge.judge(judgments)
 
             for job in active:
                 if job.state is TaskState.DONE:
@@ -231,90 +233,3 @@ def search_tasks(
 
     return counters()
 
-
-def forces_verdicts(config: SearchConfig) -> bool:
-    """Whether Phase I under `config` may force verdicts by log-probability."""
-    return config.mode == "agent_r" and config.transition == "model" and config.verdict != "parsed"
-
-
-class _Baseline:
-    """The calibration baseline of a run's forced verdicts: the log-probability of each verdict
-    (`VERDICTS` order) for the content-free step, asked as the forced verdicts are (after the
-    verifier's own greedy reasons, or under `verdict: forced` directly). Asked for when the
-    first verdict is forced: a policy that writes all its verdicts never pays for it."""
-
-    def __init__(self, engine: Engine, config: SearchConfig, sampling: SamplingConfig) -> None:
-        self.enabled = config.calibrate_verdicts and forces_verdicts(config)
-        self.direct = config.verdict == "forced"
-        self.engine, self.sampling = engine, sampling
-        self.logprobs: list[float] | None = None
-
-    def get(self, calls: Counter, seconds: Counter, prof: Profile, in_flight: int) -> list[float] | None:
-        if not self.enabled or self.logprobs is not None:
-            return self.logprobs
-        prompt = content_free_step(self.direct)
-        reply = None
-        if not self.direct:
-            start = time.perf_counter()
-            reply = self.engine.generate([prompt], self.sampling)[0][0].text
-            _record_call(prof, seconds, "judge", time.perf_counter() - start, 0, in_flight, 1)
-            calls["judge"] += 1
-        start = time.perf_counter()
-        (choice,) = self.engine.choose([prompt], [forced_prefix(reply)], VERDICT_CHOICES)
-        _record_call(prof, seconds, "force", time.perf_counter() - start, 0, in_flight, 1)
-        calls["force"] += 1
-        self.logprobs = list(choice.logprobs)
-        return self.logprobs
-
-
-def _judge(engine: Engine, judgments: list[tuple[TaskSearch, Node]], config: SearchConfig,
-           sampling: SamplingConfig, fits: Callable[[Conversation], bool],
-           baseline: _Baseline, calls: Counter, seconds: Counter, prof: Profile,
-           in_flight: int) -> None:
-    """Give every step in `judgments` a verdict by `config.verdict` (see `agentr.search.critique`):
-    one batched `generate` for the reasons, then one batched `choose` for the steps still
-    without a verdict, calibrated against `baseline` where it is enabled."""
-    direct = config.verdict == "forced"
-    with prof.phase("judge.prompts"):
-        prompts = [step_conversation(node.path(), node.depth, fits, direct) for _, node in judgments]
-    to_force: list[tuple[TaskSearch, Node, Conversation, str | None]] = []
-    if direct:
-        to_force = [(job, node, prompt, None) for (job, node), prompt in zip(judgments, prompts)]
-    else:
-        start = time.perf_counter()
-        replies = engine.generate(prompts, sampling)
-        _record_call(prof, seconds, "judge", time.perf_counter() - start,
-                     len({id(job) for job, _ in judgments}), in_flight, len(prompts))
-        calls["judge"] += 1
-        for (job, node), prompt, (reply, *_) in zip(judgments, prompts, replies):
-            verdict = parse_judgment(reply.text)
-            job.record_reply(reply.num_tokens, parsed=verdict is not None)
-            if verdict is not None:
-                job.record_verdict(node, StepVerdict(verdict, "parsed", reply.text))
-            elif config.verdict == "parsed":
-                job.record_verdict(node, StepVerdict("Uncertain", "none", reply.text))
-            else:
-                to_force.append((job, node, prompt, reply.text))
-    if to_force:
-        start = time.perf_counter()
-        choices = engine.choose([p for _, _, p, _ in to_force],
-                                [forced_prefix(reply) for *_, reply in to_force], VERDICT_CHOICES)
-        _record_call(prof, seconds, "force", time.perf_counter() - start,
-                     len({id(job) for job, *_ in to_force}), in_flight, len(to_force))
-        calls["force"] += 1
-        base = baseline.get(calls, seconds, prof, in_flight)
-        for (job, node, _, reply), choice in zip(to_force, choices):
-            verdict = VERDICTS[calibrated_choice(choice.logprobs, base)]
-            job.record_verdict(node, StepVerdict(
-                verdict, "forced", reply, dict(zip(VERDICTS, choice.logprobs)),
-                None if base is None else dict(zip(VERDICTS, base))))
-
-
-def _record_call(prof: Profile, seconds: Counter, kind: str, elapsed: float, trees: int,
-                 in_flight: int, requests: int | None = None) -> None:
-    """Book one engine call of `kind`: its seconds, its requests, and the trees in flight that
-    had no part in it (they wait on it)."""
-    seconds[kind] += elapsed
-    prof.add_time(f"engine.{kind}", elapsed)
-    prof.count(f"requests.{kind}", trees if requests is None else requests)
-    prof.count(f"idle_tree_seconds.{kind}", (in_flight - trees) * elapsed)

@@ -41,7 +41,7 @@ REVISION_SIGNALS = (
 
 def _turns(nodes: list[Node], train: bool) -> list[dict]:
     return [m for node in nodes
-            for m in turn_messages(node.response, node.observation, train and node.trainable)]
+            for m in turn_messages(node.reply, node.observation, train and node.trainable)]
 
 
 def header_messages(header: list[dict]) -> list[dict]:

@@ -1,6 +1,6 @@
 """Phase I's statistics: totals over tasks, transition-point accuracy, the printed report.
 
-Pure functions of the per-task counters (`TaskSearch.stats`). Transition-point accuracy: where
+Pure functions of the per-task counters (`Phase1Task.stats`). Transition-point accuracy: where
 the environment labels mistakes (`Environment.label_mistakes`), every pair's first labelled
 mistake after the divergence step is the reference, and "transition_accuracy" gives, for the
 model's t' (under `transition: model`), for the end-of-path rule (Direct-Revision) and for a

@@ -1,8 +1,8 @@
 """One task's way through Phase I: search, then critique, then its records.
 
-A `TaskSearch` holds one task's tree and moves through `TaskState`: SEARCH (MCTS simulations:
-it names the next node to expand), CRITIQUE (under `transition: model`, the policy judges the
-steps its bad paths' walks wait on), DONE. The scheduler (`agentr.search.scheduler`) sends the
+A `Phase1Task` holds one task's tree and moves through `TaskState`: SEARCH (MCTS simulations:
+it names the next node to expand), CRITIQUE (under `transition: model`, its
+`agentr.search.critique.TaskCritique` waits on the policy's verdicts), DONE. The scheduler (`agentr.search.scheduler`) sends the
 requests of every task in flight to the engine together and hands the replies back. A finished
 task turns into its trajectories (revision ones first, in the seeded pair order, then good
 ones, shortest first) and its counters.
@@ -19,12 +19,10 @@ import hashlib
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
 
-from agentr.agent.turn import is_revision
 from agentr.envs.base import Environment
 from agentr.search.config import SearchConfig
-from agentr.search.critique import VERDICT_SOURCES, VERDICTS, CritiqueWalk, StepVerdict
+from agentr.search.critique import VERDICT_SOURCES, VERDICTS, TaskCritique
 from agentr.search.mcts import Node, SearchTree
 from agentr.search.pairing import good_paths, leaf_paths, make_pairs
 from agentr.search.splicing import draw_signal, good_conversation, splice
@@ -43,23 +41,6 @@ def good_threshold(config: SearchConfig, alpha: float) -> float:
     return 1.0 if config.mode == "optimal" else alpha
 
 
-def check_transition_source(config: SearchConfig, make_env: Callable[[], Environment]) -> None:
-    """Refuse `transition: oracle` for an environment without mistake labels (an environment is
-    built to ask only under that setting)."""
-    if config.mode != "agent_r" or config.transition != "oracle":
-        return
-    env = make_env()
-    try:
-        labels = env.labels_mistakes
-    finally:
-        env.close()
-    if not labels:
-        raise ValueError(
-            f"search.transition 'oracle' needs an environment that labels mistakes "
-            f"(Environment.label_mistakes); {type(env).__name__} has none: use transition "
-            "'model' or 'end'")
-
-
 class TaskState(enum.Enum):
     """Where a task is in Phase I: each round, the scheduler asks every task in flight for the
     engine requests of its state."""
@@ -69,7 +50,7 @@ class TaskState(enum.Enum):
     DONE = "done"  # written; leaves the round
 
 
-class TaskSearch:
+class Phase1Task:
     """One task on its way: search, then critique (`transition: model`), then done."""
 
     def __init__(self, task_id: str, env: Environment, config: SearchConfig, alpha: float,
@@ -84,16 +65,7 @@ class TaskSearch:
         self.rng = random.Random(task_seed(seed, task_id))
         self.tree = SearchTree(env, task_id, config, self.rng, profile)
         self.state = TaskState.SEARCH
-        self.walks: list[CritiqueWalk] = []
-        self.verdicts: dict[int, str] = {}
-        self.critiques: dict[int, StepVerdict] = {}  # node id -> its verdict and source
-        self.verdict_counts: Counter[str] = Counter()
-        self.source_counts: Counter[str] = Counter()
-        self.unparsed = 0  # replies without a verdict (forced afterwards, or counted Uncertain)
-        self.mistakes: list[int | None] | None = None  # per walk; None: the env has no labels
-        self.random_steps: list[int] = []
-        self.critique_tokens = 0
-        self.critique_requests = 0
+        self.critique: TaskCritique | None = None  # from the end of the search on
 
     # ---- states ------------------------------------------------------------------------------
     def end_search(self) -> None:
@@ -106,74 +78,18 @@ class TaskSearch:
             pairs, self.pairs_found = make_pairs(
                 self.paths, self.alpha, self.config.beta, self.rng, self.config.max_pairs_per_task
             )
-        self.walks = [CritiqueWalk(pair) for pair in pairs]
-        self.mistakes = self._first_mistakes()
         # the random baseline has its own stream, so that it does not shift the data's draws
         baseline = random.Random(task_seed(self.seed, f"{self.task_id}\x00random-transition"))
-        self.random_steps = [baseline.randint(w.pair.divergence + 1, len(w.pair.bad) - 1)
-                             for w in self.walks]
-        for i, walk in enumerate(self.walks):
-            end = len(walk.pair.bad) - 1
-            if self.config.transition == "end":
-                walk.settle(end, "end")
-            elif self.config.transition == "oracle":
-                mistake = self.mistakes[i] if self.mistakes is not None else None
-                walk.settle(*((mistake, "oracle") if mistake is not None else (end, "end")))
-        self.state = TaskState.CRITIQUE if self.config.transition == "model" and self.walks else TaskState.DONE
-
-    def _first_mistakes(self) -> list[int | None] | None:
-        """Per walk, the first step after the divergence that the environment labels a mistake
-        (None: no such step); None when the environment has no labels for this task. Asks
-        `label_mistakes` itself rather than `labels_mistakes`, which a multi-task environment
-        answers by building every sub-environment."""
-        if not self.walks:
-            return None if self.env.label_mistakes(self.task_id, []) is None else []
-        labelled: dict[int, list[bool]] = {}  # leaf id -> one label per turn
-        out = []
-        for walk in self.walks:
-            bad = walk.pair.bad
-            if bad[-1].id not in labelled:
-                labels = self._labels(bad)
-                if labels is None:
-                    return None
-                labelled[bad[-1].id] = labels
-            labels = labelled[bad[-1].id]
-            out.append(next((k for k in range(walk.pair.divergence + 1, len(bad)) if labels[k - 1]),
-                            None))
-        return out
-
-    def _labels(self, path: list[Node]) -> list[bool] | None:
-        """The environment's label of every turn of `path`. A revision turn never reached the
-        environment (the agent answers it itself): it makes no progress, a mistake."""
-        stepped = [n for n in path[1:] if not is_revision(n.action, self.tree.revision_action)]
-        labels = self.env.label_mistakes(self.task_id, [n.action or "" for n in stepped])
-        if labels is None:
-            return None
-        by_node = {n.id: label for n, label in zip(stepped, labels, strict=True)}
-        return [by_node.get(n.id, True) for n in path[1:]]
+        self.critique = TaskCritique(pairs, self.config, self.env, self.task_id,
+                                     self.tree.revision_action, baseline)
+        self.state = TaskState.CRITIQUE if self.critique.judged else TaskState.DONE
 
     def nodes_to_judge(self) -> list[Node]:
-        """The bad-path steps whose verdicts the walks wait on (none: the critique is over)."""
-        nodes: dict[int, Node] = {}
-        for walk in self.walks:
-            node = walk.advance(self.verdicts)
-            if node is not None:
-                nodes.setdefault(node.id, node)
+        """The bad-path steps whose verdicts the critique waits on (none: the task is done)."""
+        nodes = self.critique.nodes_to_judge()
         if not nodes:
             self.state = TaskState.DONE
-        return list(nodes.values())
-
-    def record_reply(self, num_tokens: int, parsed: bool) -> None:
-        """Count one verifier reply (its verdict is recorded by `record_verdict`)."""
-        self.critique_tokens += num_tokens
-        self.critique_requests += 1
-        self.unparsed += not parsed
-
-    def record_verdict(self, node: Node, verdict: StepVerdict) -> None:
-        self.verdicts[node.id] = verdict.verdict
-        self.critiques[node.id] = verdict
-        self.verdict_counts[verdict.verdict] += 1
-        self.source_counts[verdict.source] += 1
+        return nodes
 
     # ---- results -----------------------------------------------------------------------------
     def trajectories(self) -> list[Trajectory]:
@@ -183,8 +99,9 @@ class TaskSearch:
             return Trajectory(id=f"{env}/{self.task_id}/{kind}/{index}", env=env, task_id=self.task_id,
                               iteration=self.iteration, kind=kind, messages=messages, meta=meta)
 
+        critique = self.critique
         out = []
-        for i, walk in enumerate(self.walks):
+        for i, walk in enumerate(critique.walks):
             pair = walk.pair
             signal = draw_signal(self.rng)
             meta = {
@@ -198,8 +115,8 @@ class TaskSearch:
                 "bad_turns": len(pair.bad) - 1,
                 "good_turns": len(pair.good) - 1,
             }
-            if self.mistakes is not None:
-                meta["mistake_step"] = self.mistakes[i]
+            if critique.mistakes is not None:
+                meta["mistake_step"] = critique.mistakes[i]
             out.append(record("revision", i, splice(header, pair.bad, pair.good, pair.divergence,
                                                     walk.transition, signal,
                                                     self.tree.revision_action), meta))
@@ -211,7 +128,8 @@ class TaskSearch:
         return out
 
     def stats(self, trajectories: list[Trajectory]) -> dict:
-        c = self.tree.counters
+        c, critique = self.tree.counters, self.critique
+        walks = critique.walks
         kinds = Counter(t.kind for t in trajectories)
         return {
             "task_id": self.task_id,
@@ -224,15 +142,15 @@ class TaskSearch:
             "pairs_found": self.pairs_found,
             "revision": kinds["revision"],
             "good": kinds["good"],
-            "divergence_steps": [w.pair.divergence for w in self.walks],
-            "transition_steps": [w.transition for w in self.walks],
-            "transition_sources": [w.source for w in self.walks],
-            "bad_path_ends": [len(w.pair.bad) - 1 for w in self.walks],
-            "random_steps": self.random_steps,
-            **({"mistake_steps": self.mistakes} if self.mistakes is not None else {}),
-            "verdicts": {v: self.verdict_counts[v] for v in VERDICTS},
-            "verdict_sources": {s: self.source_counts[s] for s in VERDICT_SOURCES},
-            "unparsed_verdicts": self.unparsed,
+            "divergence_steps": [w.pair.divergence for w in walks],
+            "transition_steps": [w.transition for w in walks],
+            "transition_sources": [w.source for w in walks],
+            "bad_path_ends": [len(w.pair.bad) - 1 for w in walks],
+            "random_steps": critique.random_steps,
+            **({"mistake_steps": critique.mistakes} if critique.mistakes is not None else {}),
+            "verdicts": {v: critique.verdict_counts[v] for v in VERDICTS},
+            "verdict_sources": {s: critique.source_counts[s] for s in VERDICT_SOURCES},
+            "unparsed_verdicts": critique.unparsed,
             "expansions": c.expansions,
             "samples": c.samples,
             "duplicates": c.duplicates,
@@ -240,7 +158,7 @@ class TaskSearch:
             "replay_steps": c.replay_steps,
             "clones": c.clones,
             "search_tokens": c.tokens,
-            "critique_requests": self.critique_requests,
-            "critique_tokens": self.critique_tokens,
+            "critique_requests": critique.critique_requests,
+            "critique_tokens": critique.critique_tokens,
             "seconds": round(time.perf_counter() - self.started, 3),
         }

@@ -31,7 +31,8 @@ from torchmetrics import MeanMetric, Metric
 from agentr.data.tokenize import IGNORE_INDEX
 from agentr.engines.models import SMOLLM2_ID
 from agentr.errors import ProvenanceError, check_range
-from agentr.training.fsdp import clean_name, gather_trainable
+from agentr.training.adapter import base_name, save_weights
+from agentr.training.fsdp import clean_name
 from agentr.training.optim import param_groups, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ class AgentRModule(pl.LightningModule):
             )
             model = get_peft_model(model, config)
             # Adapters name their base by what the user asked for (a Hub id stays a Hub id).
-            model.peft_config["default"].base_model_name_or_path = _base_name(self.hparams.model, path)
+            model.peft_config["default"].base_model_name_or_path = base_name(self.hparams.model, path)
         self.model = model
 
     def _check_one_checkpointing_switch(self) -> None:
@@ -392,65 +393,8 @@ class AgentRModule(pl.LightningModule):
                 "was it written with other LoRA settings or another base model?"
             )
 
-    def _write_adapter(self, path: Path, state_dict: dict) -> None:
-        """The trainable (adapter) entries of a full state dict, written as PEFT would write them.
-
-        Done here rather than by `PeftModel.save_pretrained`, which finds adapter weights by
-        module name and so finds none in an FSDP-wrapped model.
-        """
-        from safetensors.torch import save_file
-
-        trainable = self._trainable_names()
-        adapter = {_adapter_key(k): v.detach().contiguous().cpu() for k, v in state_dict.items()
-                   if clean_name(k) in trainable}
-        if not adapter:
-            raise RuntimeError("no adapter weights in the model's state dict")
-        save_file(adapter, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
-        self.model.peft_config["default"].save_pretrained(str(path))
-
     def save_adapter(self, path: str | os.PathLike) -> Path:
-        """Write the weights in Hugging Face format to directory `path` and return it.
+        """Write the weights in Hugging Face format to directory `path` and return it
+        (`agentr.training.adapter.save_weights`: every rank calls it, rank 0 writes)."""
+        return save_weights(self, path, self._trainable_names())
 
-        LoRA: a PEFT adapter (`adapter_config.json` + `adapter_model.safetensors`) that
-        `PeftModel.from_pretrained` and vLLM's LoRA loader read; its `base_model_name_or_path`
-        is the `model` given (a Hub id stays an id). Full fine-tuning: the whole model and its
-        tokenizer. Under a distributed strategy every rank must call this (the weights are
-        gathered); rank 0 writes.
-        """
-        path = Path(path)
-        trainer = self._trainer
-        if trainer is not None:
-            state_dict = gather_trainable(trainer.strategy.model) if not self.hparams.full_finetune else None
-            if state_dict is None:
-                state_dict = trainer.strategy.lightning_module_state_dict()
-            is_writer = trainer.is_global_zero
-        else:
-            state_dict, is_writer = self.state_dict(), True
-        if is_writer:
-            path.mkdir(parents=True, exist_ok=True)
-            if self.hparams.full_finetune:
-                from transformers import AutoTokenizer
-
-                from agentr.engines.models import resolve_model
-
-                inner = {k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")}
-                self.model.save_pretrained(path, state_dict=inner, safe_serialization=True)
-                AutoTokenizer.from_pretrained(resolve_model(self.hparams.model)).save_pretrained(path)
-            else:
-                self._write_adapter(path, state_dict)
-        if trainer is not None:
-            trainer.strategy.barrier("agentr_save_adapter")
-        return path
-
-
-def _adapter_key(name: str, adapter_name: str = "default") -> str:
-    """`model.base_model.model.<module>.lora_A.default.weight` -> PEFT's file key (no adapter name)."""
-    name = clean_name(name).removeprefix("model.")
-    return name.replace(f".{adapter_name}.", ".")
-
-
-def _base_name(requested: str, resolved: str) -> str:
-    """What adapters record as their base: the Hub id the user gave, else the resolved directory."""
-    requested = str(requested)
-    is_hub_id = requested.count("/") == 1 and not Path(requested).expanduser().exists() and not requested.endswith(".gguf")
-    return requested if is_hub_id else str(Path(resolved).resolve())

@@ -1,4 +1,4 @@
-"""Intervals and paired tests (`agentr.stats`), against hand computations."""
+"""Intervals and paired tests (`agentr.intervals`), against hand computations."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import random
 import pytest
 
 from agentr.compare import compare_episodes
-from agentr.stats import cluster_bootstrap_interval, mcnemar_exact_p, wilson_interval
+from agentr.intervals import cluster_bootstrap_interval, mcnemar_exact_p, wilson_interval
 
 Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
 
