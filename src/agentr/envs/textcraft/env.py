@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from agentr.envs.base import Environment
 from agentr.envs.textcraft.planner import solve
-from agentr.envs.textcraft.recipes import PREFIX, Ingredient, Recipe, display, to_id
+from agentr.envs.textcraft.recipes import Ingredient, Recipe, display, item_id, to_id
 from agentr.envs.textcraft.tasks import SplitScheme, task_set
 
 INSTRUCTION = (
@@ -197,7 +197,7 @@ class TextCraftEnv(Environment):
         """Task ids of goal names ("oak planks" or "minecraft:oak_planks"), in the given order."""
         ids: list[str] = []
         for goal in goals:
-            name = goal if goal.startswith(PREFIX) else to_id(goal.strip())
+            name = item_id(goal)
             if name not in self.tasks.index_of:
                 raise ValueError(
                     f"TextCraftEnv: {setting} names {goal!r}, which is not a craftable item "
