@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from agentr.cli import main
 from agentr.data.datamodule import TextCraftDataModule
 from agentr.envs import TextCraftEnv
+from agentr.envs.textcraft import AGENTGYM_TEST_IDS
 from agentr.errors import ProvenanceError, SettingError
 from agentr.provenance import env_description
 from agentr.search.run_dir import check_run_settings
+
+BANDS = ((0, 125), (125, 416), (416, 533), (533, 544))
 
 
 def another_machines_order(seed: int) -> list[str]:
@@ -25,10 +32,86 @@ def another_machines_order(seed: int) -> list[str]:
     return sorted(listing, key=book.depth)
 
 
+@contextlib.contextmanager
+def agentgym_textcraft_server(order: list[str], lifetime: float = 60.0):
+    """A stand-in for AgentGym's TextCraft server (agentenv_textcraft's answer shapes) numbering
+    goals by `order`: `/create` starts task `id`, `/reset` task `data_idx % len(order)`,
+    `/close` answers true. It stops itself after `lifetime` seconds whatever the test does."""
+    local = TextCraftEnv(split_scheme="agentgym")
+    calls: Counter = Counter()
+    instances: dict[int, bool] = {}
+
+    def observation(data_idx: int) -> str:
+        return local.tasks.task(str(local.tasks.index_of[order[data_idx % len(order)]])).observation
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+            calls[self.path] += 1
+            if self.path == "/create":
+                env_id = len(instances)
+                instances[env_id] = True
+                answer = {"id": env_id, "observation": observation(env_id), "done": False, "reward": 0}
+            elif self.path == "/reset" and instances.get(body["id"]):
+                answer = {"id": body["id"], "observation": observation(body["data_idx"]),
+                          "done": False, "reward": 0}
+            elif self.path == "/close":
+                answer = instances.pop(body["id"], False)
+            else:
+                answer = {"error": f"The id {body.get('id')} is not valid."}
+            payload = json.dumps(answer).encode()
+            self.send_response(200)  # AgentGym answers its errors with 200 too
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    deadline = threading.Timer(lifetime, server.shutdown)
+    deadline.daemon = True
+    deadline.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", calls, instances, observation
+    finally:
+        deadline.cancel()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
 def goal_file(tmp_path, goals: list[str], name: str = "goals.json"):
     path = tmp_path / name
     path.write_text(json.dumps(goals))
     return path
+
+
+def test_goal_order_from_a_running_agentgym_server_gives_task_i_the_servers_goal_i(tmp_path, capsys):
+    order = another_machines_order(seed=0)
+    out = tmp_path / "goals.json"
+    with agentgym_textcraft_server(order) as (url, calls, instances, observation):
+        main(["textcraft-goals", "--server", url, "--out", str(out), "--timeout", "5"])
+    assert calls["/create"] == 1 and calls["/reset"] == 544 and not instances  # closed
+    assert "544 task ids" in capsys.readouterr().out
+    assert json.loads(out.read_text()) == order
+
+    env = TextCraftEnv(split_scheme="agentgym", goal_order=str(out))
+    for task_id in range(544):  # the server's first observation of the same id, byte for byte
+        assert env.reset(str(task_id)) == observation(task_id)
+        assert env.tasks.task(str(task_id)).goal == order[task_id]
+    assert env.task_ids("test") == sorted(AGENTGYM_TEST_IDS, key=int)  # the paper's ids
+    assert env.spawn().tasks.goals == env.tasks.goals
+    dm = TextCraftDataModule(split_scheme="agentgym", goal_order=str(out))
+    assert dm.make_env().tasks.goals == tuple(order)
+    # without it the ids keep their bands but mostly name other goals than this server's
+    default = TextCraftEnv(split_scheme="agentgym").tasks.goals
+    assert sum(a == b for a, b in zip(default, order)) < 20
+    for start, stop in BANDS:
+        assert set(default[start:stop]) == set(order[start:stop])
 
 
 def test_bad_goal_orders_are_refused_in_one_line(tmp_path, capsys):
