@@ -51,18 +51,19 @@ def fetch_goal_order(url: str, count: int, timeout: float = 60.0) -> list[str]:
 
 
 def check_goal_order(book: RecipeBook, goals: Sequence[str], source: str) -> tuple[str, ...]:
-    """`goals` as item ids, after checking that they are every craftable item of `book` once,
-    shallowest depth first (AgentGym's sort); `source` names them in the `SettingError`s."""
-    ids = tuple(item_id(goal) for goal in goals)
+    """`goals` (item ids) as a tuple, after checking that they are every craftable item of
+    `book` once, shallowest depth first (AgentGym's sort); `source` names them in the
+    `SettingError`s."""
+    ids = tuple(goals)
     if len(ids) != len(book.recipes):
         raise SettingError(
             f"goal_order {source}: lists {len(ids)} goals; AgentGym's TextCraft numbers "
             f"{len(book.recipes)}, one per craftable item"
         )
     first_id: dict[str, int] = {}
-    for index, (goal, name) in enumerate(zip(goals, ids)):
+    for index, name in enumerate(ids):
         if name not in book.recipes:
-            raise SettingError(f"goal_order {source}: id {index}, {goal!r}, is not a craftable item")
+            raise SettingError(f"goal_order {source}: id {index}, {name!r}, is not a craftable item")
         if name in first_id:
             raise SettingError(
                 f"goal_order {source}: {display(name)!r} is listed twice (ids {first_id[name]} "
