@@ -15,6 +15,7 @@ import pytest
 from agentr.cli import main
 from agentr.data.datamodule import TextCraftDataModule
 from agentr.envs import TextCraftEnv
+from agentr.envs.server import make_server
 from agentr.envs.textcraft import AGENTGYM_TEST_IDS
 from agentr.errors import ProvenanceError, SettingError
 from agentr.provenance import env_description
@@ -112,6 +113,25 @@ def test_goal_order_from_a_running_agentgym_server_gives_task_i_the_servers_goal
     assert sum(a == b for a, b in zip(default, order)) < 20
     for start, stop in BANDS:
         assert set(default[start:stop]) == set(order[start:stop])
+
+
+def test_textcraft_goals_refuses_a_server_that_does_not_number_as_agentgym(tmp_path, capsys):
+    """agentr's own server with its default numbering (deepest goals first) is no AgentGym
+    numbering: the command says so in one line and writes nothing."""
+    server = make_server("textcraft", port=0)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main(["textcraft-goals", "--server", server.url, "--out", str(tmp_path / "g.json")])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    assert exit_.value.code == 2 and not (tmp_path / "g.json").exists()
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"agentr: error: goal_order {server.url}: id ") and "\n" not in err
+    assert "AgentGym numbers goals shallowest first" in err
 
 
 def test_bad_goal_orders_are_refused_in_one_line(tmp_path, capsys):
