@@ -9,6 +9,7 @@ each a typed function whose docstring is its `--help`:
     agentr report     the HTML report of a run directory (trees, trajectories, learning curve)
     agentr serve-env  serve an agentr environment over HTTP (AgentGym protocol)
     agentr compare    paired difference of two evaluations (or runs, stage by stage)
+    agentr textcraft-goals  the goal of each task id of a running AgentGym TextCraft server
 
 Errors a user can act on (a setting out of range, a malformed config file, an output directory
 made from another model, a dead environment) end the command with one line on stderr and exit
@@ -31,6 +32,7 @@ STAGE_COMMANDS = {
     "report": "agentr.commands.report:report_command",
     "serve-env": "agentr.commands.serve_env:serve_command",
     "compare": "agentr.commands.compare:compare_command",
+    "textcraft-goals": "agentr.commands.textcraft_goals:textcraft_goals_command",
 }
 
 #: Subcommands whose required arguments are positional (`agentr report RUN_DIR`, `agentr compare A B`).

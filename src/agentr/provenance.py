@@ -71,8 +71,11 @@ def task_digest(task_ids: Sequence) -> dict:
 
 
 def env_description(name: str, options: dict | None) -> dict:
-    """An environment as a command names it: its registered name and its options."""
-    return {"name": name, "options": dict(options or {})}
+    """An environment as a command names it: its registered name and its options, as its class
+    records them (`Environment.recorded_options`: a file's content rather than its path)."""
+    from agentr.envs.registry import env_class
+
+    return {"name": name, "options": env_class(name).recorded_options(options or {})}
 
 
 def describe_env(env: dict | None) -> str:

@@ -28,25 +28,38 @@ class TextCraftDataModule(AgentRDataModule):
             numbering and the Agent-R paper's train/test ids; see the README).
         train_goals: explicit train goals ("oak planks", ...), replacing the scheme's train split.
         test_goals: explicit test goals, replacing the scheme's test split.
+        goal_order: a JSON file of the goals in id order, as one AgentGym server numbers them
+            (written by `agentr textcraft-goals`); needs split_scheme "agentgym" (None: ties
+            inside a depth broken by item id).
         **kwargs: `AgentRDataModule`'s options.
     """
 
     def __init__(self, min_depth: int | None = None, max_depth: int | None = None,
                  check_output_count: bool = False, split_scheme: Literal["agentr", "agentgym"] = "agentr",
                  train_goals: list[str] | None = None, test_goals: list[str] | None = None,
-                 **kwargs) -> None:
+                 goal_order: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         check_range("data.min_depth", min_depth, 1, optional=True)
         check_range("data.max_depth", max_depth, 1, optional=True)
         self.min_depth, self.max_depth, self.check_output_count = min_depth, max_depth, check_output_count
         self.split_scheme, self.train_goals, self.test_goals = split_scheme, train_goals, test_goals
+        self.goal_order = goal_order
 
     def make_env(self) -> Environment:
         from agentr.envs.textcraft import TextCraftEnv
 
         return TextCraftEnv(self.min_depth, self.max_depth, self.check_output_count,
                             split_scheme=self.split_scheme, train_goals=self.train_goals,
-                            test_goals=self.test_goals)
+                            test_goals=self.test_goals, goal_order=self.goal_order)
+
+    def env_description(self) -> dict:
+        """As `AgentRDataModule`'s, with the options recorded as `TextCraftEnv` records them
+        (`goal_order` by its goals, not its path)."""
+        from agentr.envs.textcraft import TextCraftEnv
+
+        description = super().env_description()
+        description["options"] = TextCraftEnv.recorded_options(description["options"])
+        return description
 
 
 class ScienceWorldDataModule(AgentRDataModule):

@@ -10,8 +10,8 @@ actions taken since the last reset.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 SPLITS = ("train", "test")
 
@@ -102,6 +102,12 @@ class Environment(ABC):
 
     def close(self) -> None:
         """Release external resources (processes, connections)."""
+
+    @classmethod
+    def recorded_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The constructor `options` as provenance records them (`agentr.provenance`): as
+        given. Override where an option names a file whose content makes the tasks."""
+        return dict(options)
 
     # ---- what subclasses provide -----------------------------------------------------------
     @property

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from agentr.envs.base import Environment, UnknownTaskError
-from agentr.envs.registry import make_env
+from agentr.envs.registry import env_class, make_env
 
 #: What `MultiTaskEnv` accepts per name: an instance, a factory, or `make_env` options.
 EnvSpec = Environment | Callable[[], Environment] | Mapping[str, Any]
@@ -169,6 +169,19 @@ class MultiTaskEnv(Environment):
 
     def expert_thought(self, actions: list[str], step: int) -> str:
         return self.active.expert_thought(actions, step)
+
+    @classmethod
+    def recorded_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Each sub-environment given by options is recorded as its own class records them."""
+        recorded = dict(options)
+        envs = recorded.get("envs")
+        if isinstance(envs, Mapping):
+            recorded["envs"] = {
+                name: env_class(spec.get("env", name)).recorded_options(spec)
+                if isinstance(spec, Mapping) else spec
+                for name, spec in envs.items()
+            }
+        return recorded
 
     def close(self) -> None:
         envs, self._envs, self._active = self._envs, {}, None

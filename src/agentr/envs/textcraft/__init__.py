@@ -6,6 +6,7 @@ rules, the task ids and the splits.
 
 - `recipes`: the recipe files, parsed as ADaPT parses them (`RecipeBook`);
 - `tasks`: goals, task ids, splits and first observations (`TaskSet`);
+- `goal_order`: a goal order taken from a running AgentGym server (`fetch_goal_order`);
 - `planner`: the solver behind expert demonstrations and mistake labels (`solve`);
 - `env`: the environment (`TextCraftEnv`).
 """

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 from agentr.envs.base import Environment
+from agentr.envs.textcraft.goal_order import load_goal_order, read_goal_order
 from agentr.envs.textcraft.planner import solve
-from agentr.envs.textcraft.recipes import PREFIX, Ingredient, Recipe, display, to_id
+from agentr.envs.textcraft.recipes import Ingredient, Recipe, display, item_id, recipe_book, to_id
 from agentr.envs.textcraft.tasks import SplitScheme, task_set
+from agentr.provenance import task_digest
 
 INSTRUCTION = (
     "Craft the goal item. Commands:\n"
@@ -83,6 +86,8 @@ class TextCraftEnv(Environment):
       goal. Depths 1/2/3/4 are ids 0-124/125-415/416-532/533-543. Test is the paper's 100 ids
       (0-30, 140-180, 420-444, 533-535: 31/41/25/3 goals of depth 1/2/3/4), train its 374
       (31-537, disjoint from test; 70 ids are in neither). `min_depth` defaults to 1.
+      `goal_order` takes the goal of each id from one AgentGym server instead (a file written
+      by `agentr textcraft-goals`), so that id i names that server's goal i.
 
     `train_goals` / `test_goals` replace a split by explicit goals (names as shown, "oak
     planks", or item ids); the other split, when not given, drops those goals so that train and
@@ -114,6 +119,9 @@ class TextCraftEnv(Environment):
             numbering, the Agent-R paper's splits).
         train_goals: the train goals, replacing the scheme's train split (None: keep it).
         test_goals: the test goals, replacing the scheme's test split (None: keep it).
+        goal_order: a JSON file of the 544 goals in id order, as one AgentGym server numbers
+            them (`agentr textcraft-goals --server URL --out FILE` writes it); needs
+            `split_scheme` "agentgym". None: ties inside a depth broken by item id.
 
     `reset` accepts every id "0"..."543" whatever the depth options; `clone()` copies the
     inventory (O(inventory), no replay); `expert_actions` returns a correct solution;
@@ -133,6 +141,7 @@ class TextCraftEnv(Environment):
         split_scheme: SplitScheme = "agentr",
         train_goals: Sequence[str] | None = None,
         test_goals: Sequence[str] | None = None,
+        goal_order: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         if min_depth is None:
@@ -147,7 +156,9 @@ class TextCraftEnv(Environment):
         self.check_output_count = check_output_count
         self.recipe_dir = recipe_dir
         self.split_scheme = split_scheme
-        self.tasks = task_set(recipe_dir, split_scheme)
+        self.goal_order = goal_order
+        order = None if goal_order is None else load_goal_order(recipe_book(recipe_dir), goal_order)
+        self.tasks = task_set(recipe_dir, split_scheme, order)
         self.book = self.tasks.book
         self.train_goals = None if train_goals is None else list(train_goals)
         self.test_goals = None if test_goals is None else list(test_goals)
@@ -197,7 +208,7 @@ class TextCraftEnv(Environment):
         """Task ids of goal names ("oak planks" or "minecraft:oak_planks"), in the given order."""
         ids: list[str] = []
         for goal in goals:
-            name = goal if goal.startswith(PREFIX) else to_id(goal.strip())
+            name = item_id(goal)
             if name not in self.tasks.index_of:
                 raise ValueError(
                     f"TextCraftEnv: {setting} names {goal!r}, which is not a craftable item "
@@ -207,6 +218,17 @@ class TextCraftEnv(Environment):
             if task_id not in ids:
                 ids.append(task_id)
         return ids
+
+    @classmethod
+    def recorded_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """`goal_order` is recorded as the count and digest of its goals (the file's content,
+        not its path); without one the options are recorded as given."""
+        recorded = dict(options)
+        if recorded.get("goal_order") is None:
+            recorded.pop("goal_order", None)  # records made before the option stay the same
+        else:
+            recorded["goal_order"] = task_digest(read_goal_order(recorded["goal_order"]))
+        return recorded
 
     @property
     def num_tasks(self) -> int:
@@ -230,6 +252,7 @@ class TextCraftEnv(Environment):
             self.split_scheme,
             self.train_goals,
             self.test_goals,
+            self.goal_order,
         )
 
     def clone(self) -> TextCraftEnv:

@@ -22,6 +22,11 @@ def to_id(text: str) -> str:
     return PREFIX + text.replace(" ", "_")
 
 
+def item_id(goal: str) -> str:
+    """A goal given by name (`oak planks`) or by item id (`minecraft:oak_planks`) -> its item id."""
+    return goal if goal.startswith(PREFIX) else to_id(goal.strip())
+
+
 @dataclass(frozen=True)
 class Ingredient:
     name: str  # an item id or a tag id, both "minecraft:..."

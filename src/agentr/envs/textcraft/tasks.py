@@ -10,6 +10,7 @@ from typing import Literal
 
 from agentr.envs.base import UnknownTaskError
 from agentr.envs.textcraft.recipes import Recipe, RecipeBook, display, recipe_book
+from agentr.errors import SettingError
 
 #: ADaPT's cap on distractor recipes per task.
 MAX_DISTRACTORS = 10
@@ -64,20 +65,33 @@ class TaskSet:
     the goals with the smallest SHA-256 of their name are test (`TEST_QUOTA`), the rest train.
     `scheme` "agentgym": id i is entry i of the craftable items sorted by crafting depth,
     shallowest first, then by item id (AgentGym sorts by depth only, so its order within a
-    depth is the file system's); the splits are the Agent-R paper's id lists, and the ids in
-    neither list belong to no split.
+    depth is the file system's), or `goal_order`, the goals in id order of one AgentGym server
+    (as `load_goal_order` returns them); the splits are the Agent-R paper's id lists, and the
+    ids in neither list belong to no split.
     """
 
-    def __init__(self, book: RecipeBook, scheme: SplitScheme = "agentr") -> None:
+    def __init__(
+        self,
+        book: RecipeBook,
+        scheme: SplitScheme = "agentr",
+        goal_order: tuple[str, ...] | None = None,
+    ) -> None:
         if scheme not in SPLIT_SCHEMES:
             raise ValueError(
                 f"TextCraft split_scheme={scheme!r}; expected one of {', '.join(SPLIT_SCHEMES)}"
+            )
+        if goal_order is not None and scheme != "agentgym":
+            raise SettingError(
+                f"TextCraft goal_order is AgentGym's numbering: it needs split_scheme='agentgym', "
+                f"not {scheme!r}"
             )
         self.book = book
         self.scheme = scheme
         self.split_of: dict[str, str] = {}
         if scheme == "agentgym":
-            self.goals = tuple(sorted(book.recipes, key=lambda item: (book.depth(item), item)))
+            self.goals = goal_order if goal_order is not None else tuple(
+                sorted(book.recipes, key=lambda item: (book.depth(item), item))
+            )
             self.split_of.update(dict.fromkeys(AGENTGYM_TRAIN_IDS, "train"))
             self.split_of.update(dict.fromkeys(AGENTGYM_TEST_IDS, "test"))
         else:
@@ -149,5 +163,9 @@ class TaskSet:
 
 
 @functools.lru_cache(maxsize=4)
-def task_set(recipe_dir: str | None = None, scheme: SplitScheme = "agentr") -> TaskSet:
-    return TaskSet(recipe_book(recipe_dir), scheme)
+def task_set(
+    recipe_dir: str | None = None,
+    scheme: SplitScheme = "agentr",
+    goal_order: tuple[str, ...] | None = None,
+) -> TaskSet:
+    return TaskSet(recipe_book(recipe_dir), scheme, goal_order)
