@@ -24,11 +24,10 @@ def check_run_settings(out_dir: Path, settings: dict) -> None:
     `ProvenanceError` when the run there was made with others. Only the search settings that
     shape the output are recorded and compared (`output_settings`), so a run written by an
     older agentr, which recorded them all, resumes too."""
-    settings = {**settings, "config": output_settings(settings["config"])}
+    settings = _shaping(settings)
     path = out_dir / "collect.json"
     if path.exists():
-        previous = json.loads(path.read_text())
-        previous["config"] = output_settings(previous.get("config", {}))
+        previous = _shaping(json.loads(path.read_text()))
         if previous != settings:
             raise ProvenanceError(
                 f"{out_dir} holds Phase I data made with other settings or from another model, "
@@ -38,6 +37,13 @@ def check_run_settings(out_dir: Path, settings: dict) -> None:
             )
     else:
         write_json(path, settings, indent=2)
+
+
+def _shaping(settings: dict) -> dict:
+    """`settings` with its search settings (if any) reduced to those that shape the output."""
+    if "config" not in settings:
+        return settings
+    return {**settings, "config": output_settings(settings["config"])}
 
 
 #: Where each run of the search keeps its counters, one file per run and rank.
