@@ -9,6 +9,7 @@ training restarts at the right iteration, and Phase I itself resumes task by tas
 
 Run directory layout (`trainer.default_root_dir`):
 
+    base_model.json                the base model the run is made from (a fit of another is refused)
     base/eval.json                 the untrained model, evaluated before anything else
     iteration_0/                   warm start: data.jsonl, adapter/, eval.json
     iteration_1/phase1/            Phase I output: dataset, trees, stats (resumable)
@@ -44,8 +45,15 @@ from lightning.pytorch.loggers import WandbLogger
 from agentr.callbacks.driven import Driver
 from agentr.callbacks.evaluation import EvaluationCallback
 from agentr.callbacks.generation import GenerationCallback
-from agentr.errors import DirectoryInUseError, NoTrainingData, SettingError, check_range
+from agentr.errors import (
+    DirectoryInUseError,
+    NoTrainingData,
+    ProvenanceError,
+    SettingError,
+    check_range,
+)
 from agentr.jsonfiles import write_json
+from agentr.provenance import claim_run_base_model
 from agentr.ranks import Ranks, main_rank_does, shared_token
 from agentr.run_lock import DirectoryLock
 from agentr.training.rng import rng_state, set_rng_state
@@ -188,6 +196,7 @@ class AgentRIterations(Driver):
                 f"AgentRIterations needs an agentr.data.AgentRDataModule, got {type(datamodule).__name__}"
             )
         self._lock_run_dir()
+        self._claim_run_dir(pl_module)
         datamodule.set_iteration_hook(lambda: self.begin_iteration(trainer))
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -204,6 +213,13 @@ class AgentRIterations(Driver):
         refusal = Ranks.current().decide(self._lock.try_acquire)
         if refusal is not None:
             raise DirectoryInUseError(refusal)
+
+    def _claim_run_dir(self, pl_module: pl.LightningModule) -> None:
+        """Refuse, before any stage runs, a run directory begun from another base model."""
+        model, digest = pl_module.hparams.model, pl_module.base_model_digest()
+        refusal = Ranks.current().decide(lambda: claim_run_base_model(self.run_dir, model, digest))
+        if refusal is not None:
+            raise ProvenanceError(refusal)
 
     def _release_lock(self) -> None:
         if self._lock is not None:

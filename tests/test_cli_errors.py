@@ -89,6 +89,50 @@ def test_fit_names_an_unknown_key_first_with_the_closest_one(tmp_path, capsys):
                                       "'model.lora_r'? (Subcommand 'fit' does not accept option")
 
 
+@pytest.mark.parametrize("where, args, message", [
+    ("command line", ["--model.lora_rr", "8"],
+     "unknown key 'model.lora_rr', did you mean 'model.lora_r'? (given on the command line"),
+    ("command line", ["--data.num_taskz", "3"],
+     "unknown key 'data.init_args.num_taskz', did you mean 'data.init_args.num_tasks'? "
+     "(test_fit.LuckyDataModule has no argument 'num_taskz'"),
+    ("file", {"data": {"init_args": {"num_taskz": 3}}},
+     "unknown key 'data.init_args.num_taskz', did you mean 'data.init_args.num_tasks'? "
+     "(test_fit.LuckyDataModule has no argument 'num_taskz'"),
+])
+def test_fit_names_an_unknown_key_wherever_it_is_given(tmp_path, capsys, no_engine, where, args, message):
+    config = edited_config(tmp_path, lambda c: None)
+    if where == "file":
+        overlay = tmp_path / "overlay.yaml"
+        overlay.write_text(yaml.safe_dump(args))
+        args = ["--config", str(overlay)]
+    code, err = run(["fit", "--config", config, *args], capsys)
+    assert code == 2 and "usage:" not in err
+    assert error_line(err).startswith(f"agentr: error: {message}")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--num_taskz", "3"], "unknown key 'num_taskz', did you mean 'num_tasks'? (given on the command line"),
+    (["--engine.kindd", "hf"], "unknown key 'engine.kindd', did you mean 'engine.kind'? (given on the command line"),
+    ({"num_taskz": 3}, "unknown key 'num_taskz', did you mean 'num_tasks'? (in a config file"),
+])
+def test_stage_commands_name_an_unknown_key_first(tmp_path, capsys, no_engine, args, message):
+    if isinstance(args, dict):
+        config = tmp_path / "evaluate.yaml"
+        config.write_text(yaml.safe_dump(args))
+        args = ["--config", str(config)]
+    code, err = run(["evaluate", "--model", "some/model", *args], capsys)
+    assert code == 2 and "usage:" not in err
+    assert error_line(err).startswith(f"agentr: error: {message}")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "collect"])
+def test_a_model_that_is_nowhere_is_named_in_one_line(tmp_path, capsys, command):
+    code, err = run([command, "--model", str(tmp_path / "no-model"), "--out_dir", str(tmp_path / "out")],
+                    capsys)
+    assert code == 2 and error_line(err) == (f"agentr: error: model '{tmp_path / 'no-model'}' is "
+                                             "neither a model directory, a .gguf file nor a Hugging Face id")
+
+
 def test_fit_names_a_misspelt_engine_setting(tmp_path, capsys):
     path = edited_config(tmp_path, lambda c: _generation(c)["engine"].update(max_modl_len=1))
     code, err = run(["fit", "--config", path], capsys)

@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from agentr.cli import main
 from agentr.data import AgentRDataModule
 from agentr.envs import Environment
+from agentr.run_lock import LOCK_FILE
 from agentr.trajectory import read_jsonl
 
 
@@ -384,6 +385,44 @@ def test_a_run_killed_after_a_checkpoint_resumes_bit_for_bit(tmp_path, tiny_mode
                  "iteration_2/phase1/dataset.jsonl",
                  "iteration_2/adapter/adapter_model.safetensors"):
         assert (crashed_dir / "run" / path).read_bytes() == (reference_dir / "run" / path).read_bytes(), path
+
+
+def test_a_fit_of_another_model_is_refused_before_any_stage_runs(tmp_path, tiny_model_dir,
+                                                                   tiny_engine_model_dir, no_crash, capsys):
+    """A run killed in its first Phase I (so before any checkpoint), started again with another
+    base model: refused in one line, with nothing of the run evaluated or searched again."""
+    config = write_config(tmp_path, tiny_model_dir, max_concurrent_trees=1)
+    run = tmp_path / "run"
+    LuckyEnv.crash_once_exists = run / "iteration_1" / "phase1" / "tasks"
+    with pytest.raises(SimulatedCrash):
+        fit(config)
+    LuckyEnv.crash_once_exists = None
+    assert (run / "base" / "eval.json").exists() and not (run / "checkpoints").exists()
+
+    data = yaml.safe_load(config.read_text())
+    data["model"]["model"] = tiny_engine_model_dir  # same tokenizer, other weights and shape
+    config.write_text(yaml.safe_dump(data))
+    # a directory written before base_model.json existed is judged by its base evaluation
+    for older in (False, True):
+        if older:
+            (run / "base_model.json").unlink()
+        written = run_files(run)
+        with pytest.raises(SystemExit) as exited:
+            fit(config)
+        assert exited.value.code == 1
+        printed = capsys.readouterr().err
+        error = printed.strip().splitlines()[-1]
+        assert "Traceback" not in printed
+        assert error.startswith(f"agentr: error: {run} was begun from another base model")
+        assert repr(tiny_engine_model_dir) in error and (repr(tiny_model_dir) in error) != older
+        assert run_files(run) == written
+
+
+def run_files(run: Path) -> dict[Path, int]:
+    """The files of a run directory with their modification times, but for the logger's and
+    the lock's (which every fit writes, refused or not)."""
+    return {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != LOCK_FILE
+            and "logs" not in p.relative_to(run).parts}
 
 
 def test_runs_branch_from_a_stopped_run(tmp_path, tiny_model_dir, no_crash):

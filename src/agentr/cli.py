@@ -130,31 +130,81 @@ def _run(argv: list[str], args: list[str] | None, verbose: bool) -> None:
     if argv and argv[0] in STAGE_COMMANDS:
         from jsonargparse import CLI
 
-        CLI(_stage_function(argv[0]), args=argv[1:], as_positional=argv[0] in POSITIONAL)
+        CLI(_stage_function(argv[0]), args=argv[1:], as_positional=argv[0] in POSITIONAL,
+            parser_class=_stage_parser())
         return
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip() + "\n", file=sys.stderr)
     _lightning_cli(None if args is None else argv, verbose)
 
 
-def unknown_key_message(message: str, parser) -> str | None:
+def unknown_key_message(message: str, parser, subcommand: str | None = None) -> str | None:
     """The parser's error `message` as one line that names the unknown key first, with the
-    closest key the subcommand accepts (None: the message is about something else)."""
+    closest key accepted there (None: the message is about something else). `subcommand`: the
+    one being parsed, where the message does not say (a key given on the command line)."""
     import difflib
     import re
 
-    found = re.search(r"(Subcommand '([^']+)'|Group '([^']+)') does not accept option '([^']+)'",
-                      message)
-    if found is None:
+    in_class = re.search(r"Parser key \"([^\"]+)\".*?class_path '([^']+)'.*?Option '([^']+)' is not "
+                         r"accepted", message, re.S)
+    in_parser = re.search(r"(Subcommand '([^']+)'|Group '[^']+') does not accept option '([^']+)'",
+                          message)
+    on_command_line = re.search(r"unrecognized arguments: --?([^\s=]+)", message)
+    in_file = re.search(r"Option '([^']+)' is not accepted", message)
+    if in_class is not None:  # an init argument of a class named by class_path (data: ...)
+        where, class_path, name = in_class.groups()
+        key = f"{where}.init_args.{name}"
+        known = [f"{where}.init_args.{k}" for k in _init_keys(class_path)]
+        detail = f"{class_path} has no argument {name!r}"
+    elif in_parser is not None:
+        _, named_subcommand, key = in_parser.groups()
+        detail = in_parser.group(0)
+        known = _keys(parser, named_subcommand or subcommand)
+    elif on_command_line is not None or in_file is not None:
+        key = (on_command_line or in_file).group(1)
+        detail = "given on the command line" if on_command_line is not None else "in a config file"
+        known = _keys(parser, subcommand)
+    else:
         return None
-    _, subcommand, _, key = found.groups()
-    known = []
-    if subcommand is not None and parser._subcommands_action is not None:
-        subparser = parser._subcommands_action._name_parser_map.get(subcommand)
-        known = [a.dest for a in getattr(subparser, "_actions", [])]
     close = difflib.get_close_matches(key, known, n=1)
     hint = f", did you mean {close[0]!r}?" if close else ""
-    return f"unknown key {key!r}{hint} ({found.group(0)}; see --help)"
+    return f"unknown key {key!r}{hint} ({detail}; see --help)"
+
+
+def _keys(parser, subcommand: str | None) -> list[str]:
+    """The keys `parser` accepts, or its subcommand's."""
+    if subcommand is not None and getattr(parser, "_subcommands_action", None) is not None:
+        parser = parser._subcommands_action._name_parser_map.get(subcommand, parser)
+    return [a.dest for a in getattr(parser, "_actions", [])]
+
+
+def _init_keys(class_path: str) -> list[str]:
+    """The init arguments of the class at `class_path`, as jsonargparse reads them ([]: none found)."""
+    from jsonargparse import ArgumentParser
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(getattr(importlib.import_module(module), name))
+    except (ImportError, AttributeError, ValueError):  # only a hint is lost
+        return []
+    return [a.dest for a in parser._actions]
+
+
+def _stage_parser():
+    """The parser class of the stage commands: an unknown key is a `SettingError` naming it."""
+    from jsonargparse import ArgumentParser
+
+    from agentr.errors import SettingError
+
+    class StageParser(ArgumentParser):
+        def error(self, message: str, ex: Exception | None = None):
+            named = unknown_key_message(message, self)
+            if named is not None:
+                raise SettingError(named) from None
+            super().error(message, ex)
+
+    return StageParser
 
 
 def check_checkpoint(path: Path, run_dir: str | Path) -> None:
@@ -212,7 +262,8 @@ def _lightning_cli(args: list[str] | None, verbose: bool = False, run: bool = Tr
             try:
                 super().parse_arguments(parser, args)
             except ArgumentError as error:
-                message = unknown_key_message(str(error), parser)
+                given = args if isinstance(args, list) else sys.argv[1:]
+                message = unknown_key_message(str(error), parser, given[0] if given else None)
                 if message is not None:
                     raise SettingError(message) from None
                 parser.exit_on_error = True  # any other parse error: the parser's usage and message

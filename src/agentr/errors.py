@@ -13,6 +13,10 @@ class SettingError(ValueError):
     """A setting has a value outside its allowed range (raised before any model loads)."""
 
 
+class ModelNotFoundError(SettingError, FileNotFoundError):
+    """A model setting names no model directory, .gguf file or reachable Hugging Face id."""
+
+
 class ProvenanceError(RuntimeError):
     """An output directory holds results made from something else (another model, adapter,
     environment, tasks or settings) than the run that was asked to continue in it."""

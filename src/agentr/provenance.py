@@ -98,3 +98,38 @@ def changed_keys(previous: dict, current: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(f"{prefix}{key}")
     return out
+
+
+#: The file of a fit's run directory that names the base model all its stages are made from.
+RUN_BASE_MODEL_FILE = "base_model.json"
+
+
+def claim_run_base_model(run_dir: str | os.PathLike, model: str, digest: str) -> str | None:
+    """Record in `run_dir` that its fit starts from `model` (weights digest `digest`), or say
+    why not: the refusal when the directory was begun from other weights (None: it was not).
+
+    Called before any stage runs, so that a fit given another model stops before it evaluates
+    or searches anything in a directory made from the first. A directory written before this
+    file existed is judged by its base evaluation's fingerprint.
+    """
+    import json
+
+    from agentr.jsonfiles import write_json
+
+    run_dir = Path(run_dir)
+    path = run_dir / RUN_BASE_MODEL_FILE
+    base_eval = run_dir / "base" / "eval.json"
+    saved = {"model": None, "digest": None}
+    if path.exists():
+        saved = json.loads(path.read_text())
+    elif base_eval.exists():
+        saved["digest"] = (json.loads(base_eval.read_text()).get("fingerprint") or {}).get("model")
+    if saved["digest"] not in (None, digest):
+        made_from = f"{saved['model']!r} " if saved["model"] else ""
+        return (f"{run_dir} was begun from another base model {made_from}(weights digest "
+                f"{saved['digest']}) than model.model={model!r} (digest {digest}): a run cannot "
+                f"continue on other weights. Start afresh: delete {run_dir} or choose another "
+                "trainer.default_root_dir")
+    if not path.exists():
+        write_json(path, {"model": model, "digest": digest}, indent=2)
+    return None

@@ -17,6 +17,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from agentr.errors import ModelNotFoundError
+
 log = logging.getLogger(__name__)
 
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -34,21 +36,22 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
     """A local directory holding `config.json`, tokenizer and safetensors weights for the model.
 
     Raises:
-        FileNotFoundError: a path that does not exist or holds no model, or a hub id that can
-            be neither downloaded nor found in the offline fallbacks.
+        agentr.errors.ModelNotFoundError: (a `FileNotFoundError`) a path that does not exist
+            or holds no model, or a hub id that can be neither downloaded nor found in the
+            offline fallbacks.
     """
     name = str(name_or_path)
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"model directory {path} has no config.json")
+            raise ModelNotFoundError(f"model directory {path} has no config.json")
         return str(path)
     if path.suffix == ".gguf":
         if not path.is_file():
-            raise FileNotFoundError(f"GGUF file {path} does not exist")
+            raise ModelNotFoundError(f"GGUF file {path} does not exist")
         return str(convert_gguf(path, cache_root() / "models" / path.stem))
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"model {name!r} is neither a model directory, a .gguf file nor a Hugging Face id"
         )
     return _from_hub(name)
@@ -61,7 +64,7 @@ def _from_hub(repo_id: str) -> str:
         return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"])
     except Exception as hub_error:  # offline, gated, or not found
         if repo_id not in OFFLINE_FALLBACKS:
-            raise FileNotFoundError(
+            raise ModelNotFoundError(
                 f"could not download {repo_id!r} from the Hugging Face Hub ({hub_error}); "
                 "pass a local model directory or .gguf file instead"
             ) from hub_error
