@@ -13,6 +13,7 @@ from agentr.data.base import AgentRDataModule
 from agentr.data.datamodule import HTTPDataModule, TextCraftDataModule
 from agentr.data.tokenize import IGNORE_INDEX
 from agentr.envs.textcraft import TextCraftEnv
+from agentr.errors import SettingError
 from agentr.search.config import SearchConfig
 from agentr.trajectory import Trajectory, read_jsonl
 
@@ -198,6 +199,16 @@ def test_http_datamodule_builds_the_remote_environment():
                         instruction="Craft.")
     env = dm.make_env()
     assert env.url == "http://localhost:9" and env.task_ids("train") == ["1", "2"] and env.instruction == "Craft."
+
+
+def test_http_task_ids_may_be_given_as_ranges():
+    ranges = HTTPDataModule(url="localhost:9", train_ids="3-5,9, 11-11", test_ids="0-1").make_env()
+    assert ranges.task_ids("train") == ["3", "4", "5", "9", "11"] and ranges.task_ids("test") == ["0", "1"]
+    listed = HTTPDataModule(url="localhost:9", train_ids=["3", "4", "5", "9", "11"], test_ids=["0", "1"])
+    assert listed.split_ids == HTTPDataModule(url="localhost:9", train_ids="3-5,9,11", test_ids="0-1").split_ids
+    for bad in ("5-3", "a-b", "1-", "-4", "2.5"):
+        with pytest.raises(SettingError, match=f"task ids '{bad}': '{bad}' is neither an integer nor a range"):
+            HTTPDataModule(url="localhost:9", train_ids=bad)
 
 
 def test_oracle_transition_is_refused_at_setup_for_an_environment_without_labels(tiny_model_dir):
