@@ -6,6 +6,7 @@ skipped only where the `vllm` package is not installed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -93,6 +94,19 @@ def check_results_contract(engine):
     assert greedy[0][0] == greedy[0][1]
     assert engine.generate([CONV], GREEDY)[0][0] == greedy[0][0]
     assert engine.generate([], GREEDY) == []
+
+
+def check_greedy_and_sampled_in_one_batch(engine):
+    """Per-request temperatures: each conversation of a mixed batch gets what it gets alone."""
+    mixed = SamplingConfig(n=2, max_tokens=8, request_seeds=(0, 4),
+                           request_temperatures=(0.0, 1.0))
+    greedy, sampled = engine.generate([CONV, CONV2], mixed)
+    assert greedy == engine.generate([CONV], dataclasses.replace(GREEDY, n=2))[0]
+    assert sampled == engine.generate([CONV2], SamplingConfig(n=2, temperature=1.0, max_tokens=8,
+                                                              request_seeds=(4,)))[0]
+    others = {engine.generate([CONV2], SamplingConfig(temperature=1.0, max_tokens=8, request_seeds=(s,)))[0][0].text
+              for s in (5, 6, 7)}
+    assert len(others | {sampled[0].text}) > 1  # the sampled one did sample
 
 
 def check_stop_strings(engine):
@@ -219,13 +233,19 @@ def test_gumbel_sampler_draws_from_the_tempered_softmax():
     from agentr.engines.hf_engine import GumbelSampler
 
     logits, temperature, rows = torch.tensor([2.0, 1.0, 0.0, -1.0, -30.0]), 2.0, 4000
-    sampler = GumbelSampler(range(rows), temperature, "cpu")
+    sampler = GumbelSampler(range(rows), [temperature] * rows, "cpu")
     draws = sampler(None, logits.expand(rows, -1)).argmax(-1)
     probs = torch.softmax(logits / temperature, -1)
     seen = torch.bincount(draws, minlength=len(logits)) / rows
     assert torch.all((seen - probs).abs() <= 4 * (probs * (1 - probs) / rows).sqrt() + 1e-3), (seen, probs)
-    alone = GumbelSampler([7], temperature, "cpu")(None, logits[None])
-    assert torch.equal(alone[0], GumbelSampler([5, 7], temperature, "cpu")(None, logits.expand(2, -1))[1])
+    alone = GumbelSampler([7], [temperature], "cpu")(None, logits[None])
+    beside = GumbelSampler([5, 7, None], [temperature, temperature, 0.0], "cpu")(None, logits.expand(3, -1))
+    assert torch.equal(alone[0], beside[1])
+    assert torch.equal(beside[2], logits)  # a greedy row beside them: its scores as they were
+
+
+def test_hf_greedy_and_sampled_conversations_share_a_batch(hf_engine):
+    check_greedy_and_sampled_in_one_batch(hf_engine)
 
 
 def test_hf_stop_strings(hf_engine):
@@ -374,6 +394,11 @@ def test_adapter_for_a_model_with_other_layers(tiny_engine_model_dir, smollm2_di
 @pytest.mark.vllm
 def test_vllm_results_contract(vllm_engine):
     check_results_contract(vllm_engine)
+
+
+@pytest.mark.vllm
+def test_vllm_greedy_and_sampled_conversations_share_a_batch(vllm_engine):
+    check_greedy_and_sampled_in_one_batch(vllm_engine)
 
 
 @pytest.mark.vllm

@@ -116,19 +116,28 @@ def test_evaluate_writes_results_and_every_trajectory(tmp_path):
 
 
 class SeedPolicyEngine(ScriptedEngine):
-    """Steps when its request seed is even, else stalls: a sampled policy whose draw depends on
-    the seed alone. Records the seeds it was given."""
+    """Greedy, it steps; sampled, it steps when its request seed is even, else stalls: a policy
+    whose draw depends on the seed alone. Records the seeds it drew with and the temperatures
+    of each call's conversations."""
 
     def __init__(self):
         super().__init__(lambda c, n: [step_reply(c)] * n)
         self.seeds: list[int] = []
+        self.call_temperatures: list[list[float]] = []
 
     def generate(self, conversations, sampling):
+        temperatures = [sampling.temperature_of(i) for i in range(len(conversations))]
+        self.call_temperatures.append(temperatures)
         if sampling.request_seeds is None:
             return super().generate(conversations, sampling)
-        self.seeds.extend(sampling.request_seeds)
-        return [[Generation("Action: step" if s % 2 == 0 else "Action: look", 0)]
-                for s in sampling.request_seeds]
+        out = []
+        for conversation, seed, temperature in zip(conversations, sampling.request_seeds, temperatures):
+            if temperature == 0:
+                out.append([Generation(step_reply(conversation), 0)])
+            else:
+                self.seeds.append(seed)
+                out.append([Generation("Action: step" if seed % 2 == 0 else "Action: look", 0)])
+        return out
 
 
 def test_sampled_evaluation_is_reported_apart_and_reproducible(tmp_path):
@@ -159,6 +168,24 @@ def test_sampled_evaluation_is_reported_apart_and_reproducible(tmp_path):
     assert [e["seed"] for e in other["sampled"]["episodes"]] != [e["seed"] for e in sampled["episodes"]]
     table = format_table(_result_rows(results))
     assert "sampled success_rate" in table and "Wilson" in table and "4 per task" in table
+
+
+def test_greedy_and_sampled_episodes_step_together_and_play_as_each_would_alone(tmp_path):
+    tasks = ["1", "2", "3"]
+    engine = SeedPolicyEngine()
+    together = evaluate(engine, CounterEnv, tasks, max_turns=3, episodes_per_task=2, seed=5,
+                        out_dir=tmp_path, progress=False)
+    # one call per turn, holding the greedy episodes that are still live beside the sampled ones
+    assert sum(len(t) for t in engine.call_temperatures) == sum(
+        e["turns"] for e in together["episodes"] + together["sampled"]["episodes"])
+    assert {0.0, 1.0} <= set(engine.call_temperatures[0]) and len(engine.call_temperatures[0]) == 9
+    alone = evaluate(SeedPolicyEngine(), CounterEnv, tasks, max_turns=3, progress=False)
+    assert together["episodes"] == alone["episodes"]
+    # each file holds its own pool's episodes, and both pools report the run they shared
+    assert [e.task_id for e in read_episodes(tmp_path / "episodes.jsonl")] == tasks
+    assert all("sample" in e.meta for e in read_episodes(tmp_path / "sampled_episodes.jsonl"))
+    assert together["timing"] == together["sampled"]["timing"]
+    assert together["timing"]["shared_by"] == ["episodes", "sampled_episodes"]
 
 
 def test_sampled_evaluation_checks_its_settings():

@@ -2,7 +2,11 @@
 
 `evaluate` plays one greedy episode per task with the batched agent loop (the headline
 result) and, optionally, `episodes_per_task` sampled episodes per task (sampled evaluation: more
-episodes, hence narrower intervals, where tasks are few). It writes, to `out_dir`:
+episodes, hence narrower intervals, where tasks are few). Greedy and sampled episodes step
+together, in one batch (each at its own temperature, a sampled one with its own seed), so the
+engine runs batches twice as large; their "timing" is then that of the run they shared. A
+headline at temperature > 0 draws with the run's seed, not per episode, so it plays first, alone.
+It writes, to `out_dir`:
 
     episodes.jsonl          every headline episode (an `agentr.agent.Episode` per line, not
                             an `agentr.trajectory.Trajectory`), appended as each one ends, so a
@@ -148,21 +152,43 @@ def _check_infrastructure(episodes: Sequence[Episode], max_error_rate: float, pr
             f"(is its server running?) and run again. First error: {failed[0].error}")
 
 
-def _run_and_record(engine, env, starts, sampling: SamplingConfig, out_dir, jsonl_name: str,
+def _run_and_record(engine, env, starts, sampling: SamplingConfig, out_dir, files: Sequence[str],
                     **run_kwargs) -> tuple[list[Episode], dict]:
-    """Run the episodes, appending each to `out_dir/jsonl_name` as it ends; return them with
-    their timing (`_timing`)."""
-    writer = RecordAppender(Path(out_dir) / jsonl_name if out_dir is not None else None)
+    """Run the episodes, appending each as it ends to `out_dir/<its file>`: `files[0]`, or
+    where two are given (the greedy and sampled pools played together) `files[1]` for a
+    sampled episode (`_pools`); return them with the timing of the run (`_timing`)."""
+    writers = [RecordAppender(Path(out_dir) / f if out_dir is not None else None) for f in files]
     stats0 = (engine.stats.generated_tokens, engine.stats.prompt_tokens)
     start = time.perf_counter()
     try:
-        episodes = run_episodes(engine, env, starts, sampling=sampling,
-                                on_episode_end=lambda e: writer.append(e.to_dict()), **run_kwargs)
+        episodes = run_episodes(
+            engine, env, starts, sampling=sampling,
+            on_episode_end=lambda e: writers[len(writers) > 1 and "sample" in e.meta].append(e.to_dict()),
+            **run_kwargs)
     finally:
-        writer.close()
+        for writer in writers:
+            writer.close()
     return episodes, _timing(time.perf_counter() - start, len(episodes),
                              engine.stats.generated_tokens - stats0[0],
                              engine.stats.prompt_tokens - stats0[1])
+
+
+def _run_pools_together(engine, env, pools: list[_Pool], out_dir, run: dict
+                        ) -> list[tuple[list[Episode], dict]]:
+    """The greedy headline episodes and the sampled ones (`_pools`) in one run, stepping in
+    one batch: each episode plays at its pool's temperature, sampled ones with their own
+    seeds, so every episode is what it would be in its pool alone, and the engine's batches
+    are twice as large. Per pool: its episodes, and the timing of the run they shared."""
+    starts = [replace(start, temperature=pool.sampling.temperature)
+              for pool in pools for start in pool.starts]
+    episodes, timing = _run_and_record(engine, env, starts, pools[0].sampling, out_dir,
+                                       [pool.file for pool in pools], **run)
+    timing["shared_by"] = [Path(pool.file).stem for pool in pools]
+    played, first = [], 0
+    for pool in pools:
+        played.append((episodes[first:first + len(pool.starts)], timing))
+        first += len(pool.starts)
+    return played
 
 
 def _timing(seconds: float, episodes: int, generated_tokens: int, prompt_tokens: int) -> dict:
@@ -216,7 +242,8 @@ class _Pool:
 
 def _pools(task_ids: list[str], sampling: SamplingConfig, episodes_per_task: int,
            sample_temperature: float) -> list[_Pool]:
-    """The greedy episodes (one per task), then the sampled ones (`episodes_per_task` per task)."""
+    """The greedy episodes (one per task), then the sampled ones (`episodes_per_task` per task,
+    their meta saying which sample of their task they are, and its seed)."""
     pools = [_Pool([EpisodeStart(t) for t in task_ids], sampling, EPISODES_FILE)]
     if episodes_per_task:
         seeds = {(t, j): sample_seed(sampling.seed, t, j) for t in task_ids for j in range(episodes_per_task)}
@@ -329,9 +356,12 @@ def evaluate(
         return _evaluate_over_ranks(engine, env, pools, run, ranks, Path(out_dir),
                                     lambda played: finish([score(p, *x) for p, x in zip(pools, played)]))
     _start_output(out_dir, "eval.json")
+    if len(pools) > 1 and temperature == 0:  # see the module docstring
+        return finish([score(pool, *played) for pool, played in
+                       zip(pools, _run_pools_together(engine, env, pools, out_dir, run))])
     # each pool is scored before the next one plays: a dead environment fails the run at once
     return finish([score(pool, *_run_and_record(engine, env, pool.starts, pool.sampling, out_dir,
-                                                pool.file, **run))
+                                                [pool.file], **run))
                    for pool in pools])
 
 
@@ -525,7 +555,7 @@ def revision_test(
     _start_output(out_dir, "revision.json")
     sampling = SamplingConfig(temperature=0.0, max_tokens=max_tokens, stop=REPLY_STOP)
     episodes, timing = _run_and_record(
-        engine, env, starts, sampling, out_dir, REVISION_EPISODES_FILE, max_turns=max_turns,
+        engine, env, starts, sampling, out_dir, [REVISION_EPISODES_FILE], max_turns=max_turns,
         max_concurrent=max_concurrent, success_threshold=success_threshold, progress=progress)
     settings = {"max_turns": max_turns, "cut_seed": seed, "max_reward": max_reward}
     results = _results(episodes, timing, engine, sampling, settings)

@@ -96,13 +96,16 @@ class EpisodeStart:
     `prefix` is a conversation (header included) whose assistant turns are replayed in the
     environment; the episode continues after its last assistant turn. `seed` seeds this
     episode's sampling alone: its turn k draws with `request_seed(seed, k)`, whichever
-    episodes share the batch (either every start of a run has a seed or none).
+    episodes share the batch (either every start of a run that samples has a seed or none).
+    `temperature` replaces the run's for this episode (0: greedy), so that greedy and sampled
+    episodes step together, in one batch.
     """
 
     task_id: str
     prefix: list[dict] | None = None
     meta: dict = field(default_factory=dict)
     seed: int | None = None
+    temperature: float | None = None
 
 
 class RolloutError(RuntimeError):
@@ -244,9 +247,11 @@ def run_episodes(
             f"max_tokens={sampling.max_tokens} leaves no room for a prompt in "
             f"max_model_len={engine.max_model_len}")
     starts = [t if isinstance(t, EpisodeStart) else EpisodeStart(str(t)) for t in tasks]
-    episode_seeds = {s.seed is not None for s in starts}
+    temperatures = [sampling.temperature if s.temperature is None else s.temperature for s in starts]
+    episode_seeds = {s.seed is not None for s, t in zip(starts, temperatures) if t > 0}
     if len(episode_seeds) > 1:
-        raise ValueError("either every EpisodeStart of a run has a seed or none has")
+        raise ValueError("either every EpisodeStart of a run that samples has a seed or none has")
+    own_temperatures = any(s.temperature is not None for s in starts)
     max_concurrent = max_concurrent or default_max_concurrent(engine, len(starts))
     prof = profile or NO_PROFILE
     stats0 = replace(engine.stats)
@@ -290,13 +295,16 @@ def run_episodes(
             live = batch
             if not live:
                 continue
-            if episode_seeds == {True}:
+            if episode_seeds == {True}:  # a greedy episode's seed draws nothing
                 turn_sampling = replace(sampling, request_seeds=tuple(
-                    request_seed(item.seed, item.new_turns) for item in live))
+                    0 if item.seed is None else request_seed(item.seed, item.new_turns) for item in live))
             elif sampling.seed is not None:
                 turn_sampling = replace(sampling, seed=sampling.seed + step)
             else:
                 turn_sampling = sampling
+            if own_temperatures:
+                turn_sampling = replace(turn_sampling, request_temperatures=tuple(
+                    temperatures[item.index] for item in live))
             with prof.phase("engine.generate"):
                 generated_at = time.perf_counter()
                 generations = engine.generate(prompts, turn_sampling)

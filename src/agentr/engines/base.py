@@ -22,6 +22,9 @@ class SamplingConfig:
         seed: base seed; engines derive per-request seeds from it where they can.
         request_seeds: one seed per conversation of the batch, used as given instead of those
             derived from `seed` (so a conversation's draw does not depend on its batch).
+        request_temperatures: one temperature per conversation of the batch, instead of
+            `temperature` (0: that conversation is greedy), so that greedy and sampled
+            conversations share one batch.
     """
 
     n: int = 1
@@ -30,6 +33,13 @@ class SamplingConfig:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     request_seeds: tuple[int, ...] | None = None
+    request_temperatures: tuple[float, ...] | None = None
+
+    def temperature_of(self, index: int) -> float:
+        """The temperature of conversation `index` of the batch."""
+        if self.request_temperatures is not None:
+            return self.request_temperatures[index]
+        return self.temperature
 
 
 @dataclass(frozen=True)

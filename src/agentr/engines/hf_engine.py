@@ -49,26 +49,33 @@ def _default_threads() -> int:
 class GumbelSampler:
     """A logits processor that turns greedy decoding into seeded sampling, row by row.
 
-    Row i's scores become `logits / temperature + g`, with g standard Gumbel noise drawn from
-    the row's own generator (seeded `seeds[i]`), one vector per step: their argmax is a draw
-    from `softmax(logits / temperature)`, and depends on the row's seed alone, not on the other
-    rows of the batch.
+    Row i's scores become `logits / temperatures[i] + g`, with g standard Gumbel noise drawn
+    from the row's own generator (seeded `seeds[i]`), one vector per step: their argmax is a
+    draw from `softmax(logits / temperature)`, and depends on the row's seed alone, not on the
+    other rows of the batch. A row with seed None stays greedy (its scores are left as they are).
     """
 
-    def __init__(self, seeds: Sequence[int], temperature: float, device) -> None:
+    def __init__(self, seeds: Sequence[int | None], temperatures: Sequence[float], device) -> None:
         import torch
 
-        self.temperature = temperature
-        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        self.temperatures = list(temperatures)
+        self.generators = [None if s is None else torch.Generator(device=device).manual_seed(int(s))
+                           for s in seeds]
 
     def __call__(self, input_ids, scores):
         import torch
 
-        uniform = torch.stack([
-            torch.rand(scores.shape[-1], generator=g, device=scores.device, dtype=torch.float32)
-            for g in self.generators])
-        gumbel = -torch.log(-torch.log(uniform.clamp(min=torch.finfo(torch.float32).tiny)))
-        return scores.float() / self.temperature + gumbel
+        scores = scores.float()
+        rows = []
+        for row, generator, temperature in zip(scores, self.generators, self.temperatures):
+            if generator is None:
+                rows.append(row)
+                continue
+            uniform = torch.rand(row.shape[-1], generator=generator, device=row.device,
+                                 dtype=torch.float32)
+            gumbel = -torch.log(-torch.log(uniform.clamp(min=torch.finfo(torch.float32).tiny)))
+            rows.append(row / temperature + gumbel)
+        return torch.stack(rows)
 
 
 class HFEngine(Engine):
@@ -136,20 +143,24 @@ class HFEngine(Engine):
         prompts = [render_prompt_ids(self._tokenizer, c) for c in conversations]
         for ids in prompts:
             check_prompt_length(len(ids), self._max_model_len)
-        results: list[list[Generation]] = []
-        if sampling.temperature == 0:  # greedy: one row per conversation, copied n times
-            for b in range(0, len(prompts), self.batch_size):
-                batch = self._generate_rows(prompts[b:b + self.batch_size], sampling, None)
-                results.extend([g] * sampling.n for g in batch)
-        else:  # one row per sample, each with the seed of its own
-            rows = [(ids, derive_seed(self._request_seed(sampling, i), j))
-                    for i, ids in enumerate(prompts) for j in range(sampling.n)]
-            samples = []
-            for b in range(0, len(rows), self.batch_size):
-                batch = rows[b:b + self.batch_size]
-                samples.extend(self._generate_rows([ids for ids, _ in batch], sampling,
-                                                   [seed for _, seed in batch]))
-            results = [samples[i * sampling.n:(i + 1) * sampling.n] for i in range(len(prompts))]
+        # One row per sampled draw, each with a seed of its own; greedy draws are identical, so a
+        # greedy conversation is one row (seed None), copied n times.
+        rows = []  # (conversation, prompt ids, seed, temperature)
+        for i, ids in enumerate(prompts):
+            temperature = sampling.temperature_of(i)
+            if temperature == 0:
+                rows.append((i, ids, None, 0.0))
+            else:
+                seed = self._request_seed(sampling, i)
+                rows.extend((i, ids, derive_seed(seed, j), temperature) for j in range(sampling.n))
+        samples = []
+        for b in range(0, len(rows), self.batch_size):
+            batch = rows[b:b + self.batch_size]
+            samples.extend(self._generate_rows([r[1] for r in batch], sampling,
+                                               [r[2] for r in batch], [r[3] for r in batch]))
+        results: list[list[Generation]] = [[] for _ in prompts]
+        for (i, _, seed, _), generation in zip(rows, samples):
+            results[i].extend([generation] * (sampling.n if seed is None else 1))
         self.stats.requests += len(prompts)
         self.stats.prompt_tokens += sum(map(len, prompts))
         self.stats.generated_tokens += sum(g.num_tokens for gs in results for g in gs)
@@ -164,9 +175,9 @@ class HFEngine(Engine):
         return request_seed(self.seed if sampling.seed is None else sampling.seed, index)
 
     def _generate_rows(self, prompts: list[list[int]], sampling: SamplingConfig,
-                       seeds: list[int] | None) -> list[Generation]:
-        """One generation per prompt: greedy where `seeds` is None, else sampled, row i with
-        the generator seeded `seeds[i]` (`GumbelSampler`)."""
+                       seeds: list[int | None], temperatures: list[float]) -> list[Generation]:
+        """One generation per prompt: greedy where its seed is None, else sampled at its
+        temperature with the generator seeded with it (`GumbelSampler`)."""
         import torch
         from transformers import LogitsProcessorList
 
@@ -184,9 +195,9 @@ class HFEngine(Engine):
             top_p=None,
             top_k=None,
         )
-        if seeds is not None:
+        if any(seed is not None for seed in seeds):
             kwargs["logits_processor"] = LogitsProcessorList(
-                [GumbelSampler(seeds, sampling.temperature, self.device)])
+                [GumbelSampler(seeds, temperatures, self.device)])
         if sampling.stop:
             kwargs.update(stop_strings=list(sampling.stop), tokenizer=self._tokenizer)
         with torch.inference_mode():

@@ -366,7 +366,7 @@ class VLLMEngine(Engine):
         chunked prefill off on CPU for that reason (see __init__); a caller who turns it back on
         gets unseeded sampling there.
         """
-        if sampling.temperature == 0 or (sampling.seed is None and sampling.request_seeds is None):
+        if sampling.temperature_of(index) == 0 or (sampling.seed is None and sampling.request_seeds is None):
             return None
         if not self.on_gpu and self.llm_kwargs.get("enable_chunked_prefill", True):
             return None
@@ -385,16 +385,15 @@ class VLLMEngine(Engine):
             return []
         start = time.perf_counter()
         # Greedy samples are identical (and vLLM refuses n > 1 for them): draw one, repeat it.
-        greedy = sampling.temperature == 0
-        draws = 1 if greedy else sampling.n
+        greedy = [sampling.temperature_of(i) == 0 for i in range(len(conversations))]
         prompts, params = [], []
         for i, conversation in enumerate(conversations):
             ids = render_prompt_ids(self._tokenizer, conversation)
             check_prompt_length(len(ids), self._max_model_len)
             prompts.append(TokensPrompt(prompt_token_ids=ids))
             params.append(SamplingParams(
-                n=draws,
-                temperature=sampling.temperature,
+                n=1 if greedy[i] else sampling.n,
+                temperature=sampling.temperature_of(i),
                 top_p=1.0,
                 max_tokens=min(sampling.max_tokens, self._max_model_len - len(ids)),
                 stop=list(sampling.stop) or None,
@@ -403,12 +402,12 @@ class VLLMEngine(Engine):
         self.stats.render_seconds += time.perf_counter() - start
         outputs = self._run(prompts, params)
         results = []
-        for prompt, output in zip(prompts, outputs):
+        for prompt, output, one_draw in zip(prompts, outputs, greedy):
             self.stats.cached_prompt_tokens += output.num_cached_tokens or 0
             samples = sorted(output.outputs, key=lambda o: o.index)
             generations = [Generation(s.text, len(s.token_ids), _finish_reason(s.finish_reason))
                            for s in samples]
-            results.append(generations * sampling.n if greedy else generations)
+            results.append(generations * sampling.n if one_draw else generations)
             self.stats.prompt_tokens += len(prompt["prompt_token_ids"])
             self.stats.generated_tokens += sum(g.num_tokens for g in generations)
         self.stats.requests += len(conversations)
