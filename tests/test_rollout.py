@@ -213,7 +213,11 @@ def test_seeded_sampling_changes_seed_per_turn():
     assert seen == [7, 8, 9]
 
 
-def test_episode_seeds_are_all_or_none():
+def test_episode_seeds_are_all_or_none_among_the_episodes_that_sample():
+    sampled = SamplingConfig(temperature=1.0, max_tokens=8)
     starts = [EpisodeStart("1", seed=3), EpisodeStart("2")]
-    with pytest.raises(ValueError, match="every EpisodeStart"):
-        run_episodes(scripted(step_reply), CounterEnv, starts)
+    with pytest.raises(ValueError, match="every EpisodeStart of a run that samples"):
+        run_episodes(scripted(step_reply), CounterEnv, starts, sampling=sampled)
+    # a greedy episode draws nothing: it needs no seed beside seeded sampled ones
+    greedy_beside = [EpisodeStart("1", seed=3), EpisodeStart("2", temperature=0.0)]
+    assert len(run_episodes(scripted(step_reply), CounterEnv, greedy_beside, sampling=sampled)) == 2
