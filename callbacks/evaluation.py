@@ -43,7 +43,7 @@ class EvaluationCallback(Callback):
         max_turns: turn limit per episode (the paper uses 100).
         temperature: 0 for greedy decoding, as in the paper.
         max_tokens: tokens per reply.
-        episodes_per_task: sampled episodes per task, played after the greedy ones, for
+        episodes_per_task: sampled episodes per task, played beside the greedy ones, for
             narrower intervals where tasks are few (0: none).
         sample_temperature: temperature of the sampled episodes.
         seed: base of the sampled episodes' seeds (each derives from it, its task and index).

@@ -291,7 +291,7 @@ def evaluate(
         stop: stop strings of each reply.
         seed: sampling seed (matters only when temperature > 0), and the base of the sampled
             episodes' seeds.
-        episodes_per_task: sampled episodes per task played after the headline ones, at
+        episodes_per_task: sampled episodes per task played beside the headline ones, at
             `sample_temperature` (0: none); reported under "sampled".
         sample_temperature: temperature of the sampled episodes (> 0).
         max_concurrent: live episodes at most (default: what the engine's KV cache holds).

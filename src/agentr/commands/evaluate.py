@@ -116,7 +116,7 @@ def evaluate_command(
         max_concurrent: live episodes at most (default: what the KV cache holds).
         seed: seed of sampling (each sampled episode's seed derives from it, its task and its
             index), of the revision test's cut points, and the engine's.
-        episodes_per_task: sampled episodes per task, played after the greedy ones (0: none).
+        episodes_per_task: sampled episodes per task, played beside the greedy ones (0: none).
         sample_temperature: temperature of the sampled episodes.
         revision_from: a reference model's episodes.jsonl: run the revision test on it.
         revision_max_turns: turns allowed after the cut in the revision test.
