@@ -153,18 +153,17 @@ def _check_infrastructure(episodes: Sequence[Episode], max_error_rate: float, pr
 
 
 def _run_and_record(engine, env, starts, sampling: SamplingConfig, out_dir, files: Sequence[str],
+                    file_of: Callable[[Episode], int] = lambda episode: 0,
                     **run_kwargs) -> tuple[list[Episode], dict]:
-    """Run the episodes, appending each as it ends to `out_dir/<its file>`: `files[0]`, or
-    where two are given (the greedy and sampled pools played together) `files[1]` for a
-    sampled episode (`_pools`); return them with the timing of the run (`_timing`)."""
+    """Run the episodes, appending each as it ends to `out_dir/files[file_of(episode)]`;
+    return them with the timing of the run (`_timing`)."""
     writers = [RecordAppender(Path(out_dir) / f if out_dir is not None else None) for f in files]
     stats0 = (engine.stats.generated_tokens, engine.stats.prompt_tokens)
     start = time.perf_counter()
     try:
-        episodes = run_episodes(
-            engine, env, starts, sampling=sampling,
-            on_episode_end=lambda e: writers[len(writers) > 1 and "sample" in e.meta].append(e.to_dict()),
-            **run_kwargs)
+        episodes = run_episodes(engine, env, starts, sampling=sampling,
+                                on_episode_end=lambda e: writers[file_of(e)].append(e.to_dict()),
+                                **run_kwargs)
     finally:
         for writer in writers:
             writer.close()
@@ -181,8 +180,9 @@ def _run_pools_together(engine, env, pools: list[_Pool], out_dir, run: dict
     are twice as large. Per pool: its episodes, and the timing of the run they shared."""
     starts = [replace(start, temperature=pool.sampling.temperature)
               for pool in pools for start in pool.starts]
-    episodes, timing = _run_and_record(engine, env, starts, pools[0].sampling, out_dir,
-                                       [pool.file for pool in pools], **run)
+    episodes, timing = _run_and_record(
+        engine, env, starts, pools[0].sampling, out_dir, [pool.file for pool in pools],
+        file_of=lambda episode: int("sample" in episode.meta), **run)  # `_pools`' meta
     timing["shared_by"] = [Path(pool.file).stem for pool in pools]
     played, first = [], 0
     for pool in pools:

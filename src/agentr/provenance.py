@@ -15,9 +15,12 @@ bytes tell two models of one shape apart).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+
+from agentr.jsonfiles import write_json
 
 #: Files of a model or adapter directory that the digest covers (weights sampled, configs whole).
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
@@ -112,10 +115,6 @@ def claim_run_base_model(run_dir: str | os.PathLike, model: str, digest: str) ->
     or searches anything in a directory made from the first. A directory written before this
     file existed is judged by its base evaluation's fingerprint.
     """
-    import json
-
-    from agentr.jsonfiles import write_json
-
     run_dir = Path(run_dir)
     path = run_dir / RUN_BASE_MODEL_FILE
     base_eval = run_dir / "base" / "eval.json"
@@ -126,10 +125,18 @@ def claim_run_base_model(run_dir: str | os.PathLike, model: str, digest: str) ->
         saved["digest"] = (json.loads(base_eval.read_text()).get("fingerprint") or {}).get("model")
     if saved["digest"] not in (None, digest):
         made_from = f"{saved['model']!r} " if saved["model"] else ""
-        return (f"{run_dir} was begun from another base model {made_from}(weights digest "
-                f"{saved['digest']}) than model.model={model!r} (digest {digest}): a run cannot "
-                f"continue on other weights. Start afresh: delete {run_dir} or choose another "
-                "trainer.default_root_dir")
+        return other_weights_refusal(f"{run_dir} was begun from another base model {made_from}",
+                                     saved["digest"], model, digest, run_dir)
     if not path.exists():
         write_json(path, {"model": model, "digest": digest}, indent=2)
     return None
+
+
+def other_weights_refusal(what: str, saved: str, model: str, digest: str,
+                          run_dir: str | os.PathLike | None) -> str:
+    """Why a run made from weights digest `saved` cannot go on with `model` (digest `digest`);
+    `what` says what was made from them ("the checkpoint was trained on another base model ")."""
+    where = (f"{run_dir} or choose another trainer.default_root_dir" if run_dir is not None
+             else "the run directory")
+    return (f"{what}(weights digest {saved}) than model.model={model!r} (digest {digest}): a run "
+            f"cannot continue on other weights. Start afresh: delete {where}")

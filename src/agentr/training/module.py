@@ -365,13 +365,12 @@ class AgentRModule(pl.LightningModule):
         saved = checkpoint.get("agentr_base_model")
         if saved is None or saved == self.base_model_digest():
             return
-        run_dir = Path(self._trainer.default_root_dir) if self._trainer is not None else None
-        raise ProvenanceError(
-            f"the checkpoint was trained on another base model (weights digest {saved}) than "
-            f"model.model={self.hparams.model!r} (digest {self.base_model_digest()}): a run "
-            "cannot continue on other weights. Start afresh: delete "
-            + (f"{run_dir} or choose another trainer.default_root_dir" if run_dir is not None
-               else "the run directory"))
+        from agentr.provenance import other_weights_refusal
+
+        run_dir = self._trainer.default_root_dir if self._trainer is not None else None
+        raise ProvenanceError(other_weights_refusal(
+            "the checkpoint was trained on another base model ", saved, self.hparams.model,
+            self.base_model_digest(), run_dir))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Check that the checkpoint was made from this base model and holds exactly the
