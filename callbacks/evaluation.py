@@ -49,6 +49,8 @@ class EvaluationCallback(Callback):
         seed: base of the sampled episodes' seeds (each derives from it, its task and index).
         max_error_rate: the largest share of episodes that may end in an environment error (a
             dead server); those are not scored.
+        evaluate_base: also evaluate the untrained base model, before anything else. Off where
+            its score is known and the time is short (the quickstart's model scores 0 there).
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class EvaluationCallback(Callback):
         sample_temperature: float = 1.0,
         seed: int = 0,
         max_error_rate: float = 0.1,
+        evaluate_base: bool = True,
     ) -> None:
         check_range("EvaluationCallback.num_tasks", num_tasks, 1, optional=True)
         check_range("EvaluationCallback.max_turns", max_turns, 1)
@@ -76,6 +79,7 @@ class EvaluationCallback(Callback):
         self.temperature = temperature
         self.episodes_per_task = episodes_per_task
         self.max_error_rate = max_error_rate
+        self.evaluate_base = evaluate_base
         #: `evaluate`'s settings, and so those of the evaluation's fingerprint.
         self.settings = dict(max_turns=max_turns, temperature=temperature, max_tokens=max_tokens,
                              stop=(), seed=seed, success_threshold=1.0,

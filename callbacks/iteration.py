@@ -11,6 +11,7 @@ Run directory layout (`trainer.default_root_dir`):
 
     base_model.json                the base model the run is made from (a fit of another is refused)
     base/eval.json                 the untrained model, evaluated before anything else
+                                   (unless EvaluationCallback.evaluate_base is off)
     iteration_0/                   warm start: data.jsonl, adapter/, eval.json
     iteration_1/phase1/            Phase I output: dataset, trees, stats (resumable)
     iteration_1/adapter/           the LoRA adapter after this iteration (PEFT format)
@@ -301,7 +302,8 @@ class AgentRIterations(Driver):
         epoch of a resumed run):
 
         1. save the weights the previous iteration ended with as its adapter;
-        2. evaluate every finished stage without results (the base model first);
+        2. evaluate every finished stage without results (the base model first, unless
+           `EvaluationCallback.evaluate_base` is off);
         3. the iteration's data: expert demonstrations (the warm start, iteration 0) or Phase I,
            the search with the previous iteration's adapter;
         4. refuse an iteration without training data (Lightning would end the fit silently);
@@ -383,7 +385,9 @@ class AgentRIterations(Driver):
             return
         first = 0 if self.warm_start else 1
         names = ["base"] + [f"iteration_{k}" for k in range(first, upto + 1)]
-        for index, name in enumerate(names):
+        for index, name in enumerate(names):  # the index is the stage's, base skipped or not
+            if name == "base" and not self.evaluation.evaluate_base:
+                continue
             adapter = None if name == "base" else self.run_dir / name / "adapter"
             self.evaluation.evaluate_stage(
                 trainer, name, index, lambda a=adapter: self.generation.policy(a), self.run_dir / name,

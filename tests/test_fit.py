@@ -216,6 +216,28 @@ def test_fit_of_a_new_environment_whose_base_model_scores_zero(tmp_path, tiny_mo
     assert (run / "success_rate.png").stat().st_size > 0 and (run / "report.html").exists()
 
 
+def test_a_fit_told_not_to_evaluate_the_base_model_starts_with_training(tmp_path, tiny_model_dir,
+                                                                         no_crash, capsys):
+    config_path = write_config(tmp_path, tiny_model_dir)
+    config = yaml.safe_load(config_path.read_text())
+    callbacks = config["trainer"]["callbacks"]
+    callbacks[1]["init_args"].update(iterations=1, epochs=[1], alpha=[0.5])
+    callbacks[2]["init_args"]["evaluate_base"] = False
+    config_path.write_text(yaml.safe_dump(config))
+    fit(config_path)
+
+    run = tmp_path / "run"
+    assert not (run / "base").exists()
+    assert json.loads((run / "iteration_1" / "eval.json").read_text())["num_episodes"] == 2
+    summary = capsys.readouterr().out
+    summary = summary[summary.rindex("stage "):].splitlines()
+    assert any(line.startswith("iteration_1 ") for line in summary)
+    assert not any(line.startswith("base ") for line in summary)
+    # the stage keeps its index: plots and sweeps line stages up whichever were evaluated
+    metrics = list(csv.DictReader(next(run.glob("logs/*/metrics.csv")).open()))
+    assert [float(r["stage"]) for r in metrics if r.get("eval/success_rate")] == [1.0]
+
+
 def _check_summary_and_report(printed: str, run: Path) -> None:
     """The fit ended with a summary row per stage and the report of the run."""
     summary = printed[printed.rindex("stage "):].splitlines()

@@ -75,7 +75,9 @@ class Method:
 
 
 METHODS = {
-    "agent_r": Method("Agent-R (model critique)"),
+    # the critique with written reasons, as in the recorded comparisons (the quickstart skips them)
+    "agent_r": Method("Agent-R (model critique)", search={"verdict": "parsed_then_forced",
+                                                          "critique_max_tokens": 64}),
     "agent_r_oracle": Method("Agent-R (oracle critic)", search={"transition": "oracle"},
                              requires=("transition", "oracle")),
     "direct_revision": Method("Direct-Revision", overlays=("configs/baselines/direct_revision.yaml",)),
@@ -187,7 +189,8 @@ def branch(warm: Path, run_dir: Path) -> None:
     partial = run_dir.with_name(run_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     for name in BRANCHED:
-        shutil.copytree(warm / name, partial / name)
+        if (warm / name).exists():  # base/ only where the base model was evaluated
+            shutil.copytree(warm / name, partial / name)
     partial.rename(run_dir)
 
 
