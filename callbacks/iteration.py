@@ -318,11 +318,17 @@ class AgentRIterations(Driver):
             return
         previous = planned.iteration - 1
         self._save_adapter(trainer, previous)
-        self._evaluate_finished(trainer, upto=previous)
-        if planned.iteration == 0:
-            trainer.datamodule.set_trajectories(self._expert_data(trainer))
-        else:
-            dataset = self._phase1(trainer, planned.iteration)
+        # Evaluation and Phase I of the same adapter share one engine; training gets the
+        # accelerator (on CPU, the memory) back only once both are done.
+        try:
+            self._evaluate_finished(trainer, upto=previous)
+            if planned.iteration == 0:
+                trainer.datamodule.set_trajectories(self._expert_data(trainer))
+            else:
+                dataset = self._phase1(trainer, planned.iteration)
+        finally:
+            self.generation.release()
+        if planned.iteration > 0:
             self._check_training_data(trainer, planned.iteration, dataset)
         self._log_data(trainer, planned.iteration)
         if planned.epoch == 0:
@@ -333,10 +339,7 @@ class AgentRIterations(Driver):
         """Search with the previous iteration's adapter; the DataModule then holds the data."""
         out_dir = self.iteration_dir(iteration) / "phase1"
         engine = self.generation.policy(self.adapter_dir(iteration - 1))
-        try:
-            dataset = trainer.datamodule.regenerate(engine, iteration, self.alpha[iteration - 1], out_dir)
-        finally:
-            self.generation.release()
+        dataset = trainer.datamodule.regenerate(engine, iteration, self.alpha[iteration - 1], out_dir)
         self._log_phase1(trainer, iteration, dataset)
         return dataset
 
@@ -393,7 +396,6 @@ class AgentRIterations(Driver):
                 trainer, name, index, lambda a=adapter: self.generation.policy(a), self.run_dir / name,
                 self.generation.provenance(adapter),
             )
-        self.generation.release()
 
     def _log_data(self, trainer: pl.Trainer, iteration: int) -> None:
         """What the iteration trains on (`data/...` metrics): conversations trained per kind,

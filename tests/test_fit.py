@@ -500,3 +500,32 @@ def test_stop_after_must_be_an_iteration_of_the_run():
 
     with pytest.raises(ValueError, match=r"AgentRIterations.stop_after=0 is out of range: must be an iteration of the run, in \[1, 2\]"):
         AgentRIterations(iterations=2, epochs=[1], stop_after=0)
+
+
+def test_evaluation_and_phase_one_of_one_adapter_share_the_engine(tmp_path, tiny_model_dir, no_crash,
+                                                                 monkeypatch):
+    """The engine is handed back to training only before training: between a stage's evaluation
+    and the Phase I that searches with the same weights it stays up (on CPU a release stops
+    vLLM, and the search would start it again on the same weights)."""
+    from agentr.callbacks import GenerationCallback
+
+    events = []
+    policy, release = GenerationCallback.policy, GenerationCallback.release
+
+    def spy_policy(self, weights):
+        events.append(("policy", None if weights is None else Path(weights).parent.name))
+        return policy(self, weights)
+
+    def spy_release(self):
+        events.append("release")
+        return release(self)
+
+    monkeypatch.setattr(GenerationCallback, "policy", spy_policy)
+    monkeypatch.setattr(GenerationCallback, "release", spy_release)
+    fit(write_config(tmp_path, tiny_model_dir))
+
+    # base evaluated and searched, trained; iteration 1 evaluated and searched, trained;
+    # iteration 2 evaluated
+    assert events == [("policy", None), ("policy", None), "release",
+                      ("policy", "iteration_1"), ("policy", "iteration_1"), "release",
+                      ("policy", "iteration_2")]
