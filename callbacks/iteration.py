@@ -326,10 +326,9 @@ class AgentRIterations(Driver):
                 trainer.datamodule.set_trajectories(self._expert_data(trainer))
             else:
                 dataset = self._phase1(trainer, planned.iteration)
+                self._check_training_data(trainer, planned.iteration, dataset)
         finally:
             self.generation.release()
-        if planned.iteration > 0:
-            self._check_training_data(trainer, planned.iteration, dataset)
         self._log_data(trainer, planned.iteration)
         if planned.epoch == 0:
             self._restart_schedule(trainer, planned)
