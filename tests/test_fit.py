@@ -70,6 +70,15 @@ class CrashAtEpoch(Callback):
             raise SimulatedCrash("simulated crash")
 
 
+class RecordLearningRate(Callback):
+    """Test hook: the learning rate of every optimizer step, with the plan's epoch it fell in."""
+
+    steps: list[tuple[int, float]] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        RecordLearningRate.steps.append((trainer.current_epoch, optimizer.param_groups[0]["lr"]))
+
+
 class LuckyDataModule(AgentRDataModule):
     """The whole of what a user writes to bring an environment."""
 
@@ -152,9 +161,22 @@ def no_crash():
 def test_fit_runs_both_phases_on_a_user_environment(tmp_path, tiny_model_dir, no_crash, capsys):
     from peft import PeftConfig
 
-    fit(write_config(tmp_path, tiny_model_dir))
+    from agentr.training.optim import warmup_cosine
+
+    config_path = write_config(tmp_path, tiny_model_dir)
+    config = yaml.safe_load(config_path.read_text())
+    config["trainer"]["callbacks"].append({"class_path": "test_fit.RecordLearningRate"})
+    config["data"]["init_args"].update(max_length=256, tokens_per_batch=256)
+    config_path.write_text(yaml.safe_dump(config))
+    RecordLearningRate.steps = []
+    fit(config_path)
     run = tmp_path / "run"
     _check_summary_and_report(capsys.readouterr().out, run)
+    # Each iteration warms up and decays over its own steps, the first one too (its schedule
+    # once spanned the whole fit's estimate, set when Lightning first loaded its data).
+    for iteration_epochs in ({0, 1}, {2}):
+        lrs = [lr for epoch, lr in RecordLearningRate.steps if epoch in iteration_epochs]
+        assert lrs == pytest.approx([2e-4 * warmup_cosine(i, len(lrs), 0.03, 0.0) for i in range(len(lrs))])
 
     data = list(read_jsonl(run / "iteration_1" / "phase1" / "dataset.jsonl"))
     kinds = {t.kind for t in data}

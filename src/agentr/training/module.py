@@ -279,8 +279,11 @@ class AgentRModule(pl.LightningModule):
         optimizer = torch.optim.AdamW(
             param_groups(self.named_parameters(), self.hparams.weight_decay), lr=self.hparams.learning_rate
         )
+        # The estimate loads the train dataloader when Lightning has not yet: AgentRIterations
+        # restarts the schedule there, for the first iteration's own steps, and that one stays.
+        estimated = self._estimated_steps()
         if not self.schedule["restarted"]:  # a resumed run with a longer max_epochs stretches it
-            self.schedule = {"start": 0, "total": self._estimated_steps(), "restarted": False}
+            self.schedule = {"start": 0, "total": estimated, "restarted": False}
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
