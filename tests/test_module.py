@@ -195,6 +195,9 @@ def test_fit_lowers_loss_logs_metrics_and_restarts_schedule(tiny_model_dir, demo
     assert metrics["val/ppl"] == pytest.approx(math.exp(metrics["val/loss"]), rel=1e-3)
     assert 0.0 <= metrics["val/acc"] <= 1.0 and "train/loss" in metrics and "train/acc" in metrics
     assert module.schedule == {"start": 0, "total": t.estimated_stepping_batches, "restarted": False}
+    # train/lr is the rate of the last step: the cosine's last point
+    total = t.estimated_stepping_batches
+    assert metrics["train/lr"] == pytest.approx(3e-3 * warmup_cosine(total - 1, total, 0.2, 0.0))
     # A new iteration's data: the callback restarts the schedule from the current step.
     scheduler = t.lr_scheduler_configs[0].scheduler
     module.restart_schedule(10)

@@ -255,6 +255,9 @@ class AgentRModule(pl.LightningModule):
         self.log(f"{stage}/ppl", ppl_metric, on_step=False, on_epoch=True, batch_size=count)
         if on_step:
             self.log("train/step_loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=count)
+            # the rate this step's update uses: each iteration's restarted schedule is visible
+            self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False,
+                     batch_size=1)
         return loss
 
     def on_train_epoch_start(self) -> None:
