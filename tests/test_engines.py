@@ -494,6 +494,28 @@ def test_vllm_cpu_settings(vllm_engine):
     assert vllm_engine.cpu_bind == os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
 
 
+@pytest.mark.vllm
+def test_vllm_cpu_next_turn_recomputes_less_than_a_small_block_of_the_last(vllm_engine):
+    """The prefix cache serves whole KV blocks only: with vLLM-CPU's default block of 128 tokens,
+    this turn would recompute 40-100 tokens of the conversation it shares with the last one."""
+    if vllm_engine.on_gpu:
+        pytest.skip("CPU settings")
+    tokenizer = vllm_engine.tokenizer
+    history = "Inventory: [oak log] (1)."
+    while len(render_prompt_ids(tokenizer, CONV + [{"role": "user", "content": history}])) % 128 < 40:
+        history += " Got 1 stick."
+    last = CONV + [{"role": "user", "content": history}]
+    vllm_engine.generate([last], SamplingConfig(temperature=0.0, max_tokens=1))  # caches `last`
+    turn = last + [{"role": "assistant", "content": "Action: craft 4 stick using 2 planks"},
+                   {"role": "user", "content": "Crafted 4 minecraft:stick"}]
+    a, b = render_prompt_ids(tokenizer, last), render_prompt_ids(tokenizer, turn)
+    assert b[:len(a)] == a and len(a) % 128 >= 40
+    before = vllm_engine.stats.cached_prompt_tokens
+    vllm_engine.generate([turn], GREEDY)
+    cached = vllm_engine.stats.cached_prompt_tokens - before
+    assert len(a) - 32 < cached <= len(a) + 1  # (+1: the reply's one token may match)
+
+
 def test_start_up_environment_is_restored(monkeypatch):
     from agentr.engines.vllm_engine import _environment
 
