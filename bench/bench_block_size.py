@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
-from report import header, load_average, machine, write_report
+from report import header, load_average, machine, run_workers, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK_SIZES = (128, 32)  # vLLM-CPU's default, agentr's
@@ -114,16 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     load_before = load_average()
-    results = {}
-    for block_size in BLOCK_SIZES:
-        command = [sys.executable, __file__, "--worker", str(block_size),
-                   *(argv if argv is not None else sys.argv[1:])]
-        proc = subprocess.run(command, capture_output=True, text=True, check=False)
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
-            raise SystemExit(f"block {block_size}: the worker failed (exit {proc.returncode})")
-        results[block_size] = json.loads(lines[-1][len("RESULT "):])
+    results = run_workers(__file__, BLOCK_SIZES, argv)
     lines = header("vLLM-CPU: KV-cache blocks of 128 tokens (vLLM-CPU's default) vs 32 (agentr's)",
                    "bench/bench_block_size.py", argv)
     lines += [(f"{machine()}; load average before/after: {load_before} / {load_average()}; "

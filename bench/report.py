@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -41,3 +42,18 @@ def header(title: str, script: str, argv: list[str] | None) -> list[str]:
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return [f"# {title}", "", f"{date}, commit {commit()}:", "",
             f"`python {script} {args}`".replace(" `", "`"), ""]
+
+
+def run_workers(script: str, names, argv: list[str] | None) -> dict:
+    """Each of `names` measured by `python SCRIPT --worker NAME ARGV...` in a fresh process, one
+    after the other: name -> the JSON of the worker's last `RESULT {...}` line."""
+    results = {}
+    for name in names:
+        command = [sys.executable, script, "--worker", str(name), *(argv if argv is not None else sys.argv[1:])]
+        proc = subprocess.run(command, capture_output=True, text=True, check=False)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+            raise SystemExit(f"{name}: the worker failed (exit {proc.returncode})")
+        results[name] = json.loads(lines[-1][len("RESULT "):])
+    return results
