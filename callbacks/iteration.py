@@ -83,6 +83,19 @@ class WarmStart:
         check_range("warm_start.epochs", self.epochs, 1)
 
 
+def remove_empty_log_dir(log_dir: Path) -> None:
+    """Remove a logger's version directory and the folder of versions above it, where empty.
+
+    Lightning makes the logger's new version directory (e.g. `logs/version_3`) before callbacks
+    set up, so a refused fit would leave it behind, empty. A directory with anything in it stays.
+    """
+    for d in (log_dir, log_dir.parent):
+        try:
+            d.rmdir()
+        except OSError:  # not empty, or not there
+            return
+
+
 @dataclass(frozen=True)
 class PlannedEpoch:
     """What one training epoch belongs to."""
@@ -196,7 +209,7 @@ class AgentRIterations(Driver):
             raise TypeError(
                 f"AgentRIterations needs an agentr.data.AgentRDataModule, got {type(datamodule).__name__}"
             )
-        self._lock_run_dir()
+        self._lock_run_dir(trainer)
         self._claim_run_dir(pl_module)
         datamodule.set_iteration_hook(lambda: self.begin_iteration(trainer))
 
@@ -207,12 +220,14 @@ class AgentRIterations(Driver):
                      exception: BaseException) -> None:
         self._release_lock()  # Lightning calls no teardown after an exception
 
-    def _lock_run_dir(self) -> None:
+    def _lock_run_dir(self, trainer: pl.Trainer) -> None:
         """One fit per run directory: rank 0 holds its lock, and every rank stops when refused."""
         self._release_lock()  # of an earlier setup
         self._lock = DirectoryLock(self.run_dir)
         refusal = Ranks.current().decide(self._lock.try_acquire)
         if refusal is not None:
+            if trainer.is_global_zero and trainer.logger is not None and trainer.log_dir:
+                remove_empty_log_dir(Path(trainer.log_dir))
             raise DirectoryInUseError(refusal)
 
     def _claim_run_dir(self, pl_module: pl.LightningModule) -> None:

@@ -514,7 +514,7 @@ def test_a_second_fit_of_a_run_directory_is_refused(tmp_path, tiny_model_dir, no
     run = tmp_path / "run"  # a fit of this run directory goes on in another process
     assert_refused_while_held(run, ["fit", "--config", str(write_config(tmp_path, tiny_model_dir))],
                               capsys)
-    assert not (run / "base").exists() and not (run / "checkpoints").exists()
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_FILE]  # no stage, checkpoint or empty log dir
 
 
 def test_stop_after_must_be_an_iteration_of_the_run():
