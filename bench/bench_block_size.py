@@ -57,6 +57,7 @@ def prefix_cache_counts(engine) -> dict:
 def worker(block_size: int, args) -> dict:
     """One block size's measurements, in this (fresh) process."""
     from agentr.data import TextCraftDataModule
+    from agentr.engines import EngineConfig
     from agentr.engines.models import SMOLLM2_ID
     from agentr.engines.vllm_engine import VLLMEngine
     from agentr.evaluation import evaluate
@@ -65,9 +66,11 @@ def worker(block_size: int, args) -> dict:
 
     engine_cfg, data_cfg, eval_cfg = quickstart_settings(args.config)
     data = TextCraftDataModule(**{**data_cfg, "search": SearchConfig(**data_cfg["search"])})
-    # agentr fit's engine: bfloat16, the model's seed (0), the config's sizes
-    engine = VLLMEngine(SMOLLM2_ID, max_model_len=engine_cfg["max_model_len"], dtype="bfloat16",
-                        kv_cache_gb=engine_cfg["kv_cache_gb"], max_num_seqs=engine_cfg["max_num_seqs"],
+    # agentr fit's engine (its dtype for an engine sharing training's device, seed 0), built
+    # directly so that the block size can be set
+    config = EngineConfig(**engine_cfg).resolved(shares_gpu=True)
+    engine = VLLMEngine(SMOLLM2_ID, max_model_len=config.max_model_len, dtype=config.dtype,
+                        kv_cache_gb=config.kv_cache_gb, max_num_seqs=config.max_num_seqs,
                         block_size=block_size)
     out: dict = {"block_size": block_size}
     try:
@@ -75,7 +78,8 @@ def worker(block_size: int, args) -> dict:
             engine.load_adapter(args.adapter)
         before = prefix_cache_counts(engine)
         start = time.perf_counter()
-        results = evaluate(engine, data.make_env, data.task_ids("test")[:eval_cfg["num_tasks"]],
+        tasks = data.task_ids("test")[:eval_cfg["num_tasks"]]
+        results = evaluate(engine, data.make_env, tasks,
                            max_turns=eval_cfg["max_turns"], max_tokens=eval_cfg["max_tokens"],
                            episodes_per_task=eval_cfg["episodes_per_task"], seed=0, progress=False)
         counts = prefix_cache_counts(engine)
@@ -83,7 +87,7 @@ def worker(block_size: int, args) -> dict:
             seconds=time.perf_counter() - start,
             generated=results["timing"]["generated_tokens"],  # greedy and sampled played together
             success=results["metrics"]["success_rate"],
-            sampled_success=results["sampled"]["metrics"]["success_rate"],
+            sampled_success=results["sampled"]["metrics"]["success_rate"], tasks=len(tasks),
             **{k: counts[k] - before[k] for k in counts})
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
@@ -124,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         e, p = r["eval"], r["phase1"]
         lines.append(f"| {block_size} | evaluation | {e['seconds']:.1f} | {e['prompt_computed']:.0f} / "
                      f"{e['prompt_cached']:.0f} | {e['generated']} | greedy {e['success']:.0%}, "
-                     f"sampled {e['sampled_success']:.0%} (n = 20 each) |")
+                     f"sampled {e['sampled_success']:.0%} (n = {e['tasks']} each) |")
         lines.append(f"| {block_size} | Phase I | {p['seconds']:.1f} | {p['prompt_computed']:.0f} / "
                      f"{p['prompt_cached']:.0f} | {p['generated']} | {p['trees_with_good']}/{p['trees']} "
                      f"trees with a good path, {p['trajectories']} trajectories |")
